@@ -1,0 +1,451 @@
+//! The runtime-keyed controllers that handlers touch: [`SessionControllers`] opens a
+//! [`SessionController`] for a namespace named at run time.
+
+use std::{fmt, sync::Arc};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    expiry,
+    export::escape_js,
+    state::{Entry, RequestState, Slot},
+    Error, Keyed, Namespace,
+};
+
+/// An extractor that opens namespaces of the visitor's session by key.
+///
+/// Needs [`SessionControllerLayer`](crate::SessionControllerLayer) inside
+/// `tower_sessions::SessionManagerLayer`; without them it rejects the request with
+/// [`Error::MissingLayer`] or [`Error::MissingSessionManager`].
+///
+/// # Example
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use tower_sessions::{MemoryStore, SessionManagerLayer};
+/// use tower_sessions_controller::{Error, SessionControllerLayer, SessionControllers};
+///
+/// async fn add(controllers: SessionControllers) -> Result<String, Error> {
+///     let mut cart = controllers.open("shopping_cart").await?;
+///     let count: u32 = cart.get("apples")?.unwrap_or(0);
+///     cart.insert("apples", count + 1)?;
+///     Ok(cart.to_json())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/add", post(add))
+///     .layer(SessionControllerLayer::new())
+///     .layer(SessionManagerLayer::new(MemoryStore::default()));
+/// ```
+#[derive(Clone)]
+pub struct SessionControllers {
+    request: Arc<RequestState>,
+}
+
+impl SessionControllers {
+    pub(crate) fn from_state(request: Arc<RequestState>) -> Self {
+        Self { request }
+    }
+
+    /// Opens the namespace under `key` with the default expiry,
+    /// [`DEFAULT_EXPIRY`](crate::DEFAULT_EXPIRY) (five minutes).
+    ///
+    /// See [`open_with_expiry`](Self::open_with_expiry).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_with_expiry`](Self::open_with_expiry).
+    pub async fn open(&self, key: &str) -> Result<SessionController, Error> {
+        self.open_with_expiry(key, expiry::DEFAULT_EXPIRY).await
+    }
+
+    /// Opens the namespace under `key`; writes through the controller set its expiry stamp to the
+    /// request's now plus `expiry`.
+    ///
+    /// The first open of a key in a request loads it from the session; a namespace whose stamp
+    /// has passed is dropped then, so the controller starts empty. Later opens of the same key in
+    /// the same request share that state. Opening changes nothing in the session by itself.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use time::Duration;
+    /// use tower_sessions_controller::{Error, SessionControllers};
+    ///
+    /// async fn wizard(controllers: SessionControllers) -> Result<(), Error> {
+    ///     let mut answers = controllers
+    ///         .open_with_expiry("checkout", Duration::minutes(2))
+    ///         .await?;
+    ///     answers.insert("step", 1)?;
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidExpiry`] if `expiry` is zero or negative.
+    /// - [`Error::NamespaceInUse`] if a [`Keyed`] for the same key is alive in this request.
+    /// - [`Error::Store`] if the session had to be loaded and the store failed.
+    pub async fn open_with_expiry(
+        &self,
+        key: &str,
+        expiry: Duration,
+    ) -> Result<SessionController, Error> {
+        if !expiry::is_valid(expiry) {
+            return Err(Error::InvalidExpiry {
+                namespace: key.to_owned(),
+                expiry,
+            });
+        }
+        let entry = self.request.entry(key).await?;
+        if entry.lock().checked_out {
+            return Err(Error::NamespaceInUse {
+                namespace: key.to_owned(),
+            });
+        }
+        Ok(SessionController {
+            entry,
+            request: Arc::clone(&self.request),
+            expiry,
+        })
+    }
+
+    /// Opens the typed namespace `T`, like extracting [`Keyed<T>`].
+    ///
+    /// # Errors
+    ///
+    /// As the [`Keyed`] extractor.
+    pub async fn keyed<T: Namespace>(&self) -> Result<Keyed<T>, Error> {
+        Keyed::open(&self.request).await
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionControllers {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let request = parts
+            .extensions
+            .get::<Arc<RequestState>>()
+            .cloned()
+            .ok_or(Error::MissingLayer)?;
+        if request.session.is_none() {
+            return Err(Error::MissingSessionManager);
+        }
+        Ok(Self { request })
+    }
+}
+
+impl fmt::Debug for SessionControllers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionControllers")
+            .field("now", &self.request.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One namespace of the visitor's session: a map of the user's keys to JSON values, with an
+/// expiry stamp that slides on every write.
+///
+/// Obtained from [`SessionControllers::open`]. Methods are synchronous: they change the
+/// request's copy of the namespace, and
+/// [`SessionControllerLayer`](crate::SessionControllerLayer) writes it back into the session when
+/// the response is produced. Changes made after that (by a controller moved into a spawned task)
+/// are not saved, and are logged as a warning.
+///
+/// In every example below, `cart` is a controller opened in a handler, as in
+/// [`SessionControllers`]'s example.
+pub struct SessionController {
+    entry: Arc<Entry>,
+    request: Arc<RequestState>,
+    expiry: Duration,
+}
+
+impl SessionController {
+    /// The namespace's key in the session.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// assert_eq!(cart.key(), "shopping_cart");
+    /// # });
+    /// ```
+    pub fn key(&self) -> &str {
+        &self.entry.key
+    }
+
+    /// The expiry this controller was opened with: how far a write moves the stamp.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// assert_eq!(cart.expiry(), time::Duration::minutes(5));
+    /// # });
+    /// ```
+    pub fn expiry(&self) -> Duration {
+        self.expiry
+    }
+
+    /// The value under `key`, deserialized into `T`; `Ok(None)` if there is none. Reading does
+    /// not move the stamp.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.get::<u32>("apples")?, Some(3));
+    /// assert_eq!(cart.get::<u32>("pears")?, None);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Deserialize`] if the stored value does not deserialize into `T`.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
+        let mut slot = self.entry.lock();
+        let Some(value) = slot.map(self.key()).get(key) else {
+            return Ok(None);
+        };
+        T::deserialize(value)
+            .map(Some)
+            .map_err(|source| Error::Deserialize {
+                namespace: self.key().to_owned(),
+                key: key.to_owned(),
+                source,
+            })
+    }
+
+    /// Stores `value` under `key` and slides the stamp to now plus the expiry.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert!(cart.has_data());
+    /// assert!(!cart.is_expired());
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ReservedKey`] for [`STAMP_KEY`](crate::STAMP_KEY).
+    /// - [`Error::Serialize`] if `value` cannot be turned into JSON.
+    ///
+    /// On error nothing is written.
+    pub fn insert(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
+        if expiry::is_reserved(key) {
+            return Err(Error::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
+        let value = serde_json::to_value(value).map_err(|source| Error::Serialize {
+            namespace: self.key().to_owned(),
+            key: Some(key.to_owned()),
+            source,
+        })?;
+        self.request.warn_if_flushed(self.key(), "changed");
+        let mut slot = self.entry.lock();
+        slot.map(self.key()).insert(key.to_owned(), value);
+        slot.touch(self.request.now, self.expiry);
+        Ok(())
+    }
+
+    /// Removes `key` and returns its value; `None` (and no change) if it was absent. Removing
+    /// the last key removes the whole namespace, stamp included. Removal does not move the stamp.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.remove("apples"), Some(serde_json::json!(3)));
+    /// assert_eq!(cart.remove("apples"), None);
+    /// assert_eq!(cart.expires_at(), None);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn remove(&mut self, key: &str) -> Option<Value> {
+        let mut slot = self.entry.lock();
+        let removed = slot.map(self.key()).remove(key)?;
+        self.request.warn_if_flushed(self.key(), "changed");
+        if slot.map(self.key()).is_empty() {
+            slot.stamp = None;
+        }
+        slot.dirty = true;
+        Some(removed)
+    }
+
+    /// Empties the namespace; the session no longer holds it after this request. A no-op for a
+    /// namespace that holds nothing.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// cart.purge();
+    /// assert!(!cart.has_data());
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn purge(&mut self) {
+        self.request.warn_if_flushed(self.key(), "purged");
+        self.entry.lock().purge();
+    }
+
+    /// Whether the namespace holds any of the user's keys.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// assert!(!cart.has_data());
+    /// # });
+    /// ```
+    pub fn has_data(&self) -> bool {
+        !self.entry.lock().map(self.key()).is_empty()
+    }
+
+    /// The number of the user's keys.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// cart.insert("pears", 1)?;
+    /// assert_eq!(cart.len(), 2);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn len(&self) -> usize {
+        self.entry.lock().map(self.key()).len()
+    }
+
+    /// Whether the namespace holds none of the user's keys: `!has_data()`.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// assert!(cart.is_empty());
+    /// # });
+    /// ```
+    pub fn is_empty(&self) -> bool {
+        !self.has_data()
+    }
+
+    /// Whether the namespace holds `key`.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert!(cart.contains_key("apples"));
+    /// assert!(!cart.contains_key("_timeout_datestamp"));
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.entry.lock().map(self.key()).contains_key(key)
+    }
+
+    /// The user's keys, in the map's order (sorted).
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("pears", 1)?;
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.keys(), ["apples", "pears"]);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn keys(&self) -> Vec<String> {
+        self.entry.lock().map(self.key()).keys().cloned().collect()
+    }
+
+    /// A copy of the user's keys and values (never the stamp): the seed's `data`.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.data()["apples"], 3);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn data(&self) -> Map<String, Value> {
+        self.entry.lock().map(self.key()).clone()
+    }
+
+    /// True unless the namespace holds a stamp still in the future (the seed's rule): a
+    /// namespace that was never written, or was emptied, reports expired.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// assert!(cart.is_expired());
+    /// cart.insert("apples", 3)?;
+    /// assert!(!cart.is_expired());
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn is_expired(&self) -> bool {
+        expiry::is_expired(self.expires_at(), self.request.now)
+    }
+
+    /// The instant the namespace expires (the seed's `timeout_datestamp`), if it holds a stamp.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// assert_eq!(cart.expires_at(), None);
+    /// cart.insert("apples", 3)?;
+    /// assert!(cart.expires_at().is_some());
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.entry.lock().stamp
+    }
+
+    /// The user's keys and values as a JSON object, never the stamp.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.to_json(), r#"{"apples":3}"#);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn to_json(&self) -> String {
+        let mut slot = self.entry.lock();
+        map_to_json(slot.map(self.key()))
+    }
+
+    /// [`to_json`](Self::to_json) through [`escape_js`]: the seed's template tag, safe only
+    /// inside a quoted JavaScript string (`JSON.parse("…")`).
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("note", "</script>")?;
+    /// assert_eq!(
+    ///     cart.to_escaped_json(),
+    ///     r#"{\u0022note\u0022:\u0022\u003C/script\u003E\u0022}"#
+    /// );
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn to_escaped_json(&self) -> String {
+        escape_js(&self.to_json())
+    }
+
+    fn slot_debug(&self, f: &mut fmt::Formatter<'_>, slot: &mut Slot) -> fmt::Result {
+        let stamp = slot.stamp;
+        f.debug_struct("SessionController")
+            .field("key", &self.entry.key)
+            .field("expiry", &self.expiry)
+            .field("expires_at", &stamp)
+            .field("data", slot.map(&self.entry.key))
+            .finish()
+    }
+}
+
+/// Serializes the user's keys. Cannot fail: the keys are strings and the values are already JSON.
+pub(crate) fn map_to_json(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| String::from("{}"))
+}
+
+impl fmt::Debug for SessionController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut slot = self.entry.lock();
+        self.slot_debug(f, &mut slot)
+    }
+}

@@ -1,0 +1,290 @@
+//! Typed namespaces: a [`Namespace`] type names its key and expiry at compile time, and the
+//! [`Keyed<T>`] extractor hands the handler a `T`.
+
+use std::{
+    fmt,
+    ops::{Deref, DerefMut},
+    sync::Arc,
+};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+
+use crate::{
+    expiry,
+    state::{Entry, RequestState},
+    Error, SessionControllers,
+};
+
+/// A typed namespace: its fields are the namespace's keys, stored under [`KEY`](Self::KEY) in
+/// the seed's layout.
+///
+/// `T` must serialize to a JSON object (a struct with named fields, or a map); the field names
+/// must not be [`STAMP_KEY`](crate::STAMP_KEY). A stored namespace whose fields no longer
+/// deserialize into `T` (after a schema change, say) is treated as empty, with a warning, and
+/// replaced on the next write; give new fields `#[serde(default)]` to keep old data readable.
+///
+/// # Example
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use time::Duration;
+/// use tower_sessions_controller::Namespace;
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Wizard {
+///     step: u8,
+///     address: Option<String>,
+/// }
+///
+/// impl Namespace for Wizard {
+///     const KEY: &'static str = "checkout_wizard";
+///     const EXPIRY: Duration = Duration::minutes(10);
+/// }
+/// ```
+pub trait Namespace: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
+    /// The key of the namespace in the session.
+    const KEY: &'static str;
+    /// How far a write moves the expiry stamp. Five minutes unless overridden.
+    const EXPIRY: Duration = expiry::DEFAULT_EXPIRY;
+}
+
+/// An extractor for the typed namespace `T`: dereferences to `T`.
+///
+/// Every mutable access (`DerefMut`) counts as a write: it slides the stamp to now plus
+/// [`T::EXPIRY`](Namespace::EXPIRY) and makes the layer store `T` when the response is produced.
+/// Reads through `Deref` change nothing. An expired namespace reads as `T::default()`.
+///
+/// While a `Keyed<T>` is alive it holds the namespace: opening the same key again in the same
+/// request (another `Keyed<T>`, or a [`SessionController`](crate::SessionController)) is an
+/// [`Error::NamespaceInUse`] rather than two copies that silently diverge. A `Keyed<T>` dropped in
+/// a middleware hands its state on to the handler's.
+///
+/// # Example
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use serde::{Deserialize, Serialize};
+/// use tower_sessions::{MemoryStore, SessionManagerLayer};
+/// use tower_sessions_controller::{Keyed, Namespace, SessionControllerLayer};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// struct Cart {
+///     items: Vec<String>,
+/// }
+///
+/// impl Namespace for Cart {
+///     const KEY: &'static str = "shopping_cart";
+/// }
+///
+/// async fn add(mut cart: Keyed<Cart>) -> String {
+///     cart.items.push("apple".into());
+///     format!("{} items", cart.items.len())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/add", post(add))
+///     .layer(SessionControllerLayer::new())
+///     .layer(SessionManagerLayer::new(MemoryStore::default()));
+/// ```
+pub struct Keyed<T: Namespace> {
+    value: T,
+    entry: Arc<Entry>,
+    request: Arc<RequestState>,
+    stamp: Option<OffsetDateTime>,
+    /// Unwritten, the value goes back to the request's entry on drop (it stands for the stored
+    /// namespace); otherwise the entry keeps what it had.
+    hand_back: bool,
+    written: bool,
+    purged: bool,
+}
+
+impl<T: Namespace> Keyed<T> {
+    pub(crate) async fn open(request: &Arc<RequestState>) -> Result<Self, Error> {
+        if !expiry::is_valid(T::EXPIRY) {
+            return Err(Error::InvalidExpiry {
+                namespace: T::KEY.to_owned(),
+                expiry: T::EXPIRY,
+            });
+        }
+        let entry = request.entry(T::KEY).await?;
+        let (value, hand_back) = {
+            let mut slot = entry.lock();
+            if slot.checked_out || entry.is_shared() {
+                return Err(Error::NamespaceInUse {
+                    namespace: T::KEY.to_owned(),
+                });
+            }
+            slot.checked_out = true;
+            match slot.typed.take() {
+                Some(typed) if typed.as_any().is::<T>() => match typed.into_any().downcast::<T>() {
+                    Ok(value) => (*value, true),
+                    Err(_) => (T::default(), false),
+                },
+                // Another type with the same key left it: go through JSON.
+                other => {
+                    slot.typed = other;
+                    if slot.dirty {
+                        // A runtime controller changed it: keep its map, which may hold keys
+                        // that `T` does not, unless this `Keyed` writes.
+                        let (value, _) = deserialize(slot.map(T::KEY).clone());
+                        (value, false)
+                    } else {
+                        let (value, filled) = deserialize(std::mem::take(slot.map(T::KEY)));
+                        (value, !filled)
+                    }
+                }
+            }
+        };
+        let stamp = entry.lock().stamp;
+        Ok(Self {
+            value,
+            entry,
+            request: Arc::clone(request),
+            stamp,
+            hand_back,
+            written: false,
+            purged: false,
+        })
+    }
+
+    /// Resets the namespace to `T::default()`; the session no longer holds it after this
+    /// request (unless it is written again).
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Cart { items: Vec<String> }
+    /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
+    /// async fn empty_cart(mut cart: Keyed<Cart>) {
+    ///     cart.purge();
+    ///     assert!(cart.items.is_empty());
+    /// }
+    /// ```
+    pub fn purge(&mut self) {
+        self.request.warn_if_flushed(T::KEY, "purged");
+        self.value = T::default();
+        self.stamp = None;
+        self.purged = true;
+        self.written = false;
+    }
+
+    /// True unless the namespace holds a stamp still in the future: a namespace never written,
+    /// or purged, reports expired.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Cart { items: Vec<String> }
+    /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
+    /// async fn add(mut cart: Keyed<Cart>) {
+    ///     cart.items.push("apple".into());
+    ///     assert!(!cart.is_expired());
+    /// }
+    /// ```
+    pub fn is_expired(&self) -> bool {
+        expiry::is_expired(self.stamp, self.request.now)
+    }
+
+    /// The instant the namespace expires, if it holds a stamp.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Cart { items: Vec<String> }
+    /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
+    /// async fn show(cart: Keyed<Cart>) -> String {
+    ///     match cart.expires_at() {
+    ///         Some(at) => format!("kept until {at}"),
+    ///         None => "empty".into(),
+    ///     }
+    /// }
+    /// ```
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.stamp
+    }
+}
+
+/// The namespace's fields as a `T`, and whether `T::default()` stands in for them.
+fn deserialize<T: Namespace>(map: Map<String, Value>) -> (T, bool) {
+    if map.is_empty() {
+        return (T::default(), true);
+    }
+    match serde_json::from_value(Value::Object(map)) {
+        Ok(value) => (value, false),
+        Err(err) => {
+            tracing::warn!(
+                namespace = T::KEY,
+                error = %err,
+                "stored namespace does not deserialize into its type: treating it as empty; the \
+                 next write replaces it"
+            );
+            (T::default(), true)
+        }
+    }
+}
+
+impl<T: Namespace> Deref for Keyed<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Namespace> DerefMut for Keyed<T> {
+    fn deref_mut(&mut self) -> &mut T {
+        if !self.written {
+            self.request.warn_if_flushed(T::KEY, "changed");
+            self.stamp = Some(expiry::stamp_after_write(self.request.now, T::EXPIRY));
+            self.written = true;
+            self.purged = false;
+        }
+        &mut self.value
+    }
+}
+
+impl<T: Namespace> Drop for Keyed<T> {
+    fn drop(&mut self) {
+        let mut slot = self.entry.lock();
+        slot.checked_out = false;
+        if self.purged {
+            slot.purge();
+            return;
+        }
+        if self.written {
+            slot.typed = Some(Box::new(std::mem::take(&mut self.value)));
+            slot.stamp = self.stamp;
+            slot.dirty = true;
+        } else if self.hand_back {
+            // Unchanged: keep the value so a later `Keyed<T>` need not deserialize again.
+            slot.typed = Some(Box::new(std::mem::take(&mut self.value)));
+        }
+    }
+}
+
+impl<S: Send + Sync, T: Namespace> FromRequestParts<S> for Keyed<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        SessionControllers::from_request_parts(parts, state)
+            .await?
+            .keyed()
+            .await
+    }
+}
+
+impl<T: Namespace + fmt::Debug> fmt::Debug for Keyed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("key", &T::KEY)
+            .field("expires_at", &self.stamp)
+            .field("value", &self.value)
+            .finish()
+    }
+}

@@ -1,0 +1,149 @@
+//! The layer: a request comes in and gets its [`RequestState`]; the response goes out after the
+//! changed namespaces are flushed into the session.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use axum::http::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+use tower_sessions::Session;
+
+use crate::{
+    clock::{Clock, SystemClock},
+    state::RequestState,
+};
+
+/// A layer that makes [`SessionControllers`](crate::SessionControllers) and
+/// [`Keyed`](crate::Keyed) available to handlers, and flushes their changes into the session when
+/// the response is produced.
+///
+/// It must run inside `tower_sessions::SessionManagerLayer`, which loads and saves the session:
+/// with axum's `Router::layer`, add this layer first.
+///
+/// # Example
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower_sessions::{MemoryStore, SessionManagerLayer};
+/// use tower_sessions_controller::SessionControllerLayer;
+///
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .layer(SessionControllerLayer::new())
+///     .layer(SessionManagerLayer::new(MemoryStore::default()));
+/// ```
+#[derive(Clone)]
+pub struct SessionControllerLayer {
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionControllerLayer {
+    /// A layer on the [`SystemClock`].
+    pub fn new() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for "now": once per request, when the request enters the layer.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use time::macros::datetime;
+    /// use tower_sessions_controller::{ManualClock, SessionControllerLayer};
+    ///
+    /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+    /// let layer = SessionControllerLayer::new().with_clock(clock.clone());
+    /// # let _ = layer;
+    /// ```
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+}
+
+impl Default for SessionControllerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for SessionControllerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionControllerLayer")
+            .field("now", &self.clock.now())
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for SessionControllerLayer {
+    type Service = SessionControllerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionControllerService {
+            inner,
+            clock: Arc::clone(&self.clock),
+        }
+    }
+}
+
+/// The service made by [`SessionControllerLayer`].
+#[derive(Clone)]
+pub struct SessionControllerService<S> {
+    inner: S,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionControllerService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionControllerService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let session = req.extensions().get::<Session>().cloned();
+        let state = Arc::new(RequestState::new(session, self.clock.now()));
+        req.extensions_mut().insert(Arc::clone(&state));
+
+        // Only the service that was polled ready may be called.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let response = inner.call(req).await?;
+            match state.flush().await {
+                Ok(()) => Ok(response),
+                Err(err) => {
+                    // SessionManagerLayer saves nothing for a server error, so the session keeps
+                    // what it had before this request: no namespace is half written.
+                    tracing::error!(error = %err, "flushing namespaces into the session failed");
+                    let mut response = Response::new(ResBody::default());
+                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    Ok(response)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,134 @@
+//! Keyed, expiring namespaces of session data for axum, on top of [`tower_sessions`].
+//!
+//! # The design
+//!
+//! A visitor's session often carries several features' data: a shopping cart, the answers of a
+//! checkout wizard, a search filter. Each wants its own key in the session and its own lifetime:
+//! the wizard's answers should go stale after a few minutes of inactivity while the cart lives on.
+//! This crate gives each feature a **namespace**: one key of the tower-sessions session holding a
+//! JSON object of that feature's keys and values, plus an expiry **stamp**. It is the Rust form
+//! of django-spire's `SessionController`, and it reads and writes the same stored layout.
+//!
+//! - A **write** (an [`insert`](SessionController::insert), or any mutable access to a
+//!   [`Keyed<T>`]) slides the stamp to *now + expiry* (five minutes by default). Reads never move
+//!   it.
+//! - A namespace whose stamp has passed is **dropped when it is opened**: the handler sees it
+//!   empty, and a write in the same request starts a fresh one.
+//! - **Removing** the last key, or a **purge**, removes the namespace from the session.
+//!
+//! Handlers get namespaces from two extractors. [`SessionControllers`] opens a
+//! [`SessionController`] by a key chosen at run time; [`Keyed<T>`] hands over a typed value whose
+//! key and expiry its [`Namespace`] impl declares. Both are synchronous once opened: a handler
+//! changes the request's copy without `.await`.
+//!
+//! [`SessionControllerLayer`] makes that work. When a request comes in, it takes "now" once from
+//! its [`Clock`], so one request judges and stamps with one instant. When the response is
+//! produced, it **flushes**: every namespace the request changed is written back into the
+//! session, once, and tower-sessions' `SessionManagerLayer` then saves the session. A request
+//! that only reads writes nothing, so it costs no store write and gives an anonymous visitor no
+//! cookie. If the flush fails, the response becomes a `500` and, as tower-sessions saves nothing
+//! for server errors, the stored session stays as it was.
+//!
+//! Corrupt stored data (a namespace that is not an object, a stamp that is not a number, a typed
+//! namespace whose fields no longer deserialize) never fails a request: the namespace reads as
+//! empty, a warning naming the key is logged, and the next write replaces it.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use serde::{Deserialize, Serialize};
+//! use tower_sessions::{MemoryStore, SessionManagerLayer};
+//! use tower_sessions_controller::{
+//!     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
+//! };
+//!
+//! // A typed namespace: key and expiry checked by the compiler.
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Cart {
+//!     items: Vec<String>,
+//! }
+//!
+//! impl Namespace for Cart {
+//!     const KEY: &'static str = "shopping_cart";
+//! }
+//!
+//! async fn add_to_cart(mut cart: Keyed<Cart>) -> String {
+//!     cart.items.push("apple".into());
+//!     format!("{} items", cart.items.len())
+//! }
+//!
+//! // A runtime key, as in the seed: `SessionController(request, "recently_viewed")`.
+//! async fn view(controllers: SessionControllers) -> Result<String, Error> {
+//!     let mut viewed = controllers.open("recently_viewed").await?;
+//!     viewed.insert("last", "apple")?;
+//!     Ok(viewed.to_json())
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/cart", post(add_to_cart))
+//!     .route("/view", post(view))
+//!     .layer(SessionControllerLayer::new()) // inside ...
+//!     .layer(SessionManagerLayer::new(MemoryStore::default())); // ... the session manager
+//! ```
+//!
+//! # Stored layout
+//!
+//! Under the namespace's key, the session holds a JSON object: the user's keys and values, and
+//! [`STAMP_KEY`] (`_timeout_datestamp`) with the expiry instant as seconds since the Unix epoch,
+//! a float. That key is reserved: inserting it is an [`Error::ReservedKey`].
+//!
+//! # Layout of the crate
+//!
+//! The layer (request in, flush out) is in `layer`, with the per-request state it shares with the
+//! extractors in `state`; the controllers that handlers touch are in `controller` (runtime keys)
+//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`; page
+//! export in `export`; errors in `error`.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod clock;
+mod controller;
+mod error;
+mod export;
+mod expiry;
+mod keyed;
+mod layer;
+mod state;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use controller::{SessionController, SessionControllers};
+pub use error::Error;
+pub use export::escape_js;
+pub use expiry::{DEFAULT_EXPIRY, STAMP_KEY};
+pub use keyed::{Keyed, Namespace};
+pub use layer::{SessionControllerLayer, SessionControllerService};
+
+/// Runs `f` on a controller for the namespace `shopping_cart` of a fresh session: the examples in
+/// [`SessionController`]'s docs use it. Not part of the API.
+#[doc(hidden)]
+pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
+    use std::{
+        future::Future,
+        sync::Arc,
+        task::{Context, Poll, Waker},
+    };
+
+    let session = tower_sessions::Session::new(
+        None,
+        Arc::new(tower_sessions::MemoryStore::default()),
+        None,
+    );
+    let request = Arc::new(state::RequestState::new(
+        Some(session),
+        time::OffsetDateTime::now_utc(),
+    ));
+    let controllers = SessionControllers::from_state(request);
+    // A session without an id never reaches the store, so opening completes at once.
+    let open = std::pin::pin!(controllers.open("shopping_cart"));
+    match open.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(Ok(controller)) => f(controller),
+        _ => panic!("opening a namespace of a fresh session did not complete at once"),
+    }
+}

@@ -1,0 +1,318 @@
+//! The state of one request, shared by the layer and the extractors.
+//!
+//! The layer creates a [`RequestState`] when a request comes in and puts it in the request's
+//! extensions. Opening a namespace loads it from the session once and keeps it here as an
+//! [`Entry`]; every controller for the same key in the request shares that entry, so they see one
+//! state. When the response is produced, the layer calls [`RequestState::flush`], which writes
+//! each changed entry back into the session in one step.
+
+use std::{
+    any::Any,
+    collections::HashMap,
+    mem,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
+};
+
+use serde_json::{Map, Value};
+use time::{Duration, OffsetDateTime};
+use tower_sessions::Session;
+
+use crate::{expiry, Error, Namespace};
+
+/// Locks a mutex, carrying on after a panic elsewhere: the data behind these locks is always
+/// left consistent between statements, so a poisoned lock holds nothing half-done.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One request's namespaces, its "now", and whether its response has been produced.
+pub(crate) struct RequestState {
+    pub(crate) session: Option<Session>,
+    pub(crate) now: OffsetDateTime,
+    flushed: AtomicBool,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+}
+
+/// One namespace opened in a request.
+pub(crate) struct Entry {
+    pub(crate) key: String,
+    slot: Mutex<Slot>,
+}
+
+/// What a namespace holds in memory during a request.
+pub(crate) struct Slot {
+    /// The user's keys (the stamp lives in `stamp`), as runtime controllers use them. Stale while
+    /// `typed` is set.
+    map: Map<String, Value>,
+    /// A typed namespace handed back by a [`Keyed`](crate::Keyed), serialized only when a runtime
+    /// controller or the flush needs it.
+    pub(crate) typed: Option<Box<dyn TypedContent>>,
+    /// A [`Keyed`](crate::Keyed) holds the data right now.
+    pub(crate) checked_out: bool,
+    pub(crate) stamp: Option<OffsetDateTime>,
+    /// Something was stored under the key when it was loaded, so emptying the namespace must
+    /// reach the session.
+    stored: bool,
+    /// The namespace differs from what is stored: the flush writes it (or removes it).
+    pub(crate) dirty: bool,
+}
+
+/// A [`Namespace`] value with its type erased, so the flush can serialize it.
+pub(crate) trait TypedContent: Send + Sync {
+    fn to_value(&self) -> Result<Value, serde_json::Error>;
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Namespace> TypedContent for T {
+    fn to_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(self)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// What the flush does with one namespace.
+enum Change {
+    Write(Value),
+    Remove,
+    Nothing,
+}
+
+impl RequestState {
+    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime) -> Self {
+        Self {
+            session,
+            now,
+            flushed: AtomicBool::new(false),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The namespace under `key`, loaded from the session on first use in this request.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::MissingSessionManager`] without a session, [`Error::Store`] if loading fails.
+    pub(crate) async fn entry(&self, key: &str) -> Result<Arc<Entry>, Error> {
+        self.warn_if_flushed(key, "opened");
+        if let Some(entry) = lock(&self.entries).get(key) {
+            return Ok(Arc::clone(entry));
+        }
+        let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
+        let stored = session.get_value(key).await.map_err(Error::Store)?;
+        let slot = Slot::load(key, stored, self.now);
+        // Another task of this request may have loaded it meanwhile: the first one in wins, so
+        // both controllers share one entry.
+        let mut entries = lock(&self.entries);
+        let entry = entries
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Entry::new(key, slot)));
+        Ok(Arc::clone(entry))
+    }
+
+    /// Logs a change made after the flush, which will not be saved.
+    pub(crate) fn warn_if_flushed(&self, namespace: &str, what: &str) {
+        if self.flushed.load(Ordering::Acquire) {
+            tracing::warn!(
+                namespace,
+                "namespace {what} after the response was produced: this is not saved to the \
+                 session (was a controller moved into a spawned task?)"
+            );
+        }
+    }
+
+    /// Writes every changed namespace back into the session.
+    ///
+    /// # Errors
+    ///
+    /// A typed namespace that does not serialize to an object, or a store failure.
+    pub(crate) async fn flush(&self) -> Result<(), Error> {
+        self.flushed.store(true, Ordering::Release);
+        let entries = mem::take(&mut *lock(&self.entries));
+        let Some(session) = &self.session else {
+            // Nothing can be opened without a session.
+            return Ok(());
+        };
+        for (key, entry) in entries {
+            // The map's reference was moved here; any other one is a controller still alive.
+            let detached = Arc::strong_count(&entry) > 1;
+            if detached {
+                tracing::warn!(
+                    namespace = key,
+                    "a controller for this namespace is still alive when the response is \
+                     produced; changes made through it from now on are not saved"
+                );
+            }
+            let change = entry.lock().take_change(&key, detached)?;
+            match change {
+                Change::Write(value) => {
+                    session
+                        .insert_value(&key, value)
+                        .await
+                        .map_err(Error::Store)?;
+                }
+                Change::Remove => {
+                    session.remove_value(&key).await.map_err(Error::Store)?;
+                }
+                Change::Nothing => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Entry {
+    fn new(key: &str, slot: Slot) -> Self {
+        Self {
+            key: key.to_owned(),
+            slot: Mutex::new(slot),
+        }
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
+        lock(&self.slot)
+    }
+
+    /// Whether controllers other than the caller's hold this entry (the request's map holds one
+    /// reference, the caller another).
+    pub(crate) fn is_shared(self: &Arc<Self>) -> bool {
+        Arc::strong_count(self) > 2
+    }
+}
+
+impl Slot {
+    /// The in-memory namespace for a stored value, after the expiry rule and the corrupt-data
+    /// fallback.
+    fn load(namespace: &str, stored: Option<Value>, now: OffsetDateTime) -> Self {
+        let mut slot = Self {
+            map: Map::new(),
+            typed: None,
+            checked_out: false,
+            stamp: None,
+            stored: stored.is_some(),
+            dirty: false,
+        };
+        let Some(stored) = stored else {
+            return slot;
+        };
+        match decode(stored) {
+            Ok((_, stamp)) if expiry::is_dropped_on_open(stamp, now) => {
+                tracing::debug!(namespace, "namespace expired; dropping it");
+                slot.dirty = true;
+            }
+            Ok((map, stamp)) => {
+                slot.map = map;
+                slot.stamp = stamp;
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    namespace,
+                    reason,
+                    "corrupt namespace in the session: treating it as empty; the next write \
+                     replaces it"
+                );
+            }
+        }
+        slot
+    }
+
+    /// The user's keys, converting a typed namespace back into a map if a `Keyed` left one.
+    pub(crate) fn map(&mut self, namespace: &str) -> &mut Map<String, Value> {
+        if let Some(typed) = self.typed.take() {
+            self.map = match typed.to_value() {
+                Ok(Value::Object(map)) => map,
+                _ => {
+                    tracing::error!(
+                        namespace,
+                        "typed namespace does not serialize to an object; reading it as empty"
+                    );
+                    Map::new()
+                }
+            };
+        }
+        &mut self.map
+    }
+
+    /// Records a write: the stamp slides to `now + expiry`.
+    pub(crate) fn touch(&mut self, now: OffsetDateTime, expiry: Duration) {
+        self.stamp = Some(expiry::stamp_after_write(now, expiry));
+        self.dirty = true;
+    }
+
+    /// Empties the namespace; the flush removes it from the session.
+    pub(crate) fn purge(&mut self) {
+        self.map = Map::new();
+        self.typed = None;
+        self.stamp = None;
+        self.dirty = true;
+    }
+
+    /// What the flush must do. Takes the data unless a controller still holds the entry.
+    fn take_change(&mut self, namespace: &str, keep: bool) -> Result<Change, Error> {
+        if !self.dirty {
+            return Ok(Change::Nothing);
+        }
+        if self.checked_out {
+            // A `Keyed` moved past the response: the flush has warned about it.
+            return Ok(Change::Nothing);
+        }
+        let map = match &self.typed {
+            Some(typed) => match typed.to_value() {
+                Ok(Value::Object(map)) => map,
+                Ok(_) => {
+                    return Err(Error::NotAnObject {
+                        namespace: namespace.to_owned(),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::Serialize {
+                        namespace: namespace.to_owned(),
+                        key: None,
+                        source,
+                    })
+                }
+            },
+            None if keep => self.map.clone(),
+            None => mem::take(&mut self.map),
+        };
+        self.dirty = false;
+        Ok(match encode(map, self.stamp) {
+            Some(value) => Change::Write(value),
+            None if self.stored => Change::Remove,
+            None => Change::Nothing,
+        })
+    }
+}
+
+/// Splits a stored namespace into the user's keys and the stamp.
+pub(crate) fn decode(stored: Value) -> Result<(Map<String, Value>, Option<OffsetDateTime>), &'static str> {
+    let Value::Object(mut map) = stored else {
+        return Err("the namespace is not a JSON object");
+    };
+    let stamp = match map.remove(expiry::STAMP_KEY) {
+        Some(stamp) => Some(expiry::decode(&stamp)?),
+        None => None,
+    };
+    Ok((map, stamp))
+}
+
+/// The stored form of a namespace, or `None` for an empty one (which is not stored at all).
+pub(crate) fn encode(mut map: Map<String, Value>, stamp: Option<OffsetDateTime>) -> Option<Value> {
+    if map.is_empty() {
+        return None;
+    }
+    if let Some(stamp) = stamp {
+        map.insert(expiry::STAMP_KEY.to_owned(), expiry::encode(stamp));
+    }
+    Some(Value::Object(map))
+}

@@ -80,6 +80,14 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock standing at `at`.
+    ///
+    /// ```
+    /// use time::macros::datetime;
+    /// use tower_sessions_controller::{Clock, ManualClock};
+    ///
+    /// let clock = ManualClock::new(datetime!(2026-01-01 0:00 UTC));
+    /// assert_eq!(clock.now(), datetime!(2026-01-01 0:00 UTC));
+    /// ```
     pub fn new(at: OffsetDateTime) -> Self {
         Self {
             now: Arc::new(Mutex::new(at)),
@@ -118,7 +126,9 @@ impl ManualClock {
         let mut now = self.now.lock().unwrap_or_else(PoisonError::into_inner);
         match now.checked_add(by) {
             Some(moved) => *now = moved,
-            None => tracing::warn!(%by, "ManualClock::advance past the representable range; clock unchanged"),
+            None => {
+                tracing::warn!(%by, "ManualClock::advance past the representable range; clock unchanged")
+            }
         }
     }
 }

@@ -55,6 +55,23 @@ impl SessionControllers {
     ///
     /// See [`open_with_expiry`](Self::open_with_expiry).
     ///
+    /// # Example
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_sessions_controller::Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.open("shopping_cart").await?;
+    /// cart.insert("apples", 3)?;
+    /// assert_eq!(cart.expiry(), time::Duration::minutes(5));
+    ///
+    /// // A second open in the same request shares the first one's state.
+    /// let again = controllers.open("shopping_cart").await?;
+    /// assert_eq!(again.get::<u32>("apples")?, Some(3));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`open_with_expiry`](Self::open_with_expiry).
@@ -114,6 +131,38 @@ impl SessionControllers {
     }
 
     /// Opens the typed namespace `T`, like extracting [`Keyed<T>`].
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tower_sessions_controller::{Error, Namespace};
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Cart {
+    ///     items: Vec<String>,
+    /// }
+    ///
+    /// impl Namespace for Cart {
+    ///     const KEY: &'static str = "shopping_cart";
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.keyed::<Cart>().await?;
+    /// cart.items.push("apple".into());
+    ///
+    /// // While `cart` is alive, it holds the namespace.
+    /// assert!(matches!(
+    ///     controllers.open("shopping_cart").await,
+    ///     Err(Error::NamespaceInUse { .. })
+    /// ));
+    /// drop(cart);
+    /// let cart = controllers.open("shopping_cart").await?;
+    /// assert_eq!(cart.to_json(), r#"{"items":["apple"]}"#);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -18,10 +18,19 @@ use time::{Duration, OffsetDateTime};
 ///
 /// Inserting it as user data is an [`Error::ReservedKey`](crate::Error::ReservedKey), and
 /// [`SessionController::to_json`](crate::SessionController::to_json) never shows it.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::STAMP_KEY, "_timeout_datestamp");
+/// ```
 pub const STAMP_KEY: &str = "_timeout_datestamp";
 
 /// The expiry a namespace gets when none is given: five minutes, the seed's
-/// `seconds_till_expiry = 300`.
+/// `seconds_till_expiry = 300`. [`SessionControllers::open`](crate::SessionControllers::open)
+/// and [`Namespace::EXPIRY`](crate::Namespace::EXPIRY) use it.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::DEFAULT_EXPIRY.whole_seconds(), 300);
+/// ```
 pub const DEFAULT_EXPIRY: Duration = Duration::minutes(5);
 
 /// Whether `key` is reserved for the namespace's own bookkeeping.
@@ -67,9 +76,7 @@ fn encode_seconds(stamp: OffsetDateTime) -> f64 {
 
 /// Reads a stored stamp, or says why it cannot be read.
 pub(crate) fn decode(value: &Value) -> Result<OffsetDateTime, &'static str> {
-    let seconds = value
-        .as_f64()
-        .ok_or("the expiry stamp is not a number")?;
+    let seconds = value.as_f64().ok_or("the expiry stamp is not a number")?;
     decode_seconds(seconds).ok_or("the expiry stamp is out of range")
 }
 

@@ -21,7 +21,17 @@ pub fn escape_js(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + s.len() / 4);
     for c in s.chars() {
         match c {
-            '\\' | '\'' | '"' | '>' | '<' | '&' | '=' | '-' | ';' | '`' | '\u{2028}'
+            '\\'
+            | '\''
+            | '"'
+            | '>'
+            | '<'
+            | '&'
+            | '='
+            | '-'
+            | ';'
+            | '`'
+            | '\u{2028}'
             | '\u{2029}'
             | '\0'..='\u{1f}' => {
                 // Writing to a String cannot fail.

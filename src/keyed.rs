@@ -155,14 +155,20 @@ impl<T: Namespace> Keyed<T> {
     ///
     /// ```
     /// # use serde::{Deserialize, Serialize};
-    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # use tower_sessions_controller::{Error, Namespace};
     /// # #[derive(Default, Serialize, Deserialize)]
     /// # struct Cart { items: Vec<String> }
     /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
-    /// async fn empty_cart(mut cart: Keyed<Cart>) {
-    ///     cart.purge();
-    ///     assert!(cart.items.is_empty());
-    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.keyed::<Cart>().await?;
+    /// cart.items.push("apple".into());
+    /// cart.purge();
+    /// assert!(cart.items.is_empty());
+    /// assert_eq!(cart.expires_at(), None);
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn purge(&mut self) {
         self.request.warn_if_flushed(T::KEY, "purged");
@@ -177,14 +183,19 @@ impl<T: Namespace> Keyed<T> {
     ///
     /// ```
     /// # use serde::{Deserialize, Serialize};
-    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # use tower_sessions_controller::{Error, Namespace};
     /// # #[derive(Default, Serialize, Deserialize)]
     /// # struct Cart { items: Vec<String> }
     /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
-    /// async fn add(mut cart: Keyed<Cart>) {
-    ///     cart.items.push("apple".into());
-    ///     assert!(!cart.is_expired());
-    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.keyed::<Cart>().await?;
+    /// assert!(cart.is_expired()); // never written
+    /// cart.items.push("apple".into());
+    /// assert!(!cart.is_expired());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn is_expired(&self) -> bool {
         expiry::is_expired(self.stamp, self.request.now)
@@ -194,16 +205,19 @@ impl<T: Namespace> Keyed<T> {
     ///
     /// ```
     /// # use serde::{Deserialize, Serialize};
-    /// # use tower_sessions_controller::{Keyed, Namespace};
+    /// # use tower_sessions_controller::{Error, Namespace};
     /// # #[derive(Default, Serialize, Deserialize)]
     /// # struct Cart { items: Vec<String> }
     /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
-    /// async fn show(cart: Keyed<Cart>) -> String {
-    ///     match cart.expires_at() {
-    ///         Some(at) => format!("kept until {at}"),
-    ///         None => "empty".into(),
-    ///     }
-    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.keyed::<Cart>().await?;
+    /// assert_eq!(cart.expires_at(), None);
+    /// cart.items.push("apple".into());
+    /// assert!(cart.expires_at().is_some());
+    /// # Ok(())
+    /// # }
     /// ```
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
         self.stamp

@@ -44,6 +44,13 @@ pub struct SessionControllerLayer {
 
 impl SessionControllerLayer {
     /// A layer on the [`SystemClock`].
+    ///
+    /// ```
+    /// use tower_sessions_controller::SessionControllerLayer;
+    ///
+    /// let layer = SessionControllerLayer::new();
+    /// # let _ = layer;
+    /// ```
     pub fn new() -> Self {
         Self {
             clock: Arc::new(SystemClock),
@@ -93,7 +100,17 @@ impl<S> Layer<S> for SessionControllerLayer {
     }
 }
 
-/// The service made by [`SessionControllerLayer`].
+/// The service made by [`SessionControllerLayer`]: see there for what it does.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use tower::Layer;
+/// use tower_sessions_controller::{SessionControllerLayer, SessionControllerService};
+///
+/// let service: SessionControllerService<Router> =
+///     SessionControllerLayer::new().layer(Router::new().route("/", get(|| async { "hi" })));
+/// # let _ = service;
+/// ```
 #[derive(Clone)]
 pub struct SessionControllerService<S> {
     inner: S,

@@ -91,8 +91,8 @@
 mod clock;
 mod controller;
 mod error;
-mod export;
 mod expiry;
+mod export;
 mod keyed;
 mod layer;
 mod state;
@@ -100,31 +100,36 @@ mod state;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{SessionController, SessionControllers};
 pub use error::Error;
-pub use export::escape_js;
 pub use expiry::{DEFAULT_EXPIRY, STAMP_KEY};
+pub use export::escape_js;
 pub use keyed::{Keyed, Namespace};
 pub use layer::{SessionControllerLayer, SessionControllerService};
 
-/// Runs `f` on a controller for the namespace `shopping_cart` of a fresh session: the examples in
-/// [`SessionController`]'s docs use it. Not part of the API.
+/// Controllers of a fresh session on a `MemoryStore`, outside any request: the examples in the
+/// docs use it. Not part of the API.
+#[doc(hidden)]
+pub fn __doc_controllers() -> SessionControllers {
+    let session = tower_sessions::Session::new(
+        None,
+        std::sync::Arc::new(tower_sessions::MemoryStore::default()),
+        None,
+    );
+    SessionControllers::from_state(std::sync::Arc::new(state::RequestState::new(
+        Some(session),
+        time::OffsetDateTime::now_utc(),
+    )))
+}
+
+/// Runs `f` on a controller for the namespace `shopping_cart` from [`__doc_controllers`]. Not
+/// part of the API.
 #[doc(hidden)]
 pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
     use std::{
         future::Future,
-        sync::Arc,
         task::{Context, Poll, Waker},
     };
 
-    let session = tower_sessions::Session::new(
-        None,
-        Arc::new(tower_sessions::MemoryStore::default()),
-        None,
-    );
-    let request = Arc::new(state::RequestState::new(
-        Some(session),
-        time::OffsetDateTime::now_utc(),
-    ));
-    let controllers = SessionControllers::from_state(request);
+    let controllers = __doc_controllers();
     // A session without an id never reaches the store, so opening completes at once.
     let open = std::pin::pin!(controllers.open("shopping_cart"));
     match open.poll(&mut Context::from_waker(Waker::noop())) {

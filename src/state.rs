@@ -295,7 +295,9 @@ impl Slot {
 }
 
 /// Splits a stored namespace into the user's keys and the stamp.
-pub(crate) fn decode(stored: Value) -> Result<(Map<String, Value>, Option<OffsetDateTime>), &'static str> {
+pub(crate) fn decode(
+    stored: Value,
+) -> Result<(Map<String, Value>, Option<OffsetDateTime>), &'static str> {
     let Value::Object(mut map) = stored else {
         return Err("the namespace is not a JSON object");
     };

@@ -9,7 +9,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use axum::http::{Request, Response, StatusCode};
+use axum::{
+    body::Body,
+    http::{Request, Response},
+    response::IntoResponse,
+};
 use tower::{Layer, Service};
 use tower_sessions::Session;
 
@@ -125,12 +129,11 @@ impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionControllerService<S>
+impl<S, ReqBody> Service<Request<ReqBody>> for SessionControllerService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send,
     ReqBody: Send + 'static,
-    ResBody: Default + Send,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -152,14 +155,9 @@ where
             let response = inner.call(req).await?;
             match state.flush().await {
                 Ok(()) => Ok(response),
-                Err(err) => {
-                    // SessionManagerLayer saves nothing for a server error, so the session keeps
-                    // what it had before this request: no namespace is half written.
-                    tracing::error!(error = %err, "flushing namespaces into the session failed");
-                    let mut response = Response::new(ResBody::default());
-                    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-                    Ok(response)
-                }
+                // A server error: SessionManagerLayer saves nothing for it, so the session keeps
+                // what it had before this request and no namespace is half written.
+                Err(err) => Ok(err.into_response()),
             }
         })
     }

@@ -268,6 +268,11 @@ impl Slot {
         }
         let map = match &self.typed {
             Some(typed) => match typed.to_value() {
+                Ok(Value::Object(map)) if map.contains_key(expiry::STAMP_KEY) => {
+                    return Err(Error::ReservedKey {
+                        key: expiry::STAMP_KEY.to_owned(),
+                    })
+                }
                 Ok(Value::Object(map)) => map,
                 Ok(_) => {
                     return Err(Error::NotAnObject {

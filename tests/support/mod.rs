@@ -148,7 +148,11 @@ impl TestApp {
     pub async fn store_raw(&self, key: &str, value: Value) {
         let mut record = self.record().await.expect("a stored record to tamper with");
         record.data.insert(key.to_owned(), value);
-        self.store.inner.save(&record).await.expect("memory store save");
+        self.store
+            .inner
+            .save(&record)
+            .await
+            .expect("memory store save");
     }
 }
 
@@ -253,7 +257,15 @@ impl<S: SessionStore + Clone> SessionStore for CountingStore<S> {
 pub struct Logs(Arc<Mutex<Vec<u8>>>);
 
 impl Logs {
+    ///
+    /// tracing caches, per call site, whether anyone wants its events, and while at most one
+    /// dispatcher exists it asks only the current thread's: a test without a capture could cache
+    /// "never" and a capturing test on another thread would lose the event. A dispatcher kept
+    /// alive for the whole run makes tracing ask every live dispatcher instead.
     pub fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        static KEEP_ALIVE: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+        KEEP_ALIVE
+            .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let logs = Self::default();
         let writer = logs.clone();
         let subscriber = tracing_subscriber::fmt()

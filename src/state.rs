@@ -18,7 +18,7 @@ use std::{
 
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
-use tower_sessions::Session;
+use tower_sessions::{session::Id, Session};
 
 use crate::{expiry, Error, Namespace};
 
@@ -39,6 +39,9 @@ pub(crate) struct RequestState {
 /// One namespace opened in a request.
 pub(crate) struct Entry {
     pub(crate) key: String,
+    /// The session's id when the namespace was loaded: a namespace loaded from a session that
+    /// the handler then flushed (logged out) must not be written into its successor.
+    loaded_from: Option<Id>,
     slot: Mutex<Slot>,
 }
 
@@ -110,13 +113,14 @@ impl RequestState {
         }
         let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
         let stored = session.get_value(key).await.map_err(Error::Store)?;
+        let loaded_from = session.id();
         let slot = Slot::load(key, stored, self.now);
         // Another task of this request may have loaded it meanwhile: the first one in wins, so
         // both controllers share one entry.
         let mut entries = lock(&self.entries);
         let entry = entries
             .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Entry::new(key, slot)));
+            .or_insert_with(|| Arc::new(Entry::new(key, loaded_from, slot)));
         Ok(Arc::clone(entry))
     }
 
@@ -144,6 +148,18 @@ impl RequestState {
             return Ok(());
         };
         for (key, entry) in entries {
+            if entry.loaded_from.is_some() && session.id().is_none() && session.is_empty().await {
+                // `Session::flush` ran after this namespace was loaded: it belonged to the old
+                // session. (`Session::cycle_id` also clears the id, but keeps the data.)
+                if entry.lock().dirty {
+                    tracing::warn!(
+                        namespace = key,
+                        "the session was flushed after this namespace was opened: its changes are \
+                         dropped; open it again after the flush to write to the new session"
+                    );
+                }
+                continue;
+            }
             // The map's reference was moved here; any other one is a controller still alive.
             let detached = Arc::strong_count(&entry) > 1;
             if detached {
@@ -172,9 +188,10 @@ impl RequestState {
 }
 
 impl Entry {
-    fn new(key: &str, slot: Slot) -> Self {
+    fn new(key: &str, loaded_from: Option<Id>, slot: Slot) -> Self {
         Self {
             key: key.to_owned(),
+            loaded_from,
             slot: Mutex::new(slot),
         }
     }

@@ -11,7 +11,7 @@ use time::{Duration, OffsetDateTime};
 use crate::{
     expiry,
     export::escape_js,
-    state::{Entry, RequestState, Slot},
+    state::{Entry, RequestState},
     Error, Keyed, Namespace,
 };
 
@@ -475,8 +475,16 @@ impl SessionController {
     pub fn to_escaped_json(&self) -> String {
         escape_js(&self.to_json())
     }
+}
 
-    fn slot_debug(&self, f: &mut fmt::Formatter<'_>, slot: &mut Slot) -> fmt::Result {
+/// Serializes the user's keys. Cannot fail: the keys are strings and the values are already JSON.
+fn map_to_json(map: &Map<String, Value>) -> String {
+    serde_json::to_string(map).unwrap_or_else(|_| String::from("{}"))
+}
+
+impl fmt::Debug for SessionController {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut slot = self.entry.lock();
         let stamp = slot.stamp;
         f.debug_struct("SessionController")
             .field("key", &self.entry.key)
@@ -484,17 +492,5 @@ impl SessionController {
             .field("expires_at", &stamp)
             .field("data", slot.map(&self.entry.key))
             .finish()
-    }
-}
-
-/// Serializes the user's keys. Cannot fail: the keys are strings and the values are already JSON.
-pub(crate) fn map_to_json(map: &Map<String, Value>) -> String {
-    serde_json::to_string(map).unwrap_or_else(|_| String::from("{}"))
-}
-
-impl fmt::Debug for SessionController {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut slot = self.entry.lock();
-        self.slot_debug(f, &mut slot)
     }
 }

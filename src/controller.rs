@@ -294,9 +294,13 @@ impl SessionController {
             source,
         })?;
         self.request.warn_if_flushed(self.key(), "changed");
-        let mut slot = self.entry.lock();
-        slot.map(self.key()).insert(key.to_owned(), value);
-        slot.touch(self.request.now, self.expiry);
+        self.entry.lock().insert(
+            self.key(),
+            key.to_owned(),
+            value,
+            self.request.now,
+            self.expiry,
+        );
         Ok(())
     }
 
@@ -313,13 +317,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let mut slot = self.entry.lock();
-        let removed = slot.map(self.key()).remove(key)?;
+        let removed = self.entry.lock().remove(self.key(), key)?;
         self.request.warn_if_flushed(self.key(), "changed");
-        if slot.map(self.key()).is_empty() {
-            slot.stamp = None;
-        }
-        slot.dirty = true;
         Some(removed)
     }
 

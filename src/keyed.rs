@@ -9,7 +9,6 @@ use std::{
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use serde::{de::DeserializeOwned, Serialize};
-use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
@@ -98,6 +97,7 @@ pub struct Keyed<T: Namespace> {
     /// namespace); otherwise the entry keeps what it had.
     hand_back: bool,
     written: bool,
+    /// Purged at some point: the namespace starts afresh, even if written again afterwards.
     purged: bool,
 }
 
@@ -117,26 +117,7 @@ impl<T: Namespace> Keyed<T> {
                     namespace: T::KEY.to_owned(),
                 });
             }
-            slot.checked_out = true;
-            match slot.typed.take() {
-                Some(typed) if typed.as_any().is::<T>() => match typed.into_any().downcast::<T>() {
-                    Ok(value) => (*value, true),
-                    Err(_) => (T::default(), false),
-                },
-                // Another type with the same key left it: go through JSON.
-                other => {
-                    slot.typed = other;
-                    if slot.dirty {
-                        // A runtime controller changed it: keep its map, which may hold keys
-                        // that `T` does not, unless this `Keyed` writes.
-                        let (value, _) = deserialize(slot.map(T::KEY).clone());
-                        (value, false)
-                    } else {
-                        let (value, filled) = deserialize(std::mem::take(slot.map(T::KEY)));
-                        (value, !filled)
-                    }
-                }
-            }
+            slot.check_out::<T>()
         };
         let stamp = entry.lock().stamp;
         Ok(Self {
@@ -224,25 +205,6 @@ impl<T: Namespace> Keyed<T> {
     }
 }
 
-/// The namespace's fields as a `T`, and whether `T::default()` stands in for them.
-fn deserialize<T: Namespace>(map: Map<String, Value>) -> (T, bool) {
-    if map.is_empty() {
-        return (T::default(), true);
-    }
-    match serde_json::from_value(Value::Object(map)) {
-        Ok(value) => (value, false),
-        Err(err) => {
-            tracing::warn!(
-                namespace = T::KEY,
-                error = %err,
-                "stored namespace does not deserialize into its type: treating it as empty; the \
-                 next write replaces it"
-            );
-            (T::default(), true)
-        }
-    }
-}
-
 impl<T: Namespace> Deref for Keyed<T> {
     type Target = T;
 
@@ -257,7 +219,6 @@ impl<T: Namespace> DerefMut for Keyed<T> {
             self.request.warn_if_flushed(T::KEY, "changed");
             self.stamp = Some(expiry::stamp_after_write(self.request.now, T::EXPIRY));
             self.written = true;
-            self.purged = false;
         }
         &mut self.value
     }
@@ -266,18 +227,17 @@ impl<T: Namespace> DerefMut for Keyed<T> {
 impl<T: Namespace> Drop for Keyed<T> {
     fn drop(&mut self) {
         let mut slot = self.entry.lock();
-        slot.checked_out = false;
+        let value = std::mem::take(&mut self.value);
         if self.purged {
             slot.purge();
-            return;
         }
         if self.written {
-            slot.typed = Some(Box::new(std::mem::take(&mut self.value)));
-            slot.stamp = self.stamp;
-            slot.dirty = true;
-        } else if self.hand_back {
+            slot.check_in(value, self.stamp);
+        } else if self.hand_back && !self.purged {
             // Unchanged: keep the value so a later `Keyed<T>` need not deserialize again.
-            slot.typed = Some(Box::new(std::mem::take(&mut self.value)));
+            slot.check_in(value, None);
+        } else {
+            slot.checked_out = false;
         }
     }
 }

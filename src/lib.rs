@@ -95,6 +95,7 @@ mod expiry;
 mod export;
 mod keyed;
 mod layer;
+mod merge;
 mod state;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -104,6 +105,7 @@ pub use expiry::{DEFAULT_EXPIRY, STAMP_KEY};
 pub use export::escape_js;
 pub use keyed::{Keyed, Namespace};
 pub use layer::{SessionControllerLayer, SessionControllerService};
+pub use merge::MergingStore;
 
 /// Controllers of a fresh session on a `MemoryStore`, outside any request: the examples in the
 /// docs use it. Not part of the API.

@@ -8,7 +8,7 @@
 
 use std::{
     any::Any,
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     mem,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,7 +20,11 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 use tower_sessions::{session::Id, Session};
 
-use crate::{expiry, Error, Namespace};
+use crate::{
+    expiry,
+    merge::{self, RequestOps},
+    Error, Namespace,
+};
 
 /// Locks a mutex, carrying on after a panic elsewhere: the data behind these locks is always
 /// left consistent between statements, so a poisoned lock holds nothing half-done.
@@ -47,12 +51,14 @@ pub(crate) struct Entry {
 
 /// What a namespace holds in memory during a request.
 pub(crate) struct Slot {
-    /// The user's keys (the stamp lives in `stamp`), as runtime controllers use them. Stale while
-    /// `typed` is set.
+    /// The user's keys (the stamp lives in `stamp`), as runtime controllers use them. While
+    /// `typed` is set, it holds what the namespace was before the `Keyed` changed it.
     map: Map<String, Value>,
     /// A typed namespace handed back by a [`Keyed`](crate::Keyed), serialized only when a runtime
     /// controller or the flush needs it.
-    pub(crate) typed: Option<Box<dyn TypedContent>>,
+    typed: Option<Box<dyn TypedContent>>,
+    /// `typed` holds a write that `map` does not.
+    typed_written: bool,
     /// A [`Keyed`](crate::Keyed) holds the data right now.
     pub(crate) checked_out: bool,
     pub(crate) stamp: Option<OffsetDateTime>,
@@ -60,7 +66,19 @@ pub(crate) struct Slot {
     /// reach the session.
     stored: bool,
     /// The namespace differs from what is stored: the flush writes it (or removes it).
-    pub(crate) dirty: bool,
+    dirty: bool,
+    /// This request's operations, for a merge with concurrent requests
+    /// ([`MergingStore`](crate::MergingStore)): what remains is applied to the latest stored
+    /// namespace instead of overwriting it.
+    ops: Ops,
+}
+
+/// The operations a request made on one namespace: whether it purged it, and which user keys it
+/// set or removed since (their final values are in the namespace the flush writes).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Ops {
+    pub(crate) purged: bool,
+    pub(crate) touched: BTreeSet<String>,
 }
 
 /// A [`Namespace`] value with its type erased, so the flush can serialize it.
@@ -135,7 +153,8 @@ impl RequestState {
         }
     }
 
-    /// Writes every changed namespace back into the session.
+    /// Writes every changed namespace back into the session. Under a
+    /// [`MergingStore`](crate::MergingStore), also leaves the request's operations for it.
     ///
     /// # Errors
     ///
@@ -147,19 +166,31 @@ impl RequestState {
             // Nothing can be opened without a session.
             return Ok(());
         };
+        // Changes the handler made through `Session` itself, before this flush adds its own.
+        let mut ops = RequestOps::new(self.now, session.is_modified());
+        // Whether a `MergingStore` is underneath (it marks the records it loads): asked once.
+        let mut merging = None;
         for (key, entry) in entries {
+            if !entry.lock().is_dirty() {
+                continue;
+            }
             if entry.loaded_from.is_some() && session.id().is_none() && session.is_empty().await {
                 // `Session::flush` ran after this namespace was loaded: it belonged to the old
                 // session. (`Session::cycle_id` also clears the id, but keeps the data.)
-                if entry.lock().dirty {
-                    tracing::warn!(
-                        namespace = key,
-                        "the session was flushed after this namespace was opened: its changes are \
-                         dropped; open it again after the flush to write to the new session"
-                    );
-                }
+                tracing::warn!(
+                    namespace = key,
+                    "the session was flushed after this namespace was opened: its changes are \
+                     dropped; open it again after the flush to write to the new session"
+                );
                 continue;
             }
+            let track = match merging {
+                Some(merging) => merging,
+                None => {
+                    let found = session.get_value(merge::VERSIONS_KEY).await;
+                    *merging.insert(found.map_err(Error::Store)?.is_some())
+                }
+            };
             // The map's reference was moved here; any other one is a controller still alive.
             let detached = Arc::strong_count(&entry) > 1;
             if detached {
@@ -169,7 +200,7 @@ impl RequestState {
                      produced; changes made through it from now on are not saved"
                 );
             }
-            let change = entry.lock().take_change(&key, detached)?;
+            let (change, namespace_ops) = entry.lock().take_change(&key, detached, track)?;
             match change {
                 Change::Write(value) => {
                     session
@@ -180,8 +211,15 @@ impl RequestState {
                 Change::Remove => {
                     session.remove_value(&key).await.map_err(Error::Store)?;
                 }
-                Change::Nothing => {}
+                Change::Nothing => continue,
             }
+            ops.record(key, namespace_ops);
+        }
+        if merging == Some(true) && !ops.is_empty() {
+            session
+                .insert_value(merge::OPS_KEY, ops.to_value())
+                .await
+                .map_err(Error::Store)?;
         }
         Ok(())
     }
@@ -214,10 +252,12 @@ impl Slot {
         let mut slot = Self {
             map: Map::new(),
             typed: None,
+            typed_written: false,
             checked_out: false,
             stamp: None,
             stored: stored.is_some(),
             dirty: false,
+            ops: Ops::default(),
         };
         let Some(stored) = stored else {
             return slot;
@@ -245,74 +285,162 @@ impl Slot {
 
     /// The user's keys, converting a typed namespace back into a map if a `Keyed` left one.
     pub(crate) fn map(&mut self, namespace: &str) -> &mut Map<String, Value> {
-        if let Some(typed) = self.typed.take() {
-            self.map = match typed.to_value() {
-                Ok(Value::Object(map)) => map,
-                _ => {
-                    tracing::error!(
-                        namespace,
-                        "typed namespace does not serialize to an object; reading it as empty"
-                    );
-                    Map::new()
-                }
-            };
+        if let Err(err) = self.materialize(namespace, true) {
+            tracing::error!(namespace, error = %err, "typed namespace read as empty");
+            self.map = Map::new();
         }
         &mut self.map
     }
 
-    /// Records a write: the stamp slides to `now + expiry`.
-    pub(crate) fn touch(&mut self, now: OffsetDateTime, expiry: Duration) {
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// Turns a typed namespace into `map`, recording what a `Keyed` write changed if `track`.
+    fn materialize(&mut self, namespace: &str, track: bool) -> Result<(), Error> {
+        let Some(typed) = self.typed.take() else {
+            return Ok(());
+        };
+        let map = match typed.to_value() {
+            Ok(Value::Object(map)) if map.contains_key(expiry::STAMP_KEY) => {
+                return Err(Error::ReservedKey {
+                    key: expiry::STAMP_KEY.to_owned(),
+                })
+            }
+            Ok(Value::Object(map)) => map,
+            Ok(_) => {
+                return Err(Error::NotAnObject {
+                    namespace: namespace.to_owned(),
+                })
+            }
+            Err(source) => {
+                return Err(Error::Serialize {
+                    namespace: namespace.to_owned(),
+                    key: None,
+                    source,
+                })
+            }
+        };
+        if mem::take(&mut self.typed_written) && track {
+            let old = &self.map;
+            let changed = old
+                .keys()
+                .chain(map.keys())
+                .filter(|k| old.get(*k) != map.get(*k));
+            self.ops.touched.extend(changed.cloned());
+        }
+        self.map = map;
+        Ok(())
+    }
+
+    /// Stores `value` under `key` and slides the stamp to `now + expiry`.
+    pub(crate) fn insert(
+        &mut self,
+        namespace: &str,
+        key: String,
+        value: Value,
+        now: OffsetDateTime,
+        expiry: Duration,
+    ) {
+        self.map(namespace).insert(key.clone(), value);
+        self.ops.touched.insert(key);
         self.stamp = Some(expiry::stamp_after_write(now, expiry));
         self.dirty = true;
+    }
+
+    /// Removes `key`; removing the last key removes the stamp too.
+    pub(crate) fn remove(&mut self, namespace: &str, key: &str) -> Option<Value> {
+        let map = self.map(namespace);
+        let removed = map.remove(key)?;
+        if map.is_empty() {
+            self.stamp = None;
+        }
+        self.ops.touched.insert(key.to_owned());
+        self.dirty = true;
+        Some(removed)
     }
 
     /// Empties the namespace; the flush removes it from the session.
     pub(crate) fn purge(&mut self) {
         self.map = Map::new();
         self.typed = None;
+        self.typed_written = false;
         self.stamp = None;
         self.dirty = true;
+        self.ops = Ops {
+            purged: true,
+            touched: BTreeSet::new(),
+        };
     }
 
-    /// What the flush must do. Takes the data unless a controller still holds the entry.
-    fn take_change(&mut self, namespace: &str, keep: bool) -> Result<Change, Error> {
-        if !self.dirty {
-            return Ok(Change::Nothing);
-        }
-        if self.checked_out {
-            // A `Keyed` moved past the response: the flush has warned about it.
-            return Ok(Change::Nothing);
-        }
-        let map = match &self.typed {
-            Some(typed) => match typed.to_value() {
-                Ok(Value::Object(map)) if map.contains_key(expiry::STAMP_KEY) => {
-                    return Err(Error::ReservedKey {
-                        key: expiry::STAMP_KEY.to_owned(),
-                    })
-                }
-                Ok(Value::Object(map)) => map,
-                Ok(_) => {
-                    return Err(Error::NotAnObject {
-                        namespace: namespace.to_owned(),
-                    })
-                }
-                Err(source) => {
-                    return Err(Error::Serialize {
-                        namespace: namespace.to_owned(),
-                        key: None,
-                        source,
-                    })
-                }
+    /// Hands a typed namespace to a `Keyed<T>`: `T::default()` for an empty or unreadable one.
+    /// The flag says whether the value stands for the namespace (so it can be handed back).
+    pub(crate) fn check_out<T: Namespace>(&mut self) -> (T, bool) {
+        self.checked_out = true;
+        match self.typed.take() {
+            Some(typed) if typed.as_any().is::<T>() => match typed.into_any().downcast::<T>() {
+                Ok(value) => (*value, true),
+                Err(_) => (T::default(), false),
             },
-            None if keep => self.map.clone(),
-            None => mem::take(&mut self.map),
+            // Another type with the same key left it: go through JSON.
+            other => {
+                self.typed = other;
+                let map = self.map(T::KEY);
+                if map.is_empty() {
+                    return (T::default(), false);
+                }
+                match T::deserialize(&*map) {
+                    Ok(value) => (value, true),
+                    Err(err) => {
+                        tracing::warn!(
+                            namespace = T::KEY,
+                            error = %err,
+                            "stored namespace does not deserialize into its type: treating it as \
+                             empty; the next write replaces it"
+                        );
+                        (T::default(), false)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a typed namespace back from a `Keyed<T>`; `stamp` is set if it was written.
+    pub(crate) fn check_in<T: Namespace>(&mut self, value: T, stamp: Option<OffsetDateTime>) {
+        self.checked_out = false;
+        self.typed = Some(Box::new(value));
+        if let Some(stamp) = stamp {
+            self.stamp = Some(stamp);
+            self.typed_written = true;
+            self.dirty = true;
+        }
+    }
+
+    /// What the flush must do, and the operations behind it if `track`. Takes the data unless a
+    /// controller still holds the entry (`keep`).
+    fn take_change(
+        &mut self,
+        namespace: &str,
+        keep: bool,
+        track: bool,
+    ) -> Result<(Change, Ops), Error> {
+        if !self.dirty || self.checked_out {
+            // (A `Keyed` moved past the response: the flush has warned about it.)
+            return Ok((Change::Nothing, Ops::default()));
+        }
+        self.materialize(namespace, track)?;
+        let map = if keep {
+            self.map.clone()
+        } else {
+            mem::take(&mut self.map)
         };
         self.dirty = false;
-        Ok(match encode(map, self.stamp) {
+        let change = match encode(map, self.stamp) {
             Some(value) => Change::Write(value),
             None if self.stored => Change::Remove,
             None => Change::Nothing,
-        })
+        };
+        Ok((change, mem::take(&mut self.ops)))
     }
 }
 

@@ -25,7 +25,7 @@ use tower_sessions::{
     session::{Id, Record},
     session_store, MemoryStore, SessionManagerLayer, SessionStore,
 };
-use tower_sessions_controller::{ManualClock, SessionControllerLayer};
+use tower_sessions_controller::{ManualClock, MergingStore, SessionControllerLayer};
 
 /// The instant every test clock starts at.
 pub const START: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
@@ -64,11 +64,34 @@ impl TestApp {
         let router = routes
             .layer(SessionControllerLayer::new().with_clock(clock.clone()))
             .layer(SessionManagerLayer::new(store.clone()).with_secure(false));
+        Self::assemble(router, store, clock)
+    }
+
+    /// The same app with its counting store behind a `MergingStore`: `store` counts what reaches
+    /// the memory store, the merge's own load included.
+    pub fn merging(routes: Router) -> Self {
+        let store = CountingStore::new(MemoryStore::default());
+        let clock = ManualClock::new(START);
+        let router = routes
+            .layer(SessionControllerLayer::new().with_clock(clock.clone()))
+            .layer(SessionManagerLayer::new(MergingStore::new(store.clone())).with_secure(false));
+        Self::assemble(router, store, clock)
+    }
+
+    fn assemble(router: Router, store: CountingStore<MemoryStore>, clock: ManualClock) -> Self {
         Self {
             router,
             store,
             clock,
             cookie: None,
+        }
+    }
+
+    /// Another tab of the same browser: same app and the same cookie, for overlapping requests.
+    pub fn tab(&self) -> Self {
+        Self {
+            cookie: self.cookie.clone(),
+            ..self.visitor()
         }
     }
 

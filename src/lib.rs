@@ -29,6 +29,12 @@
 //! cookie. If the flush fails, the response becomes a `500` and, as tower-sessions saves nothing
 //! for server errors, the stored session stays as it was.
 //!
+//! tower-sessions itself saves a visitor's whole record at the end of each request, so of two
+//! overlapping requests the later save undoes the earlier one. Wrap the store in
+//! [`MergingStore`] and each save is merged into the latest stored record instead: every namespace
+//! a request changed gets exactly that request's operations (inserts, removals, a purge) applied
+//! on top of what is stored now, and keys the request did not touch keep their latest value.
+//!
 //! Corrupt stored data (a namespace that is not an object, a stamp that is not a number, a typed
 //! namespace whose fields no longer deserialize) never fails a request: the namespace reads as
 //! empty, a warning naming the key is logged, and the next write replaces it.
@@ -82,8 +88,8 @@
 //!
 //! The layer (request in, flush out) is in `layer`, with the per-request state it shares with the
 //! extractors in `state`; the controllers that handlers touch are in `controller` (runtime keys)
-//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`; page
-//! export in `export`; errors in `error`.
+//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`; the
+//! merge of overlapping saves in `merge`; page export in `export`; errors in `error`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

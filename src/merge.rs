@@ -13,7 +13,8 @@
 //! - On save, under a per-session lock, it re-reads the latest record and rebuilds it: each
 //!   namespace this request changed gets exactly this request's operations applied on top of its
 //!   latest stored form; every other key keeps its latest stored value unless this request
-//!   changed it through `Session` directly and nobody else changed it meanwhile.
+//!   changed it through `Session` directly and nobody else changed it meanwhile (the versions
+//!   tell).
 //!
 //! A request that changed nothing saves nothing, so it costs nothing extra; a request that
 //! changed something costs one extra load. The per-session lock is in-process; with
@@ -260,16 +261,13 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
 #[derive(Debug)]
 pub(crate) struct RequestOps {
     now: OffsetDateTime,
-    /// The handler changed the session through `Session` itself too.
-    direct: bool,
     namespaces: BTreeMap<String, Ops>,
 }
 
 impl RequestOps {
-    pub(crate) fn new(now: OffsetDateTime, direct: bool) -> Self {
+    pub(crate) fn new(now: OffsetDateTime) -> Self {
         Self {
             now,
-            direct,
             namespaces: BTreeMap::new(),
         }
     }
@@ -296,7 +294,6 @@ impl RequestOps {
         json!({
             "now": self.now.unix_timestamp(),
             "now_nanos": self.now.nanosecond(),
-            "direct": self.direct,
             "namespaces": namespaces,
         })
     }
@@ -320,11 +317,7 @@ impl RequestOps {
                 (key.clone(), Ops { purged, touched })
             })
             .collect();
-        Some(Self {
-            now,
-            direct: value["direct"].as_bool().unwrap_or(true),
-            namespaces,
-        })
+        Some(Self { now, namespaces })
     }
 }
 
@@ -384,7 +377,6 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Record {
         .as_ref()
         .map(Versions::from_value)
         .unwrap_or_default();
-    let direct = ops.as_ref().is_none_or(|ops| ops.direct);
     let mut versions = Versions {
         counter: theirs_versions.counter + 1,
         keys: BTreeMap::new(),
@@ -406,9 +398,8 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Record {
             }
             // Someone else changed it since this request loaded it: theirs stands.
             (None, Some(base)) if base.of(&key) != version => (theirs, false),
-            // Nobody else changed it, and this request did not touch it through `Session`.
-            (None, Some(_)) if !direct => (theirs, false),
-            // Ours is the latest plus this request's direct changes; without versions in ours
+            // Nobody else changed it: ours is the latest plus whatever this request (or a
+            // middleware) changed through `Session` directly. Without versions in ours
             // (`Session::clear` dropped them), ours is the whole truth.
             (None, _) => {
                 let changed = own != theirs;
@@ -494,8 +485,8 @@ mod tests {
         expiry::encode(at)
     }
 
-    fn ops(direct: bool, namespaces: &[(&str, bool, &[&str])]) -> Value {
-        let mut ops = RequestOps::new(NOW, direct);
+    fn ops(namespaces: &[(&str, bool, &[&str])]) -> Value {
+        let mut ops = RequestOps::new(NOW);
         for (key, purged, touched) in namespaces {
             ops.record(
                 (*key).to_owned(),
@@ -518,10 +509,9 @@ mod tests {
 
     #[test]
     fn operations_round_trip_through_their_stored_form() {
-        let value = ops(false, &[("cart", true, &["a", "b"])]);
+        let value = ops(&[("cart", true, &["a", "b"])]);
         let read = RequestOps::from_value(&value).expect("readable");
         assert_eq!(read.now, NOW);
-        assert!(!read.direct);
         assert_eq!(read.namespaces["cart"].touched.len(), 2);
         assert!(read.namespaces["cart"].purged);
     }
@@ -530,7 +520,7 @@ mod tests {
     fn a_namespace_expired_by_the_requests_clock_is_replaced_not_merged_into() {
         let ours = record(json!({
             "cart": { "new": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
-            OPS_KEY: ops(false, &[("cart", false, &["new"])]),
+            OPS_KEY: ops(&[("cart", false, &["new"])]),
             VERSIONS_KEY: versions(1, &[("cart", 1)]),
         }));
         let latest = record(json!({
@@ -551,7 +541,7 @@ mod tests {
         let later = NOW + Duration::minutes(9);
         let ours = record(json!({
             "cart": { "a": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
-            OPS_KEY: ops(false, &[("cart", false, &["a"])]),
+            OPS_KEY: ops(&[("cart", false, &["a"])]),
             VERSIONS_KEY: versions(1, &[("cart", 1)]),
         }));
         let latest = record(json!({
@@ -603,14 +593,14 @@ mod tests {
     }
 
     #[test]
-    fn without_direct_writes_other_keys_keep_their_latest_value() {
+    fn a_key_this_request_left_alone_keeps_its_latest_value() {
         let ours = record(json!({
             "cart": { "a": 1 },
             "user": "as loaded",
-            OPS_KEY: ops(false, &[("cart", false, &["a"])]),
-            VERSIONS_KEY: versions(1, &[]),
+            OPS_KEY: ops(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(1, &[("user", 1)]),
         }));
-        let latest = record(json!({ "user": "newer", VERSIONS_KEY: versions(1, &[]) }));
+        let latest = record(json!({ "user": "newer", VERSIONS_KEY: versions(2, &[("user", 2)]) }));
         assert_eq!(merge(&ours, Some(latest)).data["user"], "newer");
     }
 
@@ -627,7 +617,7 @@ mod tests {
     fn a_record_gone_from_the_store_is_saved_without_operations() {
         let ours = record(json!({
             "cart": { "a": 1 },
-            OPS_KEY: ops(false, &[("cart", false, &["a"])]),
+            OPS_KEY: ops(&[("cart", false, &["a"])]),
             VERSIONS_KEY: versions(1, &[]),
         }));
         let merged = merge(&ours, None);
@@ -636,13 +626,14 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_operations_count_as_direct_changes() {
+    fn unreadable_operations_leave_every_namespace_to_the_version_rule() {
         let ours = record(json!({
-            "user": "ada",
+            "cart": { "a": 1 },
             OPS_KEY: "garbage",
-            VERSIONS_KEY: versions(1, &[("user", 1)]),
+            VERSIONS_KEY: versions(1, &[("cart", 1)]),
         }));
-        let latest = record(json!({ "user": "old", VERSIONS_KEY: versions(1, &[("user", 1)]) }));
-        assert_eq!(merge(&ours, Some(latest)).data["user"], "ada");
+        let latest =
+            record(json!({ "cart": { "b": 1 }, VERSIONS_KEY: versions(2, &[("cart", 2)]) }));
+        assert_eq!(merge(&ours, Some(latest)).data["cart"], json!({ "b": 1 }));
     }
 }

@@ -166,8 +166,7 @@ impl RequestState {
             // Nothing can be opened without a session.
             return Ok(());
         };
-        // Changes the handler made through `Session` itself, before this flush adds its own.
-        let mut ops = RequestOps::new(self.now, session.is_modified());
+        let mut ops = RequestOps::new(self.now);
         // Whether a `MergingStore` is underneath (it marks the records it loads): asked once.
         let mut merging = None;
         for (key, entry) in entries {

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --example shopping_cart            # http://127.0.0.1:3000, PORT=8080 to change
+//! SESSION_STORE=redis://127.0.0.1:6379 cargo run --example shopping_cart  # README: "Stores"
 //!
 //! curl -s -c jar -b jar -X POST 'http://127.0.0.1:3000/cart/apple?quantity=2'
 //! curl -s -c jar -b jar http://127.0.0.1:3000/cart
@@ -13,8 +14,16 @@
 //! The cart is a typed namespace ([`Keyed<Cart>`]); "recently viewed" uses the runtime API
 //! ([`SessionControllers::open_with_expiry`]) with a shorter expiry. Both live in one session,
 //! each under its own key with its own stamp.
+//!
+//! `SESSION_STORE` picks the session store: `memory` (the default: sessions last as long as the
+//! process), `redis://…`, `postgres://…` (or `postgresql://…`) or `sqlite://…` (the file is
+//! created if missing). The store crates are dev-dependencies of this repository, not
+//! dependencies of the library.
 
-use std::{collections::BTreeMap, env, net::SocketAddr, num::NonZeroU32, process::ExitCode};
+use std::{
+    collections::BTreeMap, env, net::SocketAddr, num::NonZeroU32, process::ExitCode, str::FromStr,
+    time::Duration as StdDuration,
+};
 
 use axum::{
     extract::{Path, Query},
@@ -25,9 +34,21 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
-use tower_sessions::{MemoryStore, SessionManagerLayer};
+use tower_sessions::{MemoryStore, SessionManagerLayer, SessionStore};
 use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
+};
+use tower_sessions_redis_store::{
+    fred::prelude::{ClientLike, Config, Pool},
+    RedisStore,
+};
+use tower_sessions_sqlx_store::{
+    sqlx::{
+        postgres::{PgConnectOptions, PgPoolOptions},
+        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+        ConnectOptions, Connection,
+    },
+    PostgresStore, SqliteStore,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -137,7 +158,7 @@ fn seconds_left(stamp: Option<OffsetDateTime>) -> Option<i64> {
     stamp.map(|at| (at - OffsetDateTime::now_utc()).whole_seconds())
 }
 
-fn app() -> Router {
+fn app<S: SessionStore + Clone>(store: S) -> Router {
     Router::new()
         .route("/cart", get(list).delete(purge))
         .route("/cart/{item}", post(add).delete(remove))
@@ -148,7 +169,114 @@ fn app() -> Router {
         // Browsers drop `Secure` cookies set over plain http://127.0.0.1, and the cart would
         // forget every request. Production serves HTTPS and keeps the default,
         // `with_secure(true)`, so the session cookie never travels in clear text.
-        .layer(SessionManagerLayer::new(MemoryStore::default()).with_secure(false))
+        .layer(SessionManagerLayer::new(store).with_secure(false))
+}
+
+/// How long start-up waits for a store's server before giving up.
+const STORE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+
+/// The session store `SESSION_STORE` names (nothing connected yet).
+enum StoreChoice {
+    Memory,
+    Redis(String),
+    Postgres(String),
+    Sqlite(String),
+}
+
+impl StoreChoice {
+    /// `SESSION_STORE` from the environment: `memory` when unset.
+    fn from_env() -> Result<Self, String> {
+        let raw = match env::var("SESSION_STORE") {
+            Err(env::VarError::NotPresent) => return Ok(Self::Memory),
+            Err(env::VarError::NotUnicode(raw)) => {
+                return Err(format!("SESSION_STORE={raw:?} is not valid UTF-8"))
+            }
+            Ok(raw) => raw.trim().to_owned(),
+        };
+        if raw == "memory" {
+            Ok(Self::Memory)
+        } else if raw.starts_with("redis://") {
+            Ok(Self::Redis(raw))
+        } else if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            Ok(Self::Postgres(raw))
+        } else if raw.starts_with("sqlite:") {
+            Ok(Self::Sqlite(raw))
+        } else {
+            Err(format!(
+                "SESSION_STORE={:?} is not a session store: use memory (the default), \
+                 redis://HOST:PORT, postgres://USER@HOST:PORT/DATABASE or sqlite://FILE",
+                redact(&raw)
+            ))
+        }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A Redis store; fails unless the server answers.
+async fn redis_store(url: &str) -> Result<RedisStore<Pool>, String> {
+    let cannot =
+        |err: &dyn std::fmt::Display| format!("cannot use the Redis at {}: {err}", redact(url));
+    let config = Config::from_url(url).map_err(|err| cannot(&err))?;
+    let pool = Pool::new(config, None, None, None, 4).map_err(|err| cannot(&err))?;
+    match tokio::time::timeout(STORE_TIMEOUT, pool.init()).await {
+        Ok(Ok(_connection)) => Ok(RedisStore::new(pool)),
+        Ok(Err(err)) => Err(cannot(&err)),
+        Err(_) => Err(cannot(&format!("no answer within {STORE_TIMEOUT:?}"))),
+    }
+}
+
+/// A PostgreSQL store, its table (`tower_sessions.session`) created if missing.
+async fn postgres_store(url: &str) -> Result<PostgresStore, String> {
+    let cannot = |err: &dyn std::fmt::Display| {
+        format!("cannot use the PostgreSQL at {}: {err}", redact(url))
+    };
+    let options = PgConnectOptions::from_str(url).map_err(|err| cannot(&err))?;
+    // One attempt first, for its error: a pool retries until its timeout and reports only that.
+    match tokio::time::timeout(STORE_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+        }
+        Ok(Err(err)) => return Err(cannot(&err)),
+        Err(_) => return Err(cannot(&format!("no answer within {STORE_TIMEOUT:?}"))),
+    }
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(STORE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|err| cannot(&err))?;
+    let store = PostgresStore::new(pool);
+    store.migrate().await.map_err(|err| cannot(&err))?;
+    Ok(store)
+}
+
+/// A SQLite store in the file `url` names, created if missing, with its table.
+async fn sqlite_store(url: &str) -> Result<SqliteStore, String> {
+    let cannot = |err: &dyn std::fmt::Display| format!("cannot use the SQLite at {url}: {err}");
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|err| cannot(&err))?
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .acquire_timeout(STORE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|err| cannot(&err))?;
+    let store = SqliteStore::new(pool);
+    store.migrate().await.map_err(|err| cannot(&err))?;
+    Ok(store)
 }
 
 /// `PORT` from the environment, or the default.
@@ -164,6 +292,7 @@ fn port() -> Result<u16, String> {
 }
 
 async fn run() -> Result<(), String> {
+    let store = StoreChoice::from_env()?;
     let addr = SocketAddr::from(([127, 0, 0, 1], port()?));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -172,9 +301,41 @@ async fn run() -> Result<(), String> {
     let addr = listener
         .local_addr()
         .map_err(|err| format!("cannot read the listening address: {err}"))?;
-    println!("shopping cart listening on http://{addr} (Ctrl-C to stop)");
 
-    axum::serve(listener, app())
+    match store {
+        StoreChoice::Memory => {
+            println!("session store: memory (sessions last as long as the process)");
+            serve(listener, addr, MemoryStore::default()).await
+        }
+        StoreChoice::Redis(url) => {
+            let store = redis_store(&url).await?;
+            println!("session store: Redis at {}", redact(&url));
+            serve(listener, addr, store).await
+        }
+        StoreChoice::Postgres(url) => {
+            let store = postgres_store(&url).await?;
+            println!(
+                "session store: PostgreSQL at {} (table tower_sessions.session)",
+                redact(&url)
+            );
+            serve(listener, addr, store).await
+        }
+        StoreChoice::Sqlite(url) => {
+            let store = sqlite_store(&url).await?;
+            println!("session store: SQLite at {url} (table tower_sessions)");
+            serve(listener, addr, store).await
+        }
+    }
+}
+
+/// Serves the cart on `listener` with sessions in `store`, until Ctrl-C.
+async fn serve<S: SessionStore + Clone>(
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    store: S,
+) -> Result<(), String> {
+    println!("shopping cart listening on http://{addr} (Ctrl-C to stop)");
+    axum::serve(listener, app(store))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|err| format!("server error: {err}"))

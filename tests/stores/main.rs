@@ -1,0 +1,890 @@
+//! The crate against real session stores: one behaviour suite (`suite.rs`) run once per store by
+//! `behaviour_suite!`, two app instances sharing one Redis or one PostgreSQL (`instances.rs`),
+//! and a stress harness of overlapping requests on one session (`stress.rs`).
+//!
+//! Stores: tower-sessions' `MemoryStore`; Redis at `REDIS_URL` (default
+//! `redis://127.0.0.1:6379`); PostgreSQL at `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); SQLite in a file under the system's temp dir; and
+//! `CachingSessionStore` (Moka in front of Redis).
+//!
+//! A test whose server cannot be reached prints `SKIPPED <test>: ...` with the URL and the error
+//! and passes; with `REQUIRE_SERVICES=1` it fails instead.
+//!
+//! Runs do not interfere: every PostgreSQL test migrates a table of its own (dropped at the end),
+//! every SQLite test a file of its own (removed at the end), and the Redis sessions, whose ids
+//! are random, are deleted at the end by the ids the store wrapper saw created.
+
+mod instances;
+mod stress;
+mod suite;
+
+use std::{
+    collections::HashSet,
+    env, fmt,
+    future::Future,
+    panic::AssertUnwindSafe,
+    path::PathBuf,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration as StdDuration, SystemTime, UNIX_EPOCH},
+};
+
+use async_trait::async_trait;
+use axum::{
+    body::Body,
+    extract::Path,
+    http::{header, Method, Request, StatusCode},
+    routing::{delete, get, post},
+    Json, Router,
+};
+use futures::FutureExt;
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use time::{macros::datetime, Duration, OffsetDateTime};
+use tower::ServiceExt;
+use tower_sessions::{
+    session::{Expiry, Id, Record},
+    session_store, CachingSessionStore, MemoryStore, SessionManagerLayer, SessionStore,
+};
+use tower_sessions_controller::{
+    Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
+    STAMP_KEY,
+};
+use tower_sessions_moka_store::MokaStore;
+use tower_sessions_redis_store::{
+    fred::prelude::{ClientLike, Config, Pool},
+    RedisStore,
+};
+use tower_sessions_sqlx_store::{
+    sqlx::{
+        postgres::{PgConnectOptions, PgPoolOptions},
+        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+        ConnectOptions, Connection, PgPool, SqlitePool,
+    },
+    PostgresStore, SqliteStore,
+};
+
+/// The instant every test clock starts at.
+pub const START: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
+
+/// How long a test waits for a server to answer before calling it unreachable.
+const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// The one place where an instance's session manager is built
+// ---------------------------------------------------------------------------------------------
+
+/// The `SessionManagerLayer` of every app instance in these tests, the stress baseline's
+/// included: wrap `store` here to change the store of all of them at once.
+///
+/// Sessions expire after an hour without a save, so a run killed before its clean-up leaves
+/// nothing in Redis for long.
+pub fn session_layer<S: SessionStore + Clone>(store: S) -> SessionManagerLayer<S> {
+    SessionManagerLayer::new(store)
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(Duration::hours(1)))
+}
+
+/// One app instance: `routes` behind its own `SessionControllerLayer` (on its own
+/// `ManualClock`, at [`START`]) and its own session manager on `store`.
+pub struct Instance {
+    pub router: Router,
+    pub clock: ManualClock,
+}
+
+impl Instance {
+    pub fn new<S: SessionStore + Clone>(routes: Router, store: S) -> Self {
+        let clock = ManualClock::new(START);
+        let router = routes
+            .layer(SessionControllerLayer::new().with_clock(clock.clone()))
+            .layer(session_layer(store));
+        Self { router, clock }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The routes of the behaviour suite
+// ---------------------------------------------------------------------------------------------
+
+/// A typed namespace.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Cart {
+    pub items: Vec<String>,
+}
+
+impl Namespace for Cart {
+    const KEY: &'static str = "cart";
+}
+
+/// An instant as nanoseconds since the Unix epoch.
+pub fn nanos(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos()).expect("instant fits in i64 nanoseconds")
+}
+
+fn report(data: Value, expires_at: Option<OffsetDateTime>) -> Json<Value> {
+    Json(json!({ "data": data, "expires_at": expires_at.map(nanos) }))
+}
+
+/// GET /ns/{ns}: what the namespace holds, and its stamp.
+async fn ns_read(
+    Path(ns): Path<String>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    let controller = controllers.open(&ns).await?;
+    Ok(report(
+        Value::Object(controller.data()),
+        controller.expires_at(),
+    ))
+}
+
+/// POST /ns/{ns}/{key}/{value}: the value is JSON if it parses, else a string.
+async fn ns_put(
+    Path((ns, key, value)): Path<(String, String, String)>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
+    let mut controller = controllers.open(&ns).await?;
+    controller.insert(&key, value)?;
+    Ok(report(
+        Value::Object(controller.data()),
+        controller.expires_at(),
+    ))
+}
+
+/// DELETE /ns/{ns}/{key}
+async fn ns_remove(
+    Path((ns, key)): Path<(String, String)>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    let mut controller = controllers.open(&ns).await?;
+    controller.remove(&key);
+    Ok(report(
+        Value::Object(controller.data()),
+        controller.expires_at(),
+    ))
+}
+
+/// DELETE /ns/{ns}
+async fn ns_purge(
+    Path(ns): Path<String>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    let mut controller = controllers.open(&ns).await?;
+    controller.purge();
+    Ok(report(
+        Value::Object(controller.data()),
+        controller.expires_at(),
+    ))
+}
+
+/// GET /cart
+async fn cart_read(cart: Keyed<Cart>) -> Json<Value> {
+    report(json!(cart.items), cart.expires_at())
+}
+
+/// POST /cart/{item}
+async fn cart_add(Path(item): Path<String>, mut cart: Keyed<Cart>) -> Json<Value> {
+    cart.items.push(item);
+    report(json!(cart.items), cart.expires_at())
+}
+
+/// DELETE /cart
+async fn cart_purge(mut cart: Keyed<Cart>) -> Json<Value> {
+    cart.purge();
+    report(json!(cart.items), cart.expires_at())
+}
+
+/// The routes the behaviour suite and the instance tests drive.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/ns/{ns}", get(ns_read).delete(ns_purge))
+        .route("/ns/{ns}/{key}", delete(ns_remove))
+        .route("/ns/{ns}/{key}/{value}", post(ns_put))
+        .route("/cart", get(cart_read).delete(cart_purge))
+        .route("/cart/{item}", post(cart_add))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A visitor: carries its session cookie between requests, to any instance
+// ---------------------------------------------------------------------------------------------
+
+/// One response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub set_cookie: Option<String>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("body {:?} is not JSON: {err}", self.body))
+    }
+
+    /// The `data` a route reported, after checking the request succeeded.
+    pub fn data(&self) -> Value {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
+        self.json()["data"].clone()
+    }
+
+    /// The stamp a route reported, `None` for `null`.
+    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
+        let nanos = self.json()["expires_at"].as_i64()?;
+        Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).expect("in range"))
+    }
+}
+
+/// A browser: keeps the session cookie it is given, whichever instance gave it.
+#[derive(Debug, Default, Clone)]
+pub struct Visitor {
+    pub cookie: Option<String>,
+}
+
+impl Visitor {
+    pub async fn get(&mut self, app: &Router, uri: &str) -> Reply {
+        self.send(app, Method::GET, uri).await
+    }
+
+    pub async fn post(&mut self, app: &Router, uri: &str) -> Reply {
+        self.send(app, Method::POST, uri).await
+    }
+
+    pub async fn delete(&mut self, app: &Router, uri: &str) -> Reply {
+        self.send(app, Method::DELETE, uri).await
+    }
+
+    pub async fn send(&mut self, app: &Router, method: Method, uri: &str) -> Reply {
+        let reply = send(app, self.cookie.as_deref(), method, uri).await;
+        if let Some(set_cookie) = &reply.set_cookie {
+            if set_cookie.contains("Max-Age=0") {
+                self.cookie = None;
+            } else {
+                self.cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
+            }
+        }
+        reply
+    }
+
+    /// The session id the cookie carries.
+    pub fn session_id(&self) -> Option<Id> {
+        self.cookie.as_ref()?.strip_prefix("id=")?.parse().ok()
+    }
+}
+
+/// One request to `app`, with `cookie` if given.
+pub async fn send(app: &Router, cookie: Option<&str>, method: Method, uri: &str) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible router");
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|value| value.to_str().expect("ascii cookie").to_owned());
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        set_cookie,
+        body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stored record, read and written straight through the store
+// ---------------------------------------------------------------------------------------------
+
+/// The visitor's whole stored record.
+pub async fn record<S: SessionStore>(store: &S, visitor: &Visitor) -> Option<Record> {
+    let id = visitor.session_id()?;
+    store.load(&id).await.expect("store load")
+}
+
+/// The stored value of one namespace of the visitor's session.
+pub async fn stored<S: SessionStore>(store: &S, visitor: &Visitor, ns: &str) -> Option<Value> {
+    record(store, visitor).await?.data.get(ns).cloned()
+}
+
+/// Replaces one key of the visitor's stored record, as another writer of the store would: load
+/// the record, change `data`, save.
+pub async fn store_raw<S: SessionStore>(store: &S, visitor: &Visitor, ns: &str, value: Value) {
+    let mut record = record(store, visitor)
+        .await
+        .expect("a stored record to tamper with");
+    record.data.insert(ns.to_owned(), value);
+    store.save(&record).await.expect("store save");
+}
+
+/// An instant as stored in a stamp: float seconds since the Unix epoch.
+pub fn seconds(at: OffsetDateTime) -> f64 {
+    at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9
+}
+
+/// The stamp of a stored namespace.
+pub fn stored_stamp(namespace: &Value) -> f64 {
+    namespace
+        .get(STAMP_KEY)
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| panic!("no numeric {STAMP_KEY} in {namespace}"))
+}
+
+/// Asserts the stored namespace's stamp is `at`.
+pub fn assert_stamp(namespace: &Value, at: OffsetDateTime) {
+    let stamp = stored_stamp(namespace);
+    assert!(
+        (stamp - seconds(at)).abs() < 1e-5,
+        "stored stamp {stamp} in {namespace}, expected {} ({at})",
+        seconds(at)
+    );
+}
+
+/// A stored namespace without its stamp: the user's keys.
+pub fn user_keys(namespace: &Value) -> Value {
+    let mut keys = namespace
+        .as_object()
+        .unwrap_or_else(|| panic!("stored namespace {namespace} is not an object"))
+        .clone();
+    keys.remove(STAMP_KEY);
+    Value::Object(keys)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A store wrapper that counts calls and remembers the sessions it saw, for the clean-up
+// ---------------------------------------------------------------------------------------------
+
+/// Counts of the store calls.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Calls {
+    pub load: usize,
+    pub create: usize,
+    pub save: usize,
+    pub delete: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    load: AtomicUsize,
+    create: AtomicUsize,
+    save: AtomicUsize,
+    delete: AtomicUsize,
+}
+
+/// The store under test, wrapped: counts its calls and records every session id written.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    pub inner: S,
+    counters: Arc<Counters>,
+    ids: Arc<Mutex<HashSet<Id>>>,
+}
+
+impl<S> Tracked<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            counters: Arc::default(),
+            ids: Arc::default(),
+        }
+    }
+
+    /// The same counters and ids over another client of the same backend.
+    pub fn sharing<T>(&self, inner: T) -> Tracked<T> {
+        Tracked {
+            inner,
+            counters: Arc::clone(&self.counters),
+            ids: Arc::clone(&self.ids),
+        }
+    }
+
+    /// The calls so far, and the counters reset to zero.
+    pub fn take_calls(&self) -> Calls {
+        Calls {
+            load: self.counters.load.swap(0, Ordering::SeqCst),
+            create: self.counters.create.swap(0, Ordering::SeqCst),
+            save: self.counters.save.swap(0, Ordering::SeqCst),
+            delete: self.counters.delete.swap(0, Ordering::SeqCst),
+        }
+    }
+
+    fn remember(&self, id: Id) {
+        self.ids.lock().expect("ids").insert(id);
+    }
+
+    fn ids(&self) -> Vec<Id> {
+        self.ids.lock().expect("ids").iter().copied().collect()
+    }
+}
+
+impl<S> fmt::Debug for Tracked<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tracked").finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore + Clone> SessionStore for Tracked<S> {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.counters.create.fetch_add(1, Ordering::SeqCst);
+        let result = self.inner.create(record).await;
+        self.remember(record.id);
+        result
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        self.counters.save.fetch_add(1, Ordering::SeqCst);
+        self.remember(record.id);
+        self.inner.save(record).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.counters.load.fetch_add(1, Ordering::SeqCst);
+        self.inner.load(id).await
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.counters.delete.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete(id).await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Services: where they are, and what happens when one is missing
+// ---------------------------------------------------------------------------------------------
+
+pub fn redis_url() -> String {
+    env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub fn database_url() -> String {
+    env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn services_required() -> bool {
+    env::var("REQUIRE_SERVICES").is_ok_and(|value| value == "1")
+}
+
+/// `url` with its password, if any, replaced by `***`: the URLs are printed.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A server `test` needs cannot be reached: a failure under `REQUIRE_SERVICES=1`, otherwise a
+/// skip that says so.
+fn unreachable(test: &str, service: &str, url: &str, err: &dyn fmt::Display) {
+    let url = redact(url);
+    if services_required() {
+        panic!(
+            "{test}: {service} at {url} cannot be reached: {err} (REQUIRE_SERVICES=1: a missing \
+             service fails the test)"
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: {service} at {url} cannot be reached: {err} (set REQUIRE_SERVICES=1 to \
+         make this a failure)"
+    );
+}
+
+/// A name no other test, and no other run, uses: `<prefix>_<pid>_<time>_<counter>`.
+fn unique_name(prefix: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let millis = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() % 1_000_000_000);
+    format!(
+        "{prefix}_{}_{millis}_{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A Redis store on a pool of its own.
+pub async fn connect_redis() -> Result<(RedisStore<Pool>, Pool), String> {
+    let config = Config::from_url(&redis_url()).map_err(|err| err.to_string())?;
+    let pool = Pool::new(config, None, None, None, 4).map_err(|err| err.to_string())?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, pool.init()).await {
+        Ok(Ok(_connection)) => Ok((RedisStore::new(pool.clone()), pool)),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// A PostgreSQL store on a pool of its own, on `table` (in the `public` schema), migrated.
+pub async fn connect_postgres(table: &str) -> Result<(PostgresStore, PgPool), String> {
+    let options = PgConnectOptions::from_str(&database_url()).map_err(|err| err.to_string())?;
+    // One attempt first: a pool retries until its timeout and then reports only the timeout.
+    match tokio::time::timeout(CONNECT_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+        }
+        Ok(Err(err)) => return Err(err.to_string()),
+        Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|err| err.to_string())?;
+    let store = PostgresStore::new(pool.clone())
+        .with_schema_name("public")?
+        .with_table_name(table)?;
+    store.migrate().await.map_err(|err| err.to_string())?;
+    Ok((store, pool))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: a store for one test, and its clean-up
+// ---------------------------------------------------------------------------------------------
+
+/// What to remove when the test is over.
+enum Teardown {
+    Nothing,
+    Redis(Pool),
+    /// Drops the table if `drop_table`, then closes the pool.
+    Postgres {
+        pool: PgPool,
+        table: String,
+        drop_table: bool,
+    },
+    Sqlite {
+        pool: SqlitePool,
+        path: PathBuf,
+    },
+}
+
+/// The store one test runs on.
+pub struct Fixture<S> {
+    pub store: Tracked<S>,
+    teardowns: Vec<Teardown>,
+}
+
+impl<S: SessionStore + Clone> Fixture<S> {
+    fn new(store: S, teardown: Teardown) -> Self {
+        Self {
+            store: Tracked::new(store),
+            teardowns: vec![teardown],
+        }
+    }
+
+    /// Deletes every session the test wrote, then drops its table or file and closes its
+    /// clients.
+    async fn teardown(self) {
+        for id in self.store.ids() {
+            if let Err(err) = self.store.inner.delete(&id).await {
+                eprintln!("clean-up: deleting session {id} failed: {err}");
+            }
+        }
+        for teardown in self.teardowns {
+            teardown.run().await;
+        }
+    }
+}
+
+impl Teardown {
+    async fn run(self) {
+        match self {
+            Self::Nothing => {}
+            Self::Redis(pool) => {
+                let _ = pool.quit().await;
+            }
+            Self::Postgres {
+                pool,
+                table,
+                drop_table,
+            } => {
+                if drop_table {
+                    let drop = format!(r#"drop table if exists "public"."{table}""#);
+                    if let Err(err) = tower_sessions_sqlx_store::sqlx::query(&drop)
+                        .execute(&pool)
+                        .await
+                    {
+                        eprintln!("clean-up: dropping table {table} failed: {err}");
+                    }
+                }
+                pool.close().await;
+            }
+            Self::Sqlite { pool, path } => {
+                pool.close().await;
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    match std::fs::remove_file(&file) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(err) => eprintln!("clean-up: removing {file:?} failed: {err}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub async fn memory(_test: &'static str) -> Option<Fixture<MemoryStore>> {
+    Some(Fixture::new(MemoryStore::default(), Teardown::Nothing))
+}
+
+pub async fn redis(test: &'static str) -> Option<Fixture<RedisStore<Pool>>> {
+    match connect_redis().await {
+        Ok((store, pool)) => Some(Fixture::new(store, Teardown::Redis(pool))),
+        Err(err) => {
+            unreachable(test, "Redis", &redis_url(), &err);
+            None
+        }
+    }
+}
+
+pub async fn postgres(test: &'static str) -> Option<Fixture<PostgresStore>> {
+    let table = unique_name("tsc_test");
+    match connect_postgres(&table).await {
+        Ok((store, pool)) => Some(Fixture::new(
+            store,
+            Teardown::Postgres {
+                pool,
+                table,
+                drop_table: true,
+            },
+        )),
+        Err(err) => {
+            unreachable(test, "PostgreSQL", &database_url(), &err);
+            None
+        }
+    }
+}
+
+pub async fn sqlite(_test: &'static str) -> Option<Fixture<SqliteStore>> {
+    let path = env::temp_dir().join(format!("{}.db", unique_name("tsc_test")));
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .unwrap_or_else(|err| panic!("cannot open SQLite at {}: {err}", path.display()));
+    let store = SqliteStore::new(pool.clone());
+    store
+        .migrate()
+        .await
+        .unwrap_or_else(|err| panic!("cannot migrate SQLite at {}: {err}", path.display()));
+    Some(Fixture::new(store, Teardown::Sqlite { pool, path }))
+}
+
+/// Moka in front of Redis.
+pub async fn cached_redis(
+    test: &'static str,
+) -> Option<Fixture<CachingSessionStore<MokaStore, RedisStore<Pool>>>> {
+    match connect_redis().await {
+        Ok((store, pool)) => Some(Fixture::new(
+            CachingSessionStore::new(MokaStore::new(Some(1_000)), store),
+            Teardown::Redis(pool),
+        )),
+        Err(err) => {
+            unreachable(test, "Redis", &redis_url(), &err);
+            None
+        }
+    }
+}
+
+/// The same stores behind `MergingStore` (with its store lock), as a multi-instance deployment
+/// runs them: the behaviour must not change.
+pub async fn merging_memory(test: &'static str) -> Option<Fixture<MergingStore<MemoryStore>>> {
+    merging(memory(test).await)
+}
+
+pub async fn merging_redis(test: &'static str) -> Option<Fixture<MergingStore<RedisStore<Pool>>>> {
+    merging(redis(test).await)
+}
+
+pub async fn merging_postgres(test: &'static str) -> Option<Fixture<MergingStore<PostgresStore>>> {
+    merging(postgres(test).await)
+}
+
+pub async fn merging_sqlite(test: &'static str) -> Option<Fixture<MergingStore<SqliteStore>>> {
+    merging(sqlite(test).await)
+}
+
+fn merging<S: SessionStore + Clone>(
+    fixture: Option<Fixture<S>>,
+) -> Option<Fixture<MergingStore<S>>> {
+    let fixture = fixture?;
+    Some(Fixture {
+        store: Tracked::new(MergingStore::new(fixture.store.inner.clone()).with_store_lock()),
+        teardowns: fixture.teardowns,
+    })
+}
+
+/// Two clients of one Redis: two pools.
+pub async fn redis_pair(
+    test: &'static str,
+) -> Option<(Fixture<RedisStore<Pool>>, Tracked<RedisStore<Pool>>)> {
+    let mut first = redis(test).await?;
+    match connect_redis().await {
+        Ok((store, pool)) => {
+            first.teardowns.push(Teardown::Redis(pool));
+            let second = first.store.sharing(store);
+            Some((first, second))
+        }
+        Err(err) => panic!("{test}: a second Redis client failed after the first connected: {err}"),
+    }
+}
+
+/// Two clients of one PostgreSQL table: two pools.
+pub async fn postgres_pair(
+    test: &'static str,
+) -> Option<(Fixture<PostgresStore>, Tracked<PostgresStore>)> {
+    let table = unique_name("tsc_test");
+    let (first_store, first_pool) = match connect_postgres(&table).await {
+        Ok(connected) => connected,
+        Err(err) => {
+            unreachable(test, "PostgreSQL", &database_url(), &err);
+            return None;
+        }
+    };
+    let mut first = Fixture::new(
+        first_store,
+        Teardown::Postgres {
+            pool: first_pool,
+            table: table.clone(),
+            drop_table: true,
+        },
+    );
+    match connect_postgres(&table).await {
+        Ok((store, pool)) => {
+            // Close the second pool before the first drops the table.
+            first.teardowns.insert(
+                0,
+                Teardown::Postgres {
+                    pool,
+                    table,
+                    drop_table: false,
+                },
+            );
+            let second = first.store.sharing(store);
+            Some((first, second))
+        }
+        Err(err) => {
+            first.teardown().await;
+            panic!("{test}: a second PostgreSQL pool failed after the first connected: {err}")
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a test body on a fixture
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `body` on the store `connect` gives for `test`, then cleans up, even if `body` panics.
+/// A `None` from `connect` (a skip, already reported) ends the test there.
+pub async fn run<S, C, CF, B, BF>(test: &'static str, connect: C, body: B)
+where
+    S: SessionStore + Clone,
+    C: FnOnce(&'static str) -> CF,
+    CF: Future<Output = Option<Fixture<S>>>,
+    B: FnOnce(Tracked<S>) -> BF,
+    BF: Future<Output = ()>,
+{
+    let Some(fixture) = connect(test).await else {
+        return;
+    };
+    let outcome = AssertUnwindSafe(body(fixture.store.clone()))
+        .catch_unwind()
+        .await;
+    fixture.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// As [`run`], for a body that takes two clients of one backend.
+pub async fn run_pair<S, C, CF, B, BF>(test: &'static str, connect: C, body: B)
+where
+    S: SessionStore + Clone,
+    C: FnOnce(&'static str) -> CF,
+    CF: Future<Output = Option<(Fixture<S>, Tracked<S>)>>,
+    B: FnOnce(Tracked<S>, Tracked<S>) -> BF,
+    BF: Future<Output = ()>,
+{
+    let Some((fixture, second)) = connect(test).await else {
+        return;
+    };
+    let outcome = AssertUnwindSafe(body(fixture.store.clone(), second))
+        .catch_unwind()
+        .await;
+    fixture.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The behaviour suite, once per store
+// ---------------------------------------------------------------------------------------------
+
+/// A module `$store` holding one `#[tokio::test]` per body of `suite`, each on the store that
+/// `$connect` gives. The list of bodies is written once, here.
+macro_rules! behaviour_suite {
+    ($store:ident, $connect:path) => {
+        behaviour_suite!(@module $store, $connect, [
+            write_then_read_back,
+            typed_round_trip,
+            stamp_slides_on_write_not_on_read,
+            expired_namespace_dropped_on_open,
+            write_after_expiry_persists,
+            removing_last_key_removes_namespace,
+            purge_removes_namespace,
+            read_only_request_saves_nothing,
+            visitors_are_isolated,
+            corrupt_namespace_reads_as_empty,
+        ]);
+    };
+    (@module $store:ident, $connect:path, [$($test:ident),* $(,)?]) => {
+        mod $store {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    crate::run(
+                        concat!(stringify!($store), "::", stringify!($test)),
+                        $connect,
+                        crate::suite::$test,
+                    )
+                    .await;
+                }
+            )*
+        }
+    };
+}
+
+behaviour_suite!(memory, crate::memory);
+behaviour_suite!(redis, crate::redis);
+behaviour_suite!(postgres, crate::postgres);
+behaviour_suite!(sqlite, crate::sqlite);
+behaviour_suite!(cached_redis, crate::cached_redis);
+behaviour_suite!(merging_memory, crate::merging_memory);
+behaviour_suite!(merging_redis, crate::merging_redis);
+behaviour_suite!(merging_postgres, crate::merging_postgres);
+behaviour_suite!(merging_sqlite, crate::merging_sqlite);

@@ -36,7 +36,7 @@ use serde_json::{json, Value};
 use time::{Duration, OffsetDateTime};
 use tower_sessions::{MemoryStore, SessionManagerLayer, SessionStore};
 use tower_sessions_controller::{
-    Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
+    Error, Keyed, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
 };
 use tower_sessions_redis_store::{
     fred::prelude::{ClientLike, Config, Pool},
@@ -169,7 +169,11 @@ fn app<S: SessionStore + Clone>(store: S) -> Router {
         // Browsers drop `Secure` cookies set over plain http://127.0.0.1, and the cart would
         // forget every request. Production serves HTTPS and keeps the default,
         // `with_secure(true)`, so the session cookie never travels in clear text.
-        .layer(SessionManagerLayer::new(store).with_secure(false))
+        //
+        // `MergingStore` keeps two overlapping requests (two tabs adding to the cart) from
+        // undoing each other's changes. Several instances sharing Redis would also call
+        // `.with_store_lock()`.
+        .layer(SessionManagerLayer::new(MergingStore::new(store)).with_secure(false))
 }
 
 /// How long start-up waits for a store's server before giving up.

@@ -7,18 +7,15 @@ mod support;
 use std::sync::{Arc, Mutex};
 
 use axum::{
-    body::Body,
     extract::{Path, State},
-    http::{header, Request, StatusCode},
+    http::{Method, StatusCode},
     routing::{get, post},
     Router,
 };
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::Duration;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tower::ServiceExt;
 use tower_sessions::{session::Id, MemoryStore, SessionManagerLayer};
 use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
@@ -287,31 +284,8 @@ fn warned_about(logs: &Logs, key: &str) -> bool {
 
 /// Sends one request to a router built by hand.
 async fn call(router: &Router, method: &str, uri: &str, cookie: Option<&str>) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let response = router
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible router");
-    let status = response.status();
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|value| value.to_str().expect("ascii cookie").to_owned());
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status,
-        set_cookie,
-        body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
-    }
+    let method = Method::from_bytes(method.as_bytes()).expect("a method");
+    support::send(router, cookie, method, uri).await
 }
 
 /// Namespaces that are not JSON objects.

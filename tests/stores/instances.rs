@@ -7,7 +7,7 @@ use time::Duration;
 use tower_sessions::SessionStore;
 use tower_sessions_controller::DEFAULT_EXPIRY;
 
-use crate::{assert_stamp, routes, run_pair, stored, Instance, Tracked, Visitor, START};
+use crate::{assert_stamp, routes, run_pair, stored, Instance, Reported, Tracked, Visitor, START};
 
 #[tokio::test]
 async fn redis_two_instances() {

@@ -34,18 +34,15 @@ use std::{
 
 use async_trait::async_trait;
 use axum::{
-    body::Body,
     extract::Path,
-    http::{header, Method, Request, StatusCode},
+    http::{Method, StatusCode},
     routing::{delete, get, post},
     Json, Router,
 };
 use futures::FutureExt;
-use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use time::{macros::datetime, Duration, OffsetDateTime};
-use tower::ServiceExt;
 use tower_sessions::{
     session::{Expiry, Id, Record},
     session_store, CachingSessionStore, MemoryStore, SessionManagerLayer, SessionStore,
@@ -212,28 +209,26 @@ pub fn routes() -> Router {
 // A visitor: carries its session cookie between requests, to any instance
 // ---------------------------------------------------------------------------------------------
 
-/// One response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub set_cookie: Option<String>,
-    pub body: String,
+#[path = "../support/mod.rs"]
+mod support;
+
+pub use support::{send, Reply};
+
+/// What the routes of these tests report.
+pub trait Reported {
+    /// The `data` a route reported, after checking the request succeeded.
+    fn data(&self) -> Value;
+    /// The stamp a route reported, `None` for `null`.
+    fn expires_at(&self) -> Option<OffsetDateTime>;
 }
 
-impl Reply {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|err| panic!("body {:?} is not JSON: {err}", self.body))
-    }
-
-    /// The `data` a route reported, after checking the request succeeded.
-    pub fn data(&self) -> Value {
+impl Reported for Reply {
+    fn data(&self) -> Value {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
         self.json()["data"].clone()
     }
 
-    /// The stamp a route reported, `None` for `null`.
-    pub fn expires_at(&self) -> Option<OffsetDateTime> {
+    fn expires_at(&self) -> Option<OffsetDateTime> {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
         let nanos = self.json()["expires_at"].as_i64()?;
         Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).expect("in range"))
@@ -274,35 +269,6 @@ impl Visitor {
     /// The session id the cookie carries.
     pub fn session_id(&self) -> Option<Id> {
         self.cookie.as_ref()?.strip_prefix("id=")?.parse().ok()
-    }
-}
-
-/// One request to `app`, with `cookie` if given.
-pub async fn send(app: &Router, cookie: Option<&str>, method: Method, uri: &str) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
-    if let Some(cookie) = cookie {
-        request = request.header(header::COOKIE, cookie);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible router");
-    let status = response.status();
-    let set_cookie = response
-        .headers()
-        .get(header::SET_COOKIE)
-        .map(|value| value.to_str().expect("ascii cookie").to_owned());
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    Reply {
-        status,
-        set_cookie,
-        body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
     }
 }
 

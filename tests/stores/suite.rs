@@ -8,7 +8,8 @@ use tower_sessions::SessionStore;
 use tower_sessions_controller::{DEFAULT_EXPIRY, STAMP_KEY};
 
 use crate::{
-    assert_stamp, routes, store_raw, stored, user_keys, Calls, Instance, Tracked, Visitor, START,
+    assert_stamp, routes, store_raw, stored, user_keys, Calls, Instance, Reported, Tracked,
+    Visitor, START,
 };
 
 /// Values written in one request come back in later ones, through the cookie.

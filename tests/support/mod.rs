@@ -114,22 +114,8 @@ impl TestApp {
     }
 
     pub async fn send(&mut self, method: Method, uri: &str) -> Reply {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(cookie) = &self.cookie {
-            request = request.header(header::COOKIE, cookie);
-        }
-        let response = self
-            .router
-            .clone()
-            .oneshot(request.body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible router");
-        let status = response.status();
-        let set_cookie = response
-            .headers()
-            .get(header::SET_COOKIE)
-            .map(|value| value.to_str().expect("ascii cookie").to_owned());
-        if let Some(set_cookie) = &set_cookie {
+        let reply = send(&self.router, self.cookie.as_deref(), method, uri).await;
+        if let Some(set_cookie) = &reply.set_cookie {
             let pair = set_cookie.split(';').next().unwrap_or_default().to_owned();
             if set_cookie.contains("Max-Age=0") {
                 self.cookie = None;
@@ -137,17 +123,7 @@ impl TestApp {
                 self.cookie = Some(pair);
             }
         }
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Reply {
-            status,
-            set_cookie,
-            body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
-        }
+        reply
     }
 
     /// The session id the cookie carries.
@@ -176,6 +152,35 @@ impl TestApp {
             .save(&record)
             .await
             .expect("memory store save");
+    }
+}
+
+/// One request to `router`, with `cookie` if given, its response read whole.
+pub async fn send(router: &Router, cookie: Option<&str>, method: Method, uri: &str) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = router
+        .clone()
+        .oneshot(request.body(Body::empty()).expect("request"))
+        .await
+        .expect("infallible router");
+    let status = response.status();
+    let set_cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .map(|value| value.to_str().expect("ascii cookie").to_owned());
+    let bytes = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    Reply {
+        status,
+        set_cookie,
+        body: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
     }
 }
 

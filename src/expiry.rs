@@ -54,15 +54,27 @@ pub(crate) fn is_dropped_on_open(stamp: Option<OffsetDateTime>, now: OffsetDateT
     stamp.is_some_and(|stamp| stamp <= now)
 }
 
+/// The latest stamp: the last whole second of year 9999, which a float of seconds still holds
+/// and reads back exactly.
+const LATEST_STAMP: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+
 /// The stamp a write sets: `now + expiry`, as it will read back from the stored float, so that
 /// what a handler sees in [`expires_at`](crate::SessionController::expires_at) is exactly what the
-/// next request judges by. An expiry past the representable range saturates at the latest
-/// representable stamp.
+/// next request judges by. The float resolves about a quarter of a microsecond today: an expiry
+/// shorter than that still stamps strictly after `now`, so a written namespace is alive after the
+/// write. An expiry past the calendar saturates at the latest stamp.
 pub(crate) fn stamp_after_write(now: OffsetDateTime, expiry: Duration) -> OffsetDateTime {
     let stamp = now
         .checked_add(expiry)
-        .unwrap_or(time::PrimitiveDateTime::MAX.assume_utc());
-    decode_seconds(encode_seconds(stamp)).unwrap_or(stamp)
+        .map_or(LATEST_STAMP, |stamp| stamp.min(LATEST_STAMP));
+    let mut seconds = encode_seconds(stamp);
+    loop {
+        match decode_seconds(seconds) {
+            Some(read) if read > now || read >= LATEST_STAMP => return read,
+            Some(_) => seconds = seconds.next_up(),
+            None => return stamp,
+        }
+    }
 }
 
 /// The stored form of a stamp: seconds since the Unix epoch, as a float.
@@ -117,9 +129,23 @@ mod tests {
     }
 
     #[test]
-    fn an_expiry_past_the_calendar_saturates() {
+    fn an_expiry_past_the_calendar_saturates_at_a_stamp_that_reads_back() {
         let now = datetime!(2026-11-25 17:00 UTC);
-        assert!(stamp_after_write(now, Duration::MAX) > now);
+        for expiry in [Duration::MAX, Duration::days(365 * 8000)] {
+            let stamp = stamp_after_write(now, expiry);
+            assert_eq!(stamp, LATEST_STAMP);
+            assert_eq!(decode(&encode(stamp)), Ok(stamp));
+        }
+    }
+
+    #[test]
+    fn an_expiry_below_the_floats_resolution_still_stamps_after_now() {
+        let now = datetime!(2026-11-25 17:00:00.000_000_100 UTC);
+        for nanos in [1, 50, 119, 120, 238] {
+            let stamp = stamp_after_write(now, Duration::nanoseconds(nanos));
+            assert!(stamp > now, "{nanos} ns: {stamp} is not after {now}");
+            assert_eq!(decode(&encode(stamp)), Ok(stamp));
+        }
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl RequestOps {
             .map(|(key, ops)| {
                 (
                     key.clone(),
-                    json!({ "purged": ops.purged, "touched": ops.touched }),
+                    json!({ "purged": ops.purged, "touched": ops.touched, "wrote": ops.wrote }),
                 )
             })
             .collect();
@@ -314,7 +314,15 @@ impl RequestOps {
                     })
                     .unwrap_or_default();
                 let purged = ops["purged"].as_bool().unwrap_or(false);
-                (key.clone(), Ops { purged, touched })
+                let wrote = ops["wrote"].as_bool().unwrap_or(false);
+                (
+                    key.clone(),
+                    Ops {
+                        purged,
+                        touched,
+                        wrote,
+                    },
+                )
             })
             .collect();
         Some(Self { now, namespaces })
@@ -444,21 +452,15 @@ fn apply(
         Some(Ok(own)) => own,
         _ => (Map::new(), None),
     };
-    let mut wrote = false;
     for key in &ops.touched {
         match own_map.remove(key) {
-            Some(value) => {
-                map.insert(key.clone(), value);
-                wrote = true;
-            }
-            None => {
-                map.remove(key);
-            }
-        }
+            Some(value) => map.insert(key.clone(), value),
+            None => map.remove(key),
+        };
     }
-    if wrote {
-        // Of two writes, the later one's stamp stands.
-        stamp = stamp.max(own_stamp);
+    if ops.wrote && own_stamp.is_some() {
+        // A write slides the stamp to this request's now plus its expiry, as without a merge.
+        stamp = own_stamp;
     }
     state::encode(map, stamp)
 }
@@ -492,6 +494,7 @@ mod tests {
                 (*key).to_owned(),
                 Ops {
                     purged: *purged,
+                    wrote: !touched.is_empty(),
                     touched: touched.iter().map(|k| (*k).to_owned()).collect(),
                 },
             );
@@ -514,6 +517,7 @@ mod tests {
         assert_eq!(read.now, NOW);
         assert_eq!(read.namespaces["cart"].touched.len(), 2);
         assert!(read.namespaces["cart"].purged);
+        assert!(read.namespaces["cart"].wrote);
     }
 
     #[test]
@@ -537,25 +541,47 @@ mod tests {
     }
 
     #[test]
-    fn of_two_writes_the_later_stamp_stands() {
-        let later = NOW + Duration::minutes(9);
+    fn a_write_sets_its_own_stamp_over_the_stored_one() {
+        let own = NOW + Duration::minutes(1);
         let ours = record(json!({
-            "cart": { "a": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
+            "cart": { "a": 1, "_timeout_datestamp": stamp(own) },
             OPS_KEY: ops(&[("cart", false, &["a"])]),
             VERSIONS_KEY: versions(1, &[("cart", 1)]),
         }));
         let latest = record(json!({
-            "cart": { "b": 1, "_timeout_datestamp": stamp(later) },
+            "cart": { "b": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(9)) },
             VERSIONS_KEY: versions(2, &[("cart", 2)]),
         }));
         let merged = merge(&ours, Some(latest));
-        assert_eq!(merged.data["cart"]["_timeout_datestamp"], stamp(later));
+        assert_eq!(merged.data["cart"]["_timeout_datestamp"], stamp(own));
         assert_eq!(
             (
                 merged.data["cart"]["a"].clone(),
                 merged.data["cart"]["b"].clone()
             ),
             (json!(1), json!(1))
+        );
+    }
+
+    #[test]
+    fn a_removal_keeps_the_stored_stamp() {
+        let stored = NOW + Duration::minutes(9);
+        let ours = record(json!({
+            "cart": { "b": 1, "_timeout_datestamp": stamp(stored) },
+            OPS_KEY: {
+                "now": NOW.unix_timestamp(), "now_nanos": 0,
+                "namespaces": { "cart": { "purged": false, "touched": ["a"], "wrote": false } },
+            },
+            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+        }));
+        let latest = record(json!({
+            "cart": { "a": 1, "b": 1, "_timeout_datestamp": stamp(stored) },
+            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+        }));
+        let merged = merge(&ours, Some(latest));
+        assert_eq!(
+            merged.data["cart"],
+            json!({ "b": 1, "_timeout_datestamp": stamp(stored) })
         );
     }
 

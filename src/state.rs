@@ -73,12 +73,14 @@ pub(crate) struct Slot {
     ops: Ops,
 }
 
-/// The operations a request made on one namespace: whether it purged it, and which user keys it
-/// set or removed since (their final values are in the namespace the flush writes).
+/// The operations a request made on one namespace: whether it purged it, which user keys it set
+/// or removed since (their final values are in the namespace the flush writes), and whether it
+/// wrote (so its stamp stands).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Ops {
     pub(crate) purged: bool,
     pub(crate) touched: BTreeSet<String>,
+    pub(crate) wrote: bool,
 }
 
 /// A [`Namespace`] value with its type erased, so the flush can serialize it.
@@ -343,6 +345,7 @@ impl Slot {
     ) {
         self.map(namespace).insert(key.clone(), value);
         self.ops.touched.insert(key);
+        self.ops.wrote = true;
         self.stamp = Some(expiry::stamp_after_write(now, expiry));
         self.dirty = true;
     }
@@ -368,7 +371,7 @@ impl Slot {
         self.dirty = true;
         self.ops = Ops {
             purged: true,
-            touched: BTreeSet::new(),
+            ..Ops::default()
         };
     }
 
@@ -411,6 +414,7 @@ impl Slot {
         if let Some(stamp) = stamp {
             self.stamp = Some(stamp);
             self.typed_written = true;
+            self.ops.wrote = true;
             self.dirty = true;
         }
     }

@@ -216,7 +216,9 @@ impl RequestState {
             }
             ops.record(key, namespace_ops);
         }
-        if merging == Some(true) && !ops.is_empty() {
+        // Only a modified session is saved; an unmodified one (changes that cancelled out)
+        // needs no operations, and writing them would cause the save.
+        if merging == Some(true) && !ops.is_empty() && session.is_modified() {
             session
                 .insert_value(merge::OPS_KEY, ops.to_value())
                 .await

@@ -212,7 +212,7 @@ pub fn routes() -> Router {
 #[path = "../support/mod.rs"]
 mod support;
 
-pub use support::{send, Reply};
+pub use support::{send, Calls, Reply};
 
 /// What the routes of these tests report.
 pub trait Reported {
@@ -333,15 +333,6 @@ pub fn user_keys(namespace: &Value) -> Value {
 // ---------------------------------------------------------------------------------------------
 // A store wrapper that counts calls and remembers the sessions it saw, for the clean-up
 // ---------------------------------------------------------------------------------------------
-
-/// Counts of the store calls.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Calls {
-    pub load: usize,
-    pub create: usize,
-    pub save: usize,
-    pub delete: usize,
-}
 
 #[derive(Default)]
 struct Counters {

@@ -10,7 +10,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::{
     expiry,
-    export::escape_js,
+    export::{escape_js, json_script},
     state::{Entry, RequestState},
     Error, Keyed, Namespace,
 };
@@ -473,6 +473,24 @@ impl SessionController {
     /// ```
     pub fn to_escaped_json(&self) -> String {
         escape_js(&self.to_json())
+    }
+
+    /// [`to_json`](Self::to_json) as a `<script type="application/json" id="…">` element, like
+    /// Django's `json_script`: safe to put in a page's HTML as is, whatever the data holds. See
+    /// [`json_script`] for the escaping.
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// cart.insert("note", "</script>")?;
+    /// assert_eq!(
+    ///     cart.to_json_script("cart-data"),
+    ///     r#"<script id="cart-data" type="application/json">{"note":"\u003C/script\u003E"}</script>"#
+    /// );
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    pub fn to_json_script(&self, id: &str) -> String {
+        json_script(&self.to_json(), id)
     }
 }
 

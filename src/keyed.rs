@@ -203,6 +203,41 @@ impl<T: Namespace> Keyed<T> {
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
         self.stamp
     }
+
+    /// The value as a `<script type="application/json" id="…">` element, like Django's
+    /// `json_script`: safe to put in a page's HTML as is, whatever the data holds. See
+    /// [`json_script`](crate::json_script) for the escaping.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Serialize`] if `T` cannot be turned into JSON.
+    ///
+    /// ```
+    /// # use serde::{Deserialize, Serialize};
+    /// # use tower_sessions_controller::{Error, Namespace};
+    /// # #[derive(Default, Serialize, Deserialize)]
+    /// # struct Cart { items: Vec<String> }
+    /// # impl Namespace for Cart { const KEY: &'static str = "shopping_cart"; }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// # let controllers = tower_sessions_controller::__doc_controllers();
+    /// let mut cart = controllers.keyed::<Cart>().await?;
+    /// cart.items.push("<b>".into());
+    /// assert_eq!(
+    ///     cart.to_json_script("cart"),
+    ///     r#"<script id="cart" type="application/json">{"items":["\u003Cb\u003E"]}</script>"#
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn to_json_script(&self, id: &str) -> Result<String, Error> {
+        let json = serde_json::to_string(&self.value).map_err(|source| Error::Serialize {
+            namespace: T::KEY.to_owned(),
+            key: None,
+            source,
+        })?;
+        Ok(crate::json_script(&json, id))
+    }
 }
 
 impl<T: Namespace> Deref for Keyed<T> {

@@ -108,7 +108,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{SessionController, SessionControllers};
 pub use error::Error;
 pub use expiry::{DEFAULT_EXPIRY, STAMP_KEY};
-pub use export::escape_js;
+pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
 pub use layer::{SessionControllerLayer, SessionControllerService};
 pub use merge::MergingStore;

@@ -2,7 +2,7 @@
 //! (`tests/data/escapejs_vectors.py` writes them).
 
 use serde_json::Value;
-use tower_sessions_controller::escape_js;
+use tower_sessions_controller::{escape_js, json_script};
 
 fn vectors() -> Vec<(String, String)> {
     let text = include_str!("data/escapejs_vectors.json");
@@ -45,4 +45,53 @@ fn escaped_json_reads_back_as_the_original_through_a_js_string() {
     let as_js_literal = format!("\"{escaped}\"");
     let decoded: String = serde_json::from_str(&as_js_literal).expect("valid string literal");
     assert_eq!(decoded, original);
+}
+
+/// The text content of the one `<script>` element `json_script` made, as a browser's HTML parser
+/// sees it: everything up to the first `</script` (any case) ends the element.
+fn script_text(element: &str) -> &str {
+    let start = element.find('>').expect("an opening tag") + 1;
+    let end = element.to_ascii_lowercase()[start..]
+        .find("</script")
+        .expect("a closing tag")
+        + start;
+    assert_eq!(
+        &element[end..],
+        "</script>",
+        "the element closes only at its end"
+    );
+    &element[start..end]
+}
+
+#[test]
+fn json_script_content_cannot_close_the_element_and_parses_back() {
+    let hostile = serde_json::json!({
+        "note": "</script><script>window.pwned=1</script>",
+        "comment": "<!-- <script>",
+        "upper": "</SCRIPT >",
+        "amp": "&lt; &amp;",
+        "separators": "a\u{2028}b\u{2029}c",
+        "quote": "\"'`",
+    });
+    let json = serde_json::to_string(&hostile).unwrap();
+    let element = json_script(&json, "cart-data");
+    assert!(element.starts_with(r#"<script id="cart-data" type="application/json">"#));
+    let text = script_text(&element);
+    for forbidden in ["<", ">", "&", "\u{2028}", "\u{2029}"] {
+        assert!(!text.contains(forbidden), "{forbidden:?} in {text}");
+    }
+    let parsed: Value = serde_json::from_str(text).expect("the content is JSON");
+    assert_eq!(parsed, hostile);
+}
+
+#[test]
+fn json_script_escapes_the_id_so_it_cannot_leave_its_attribute() {
+    let element = json_script("{}", r#"x" onload="alert(1)'><b>&"#);
+    let tag_end = element.find('>').unwrap();
+    let tag = &element[..tag_end];
+    assert_eq!(
+        tag,
+        r#"<script id="x&quot; onload=&quot;alert(1)&#x27;&gt;&lt;b&gt;&amp;" type="application/json""#
+    );
+    assert_eq!(script_text(&element), "{}");
 }

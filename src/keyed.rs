@@ -224,7 +224,7 @@ impl<T: Namespace> Keyed<T> {
     /// let mut cart = controllers.keyed::<Cart>().await?;
     /// cart.items.push("<b>".into());
     /// assert_eq!(
-    ///     cart.to_json_script("cart"),
+    ///     cart.to_json_script("cart")?,
     ///     r#"<script id="cart" type="application/json">{"items":["\u003Cb\u003E"]}</script>"#
     /// );
     /// # Ok(())

@@ -1,0 +1,91 @@
+//! The local Redis for the fault tests: where it is (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379`), and what a test does when it cannot be reached: prints
+//! `SKIPPED <test>: ...` and passes, or fails under `REQUIRE_SERVICES=1` (as in `tests/stores/`).
+#![allow(dead_code)]
+
+use std::{env, time::Duration};
+
+use tower_sessions_redis_store::{
+    fred::{
+        prelude::{ClientLike, Config, Pool},
+        types::config::{ConnectionConfig, PerformanceConfig, ReconnectPolicy},
+    },
+    RedisStore,
+};
+
+/// How long a test waits for Redis to answer before calling it unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn redis_url() -> String {
+    env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub fn services_required() -> bool {
+    env::var("REQUIRE_SERVICES").is_ok_and(|value| value == "1")
+}
+
+/// Redis cannot be reached: a failure under `REQUIRE_SERVICES=1`, otherwise a skip that says so.
+pub fn unreachable(test: &str, err: &str) {
+    let url = redis_url();
+    if services_required() {
+        panic!(
+            "{test}: Redis at {url} cannot be reached: {err} (REQUIRE_SERVICES=1: a missing \
+             service fails the test)"
+        );
+    }
+    eprintln!(
+        "SKIPPED {test}: Redis at {url} cannot be reached: {err} (set REQUIRE_SERVICES=1 to make \
+         this a failure)"
+    );
+}
+
+/// How the pool is built.
+#[derive(Debug, Clone, Copy)]
+pub enum PoolKind {
+    /// As `tests/stores/` builds it: fred's defaults, no reconnect policy.
+    Plain,
+    /// As a service that must outlive a Redis restart builds it: reconnect every 100 ms for ever,
+    /// and give up on a command after `command_timeout` instead of queueing it until Redis is
+    /// back.
+    Resilient { command_timeout: Duration },
+}
+
+/// A Redis store on a pool of its own, or why not.
+pub async fn connect(kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
+    let config = Config::from_url(&redis_url()).map_err(|err| err.to_string())?;
+    let pool = match kind {
+        PoolKind::Plain => Pool::new(config, None, None, None, 4),
+        PoolKind::Resilient { command_timeout } => Pool::new(
+            config,
+            Some(PerformanceConfig {
+                default_command_timeout: command_timeout,
+                ..PerformanceConfig::default()
+            }),
+            Some(ConnectionConfig {
+                connection_timeout: command_timeout,
+                internal_command_timeout: command_timeout,
+                max_command_attempts: 1,
+                ..ConnectionConfig::default()
+            }),
+            Some(ReconnectPolicy::new_constant(0, 100)),
+            4,
+        ),
+    }
+    .map_err(|err| err.to_string())?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, pool.init()).await {
+        Ok(Ok(_connection)) => Ok((RedisStore::new(pool.clone()), pool)),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
+    }
+}
+
+/// A Redis store for `test`, or `None` after reporting the skip.
+pub async fn redis(test: &str, kind: PoolKind) -> Option<(RedisStore<Pool>, Pool)> {
+    match connect(kind).await {
+        Ok(connected) => Some(connected),
+        Err(err) => {
+            unreachable(test, &err);
+            None
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The runtime-keyed controllers that handlers touch: [`SessionControllers`] opens a
 //! [`SessionController`] for a namespace named at run time.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, num::NonZeroU32, sync::Arc};
 
 use axum::{extract::FromRequestParts, http::request::Parts};
 use serde::{de::DeserializeOwned, Serialize};
@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    expiry,
+    expiry::{self, ExpiryPolicy, KeyDeadline, Lifetime},
     export::{escape_js, json_script},
     state::{Entry, RequestState},
     Error, Keyed, Namespace,
@@ -58,12 +58,13 @@ impl SessionControllers {
     /// # Example
     ///
     /// ```
+    /// # use tower_sessions_controller::ExpiryPolicy;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), tower_sessions_controller::Error> {
     /// # let controllers = tower_sessions_controller::__doc_controllers();
     /// let mut cart = controllers.open("shopping_cart").await?;
     /// cart.insert("apples", 3)?;
-    /// assert_eq!(cart.expiry(), time::Duration::minutes(5));
+    /// assert_eq!(cart.policy(), ExpiryPolicy::SlidingOnWrite(time::Duration::minutes(5)));
     ///
     /// // A second open in the same request shares the first one's state.
     /// let again = controllers.open("shopping_cart").await?;
@@ -76,15 +77,12 @@ impl SessionControllers {
     ///
     /// As [`open_with_expiry`](Self::open_with_expiry).
     pub async fn open(&self, key: &str) -> Result<SessionController, Error> {
-        self.open_with_expiry(key, expiry::DEFAULT_EXPIRY).await
+        self.open_with_policy(key, ExpiryPolicy::default()).await
     }
 
     /// Opens the namespace under `key`; writes through the controller set its expiry stamp to the
-    /// request's now plus `expiry`.
-    ///
-    /// The first open of a key in a request loads it from the session; a namespace whose stamp
-    /// has passed is dropped then, so the controller starts empty. Later opens of the same key in
-    /// the same request share that state. Opening changes nothing in the session by itself.
+    /// request's now plus `expiry`: [`open_with_policy`](Self::open_with_policy) with
+    /// [`ExpiryPolicy::SlidingOnWrite`], the seed's rule.
     ///
     /// # Example
     ///
@@ -103,30 +101,74 @@ impl SessionControllers {
     ///
     /// # Errors
     ///
-    /// - [`Error::InvalidExpiry`] if `expiry` is zero or negative.
-    /// - [`Error::NamespaceInUse`] if a [`Keyed`] for the same key is alive in this request.
-    /// - [`Error::Store`] if the session had to be loaded and the store failed.
+    /// As [`open_with_policy`](Self::open_with_policy).
     pub async fn open_with_expiry(
         &self,
         key: &str,
         expiry: Duration,
     ) -> Result<SessionController, Error> {
-        if !expiry::is_valid(expiry) {
-            return Err(Error::InvalidExpiry {
-                namespace: key.to_owned(),
-                expiry,
-            });
-        }
+        self.open_with_policy(key, ExpiryPolicy::SlidingOnWrite(expiry))
+            .await
+    }
+
+    /// Opens the namespace under `key`, expiring as `policy` says.
+    ///
+    /// The first open of a key in a request loads it from the session. A namespace that has
+    /// expired (its stamp has passed, or it has no requests left) is dropped then, so the
+    /// controller starts empty; so are keys whose own [`Lifetime`](crate::Lifetime) is over.
+    /// Later opens of the same key in the same request share that state. Opening writes nothing
+    /// to the session by itself, except what the policy asks for: a namespace that slides on
+    /// access gets a new stamp, and one counted in requests (or holding keys counted in
+    /// requests) counts this one.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use time::Duration;
+    /// use tower_sessions_controller::{Error, ExpiryPolicy, SessionControllers};
+    ///
+    /// async fn search(controllers: SessionControllers) -> Result<(), Error> {
+    ///     // Kept while the visitor keeps looking, even without changing the filters.
+    ///     let mut filters = controllers
+    ///         .open_with_policy("search", ExpiryPolicy::SlidingOnAccess(Duration::minutes(15)))
+    ///         .await?;
+    ///     filters.insert("colour", "red")?;
+    ///
+    ///     // Readable by the next three requests that open it.
+    ///     let three = ExpiryPolicy::Hops(NonZeroU32::new(3).unwrap());
+    ///     let mut handoff = controllers.open_with_policy("handoff", three).await?;
+    ///     handoff.insert("from", "search")?;
+    ///     Ok(())
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidExpiry`] if the policy's duration is zero or negative.
+    /// - [`Error::NamespaceInUse`] if a [`Keyed`] for the same key is alive in this request.
+    /// - [`Error::Store`] if the session had to be loaded and the store failed.
+    pub async fn open_with_policy(
+        &self,
+        key: &str,
+        policy: ExpiryPolicy,
+    ) -> Result<SessionController, Error> {
+        let policy = policy.validate(key)?;
         let entry = self.request.entry(key).await?;
-        if entry.lock().checked_out {
-            return Err(Error::NamespaceInUse {
-                namespace: key.to_owned(),
-            });
+        {
+            let mut slot = entry.lock();
+            if slot.checked_out {
+                return Err(Error::NamespaceInUse {
+                    namespace: key.to_owned(),
+                });
+            }
+            slot.access(key, policy, self.request.now);
         }
         Ok(SessionController {
             entry,
+            budget: self.request.budget,
             request: Arc::clone(&self.request),
-            expiry,
+            policy,
         })
     }
 
@@ -210,7 +252,8 @@ impl fmt::Debug for SessionControllers {
 pub struct SessionController {
     entry: Arc<Entry>,
     request: Arc<RequestState>,
-    expiry: Duration,
+    policy: ExpiryPolicy,
+    budget: usize,
 }
 
 impl SessionController {
@@ -225,15 +268,47 @@ impl SessionController {
         &self.entry.key
     }
 
-    /// The expiry this controller was opened with: how far a write moves the stamp.
+    /// The expiry policy this controller was opened with: what a write does to the deadline.
+    ///
+    /// ```
+    /// # use tower_sessions_controller::ExpiryPolicy;
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// assert_eq!(cart.policy(), ExpiryPolicy::SlidingOnWrite(time::Duration::minutes(5)));
+    /// # });
+    /// ```
+    pub fn policy(&self) -> ExpiryPolicy {
+        self.policy
+    }
+
+    /// Sets the budget of inserts through this controller, in bytes of the namespace's user data
+    /// serialized as JSON, instead of the layer's
+    /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget)).
+    ///
+    /// ```
+    /// # use tower_sessions_controller::Error;
+    /// # tower_sessions_controller::__doc_controller(|cart| {
+    /// let mut cart = cart.with_budget(32);
+    /// cart.insert("apples", 3)?; // {"apples":3} is 12 bytes
+    /// let err = cart.insert("note", "a note far too long for the budget").unwrap_err();
+    /// assert!(matches!(err, Error::OverBudget { limit: 32, .. }));
+    /// assert!(!cart.contains_key("note"));
+    /// # Ok::<(), Error>(())
+    /// # });
+    /// ```
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
+
+    /// The budget of inserts through this controller, in bytes.
     ///
     /// ```
     /// # tower_sessions_controller::__doc_controller(|cart| {
-    /// assert_eq!(cart.expiry(), time::Duration::minutes(5));
+    /// assert_eq!(cart.budget(), tower_sessions_controller::DEFAULT_BUDGET);
     /// # });
     /// ```
-    pub fn expiry(&self) -> Duration {
-        self.expiry
+    pub fn budget(&self) -> usize {
+        self.budget
     }
 
     /// The value under `key`, deserialized into `T`; `Ok(None)` if there is none. Reading does
@@ -265,7 +340,8 @@ impl SessionController {
             })
     }
 
-    /// Stores `value` under `key` and slides the stamp to now plus the expiry.
+    /// Stores `value` under `key`; the stamp moves as the [policy](Self::policy) says (by default
+    /// it slides to now plus the expiry). A [`Lifetime`](crate::Lifetime) the key has stays.
     ///
     /// ```
     /// # tower_sessions_controller::__doc_controller(|mut cart| {
@@ -278,8 +354,10 @@ impl SessionController {
     ///
     /// # Errors
     ///
-    /// - [`Error::ReservedKey`] for [`STAMP_KEY`](crate::STAMP_KEY).
+    /// - [`Error::ReservedKey`] for [`STAMP_KEY`](crate::STAMP_KEY),
+    ///   [`HOPS_KEY`](crate::HOPS_KEY) and [`LIFETIMES_KEY`](crate::LIFETIMES_KEY).
     /// - [`Error::Serialize`] if `value` cannot be turned into JSON.
+    /// - [`Error::OverBudget`] if the namespace would grow past its [budget](Self::budget).
     ///
     /// On error nothing is written.
     pub fn insert(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
@@ -293,19 +371,85 @@ impl SessionController {
             key: Some(key.to_owned()),
             source,
         })?;
-        self.request.warn_if_flushed(self.key(), "changed");
         self.entry.lock().insert(
             self.key(),
             key.to_owned(),
             value,
             self.request.now,
-            self.expiry,
-        );
+            self.policy,
+            self.budget,
+        )?;
+        self.request.warn_if_flushed(self.key(), "changed");
         Ok(())
     }
 
-    /// Removes `key` and returns its value; `None` (and no change) if it was absent. Removing
-    /// the last key removes the whole namespace, stamp included. Removal does not move the stamp.
+    /// Gives `key` its own lifetime, ending before the namespace's: when it is over, the key
+    /// disappears as if removed (and if it was the last key, the namespace goes with it).
+    ///
+    /// The lifetime belongs to the key, not to the value: set before or after the value in the
+    /// same request, the outcome is the same, and a later [`insert`](Self::insert) keeps it.
+    /// [`remove`](Self::remove) ends it. A [`Lifetime::For`](crate::Lifetime::For) counts from
+    /// the request's now; a [`Lifetime::Hops`](crate::Lifetime::Hops) counts the later requests
+    /// that open the namespace. Setting a lifetime does not move the namespace's stamp.
+    ///
+    /// ```
+    /// use time::Duration;
+    /// use tower_sessions_controller::Lifetime;
+    /// # tower_sessions_controller::__doc_controller(|mut checkout| {
+    /// checkout.set_lifetime("coupon", Lifetime::For(Duration::seconds(30)))?;
+    /// checkout.insert("coupon", "SPRING")?;
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ReservedKey`] for the reserved keys.
+    /// - [`Error::InvalidExpiry`] for a duration that is zero or negative.
+    pub fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Result<(), Error> {
+        if expiry::is_reserved(key) {
+            return Err(Error::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
+        if let Lifetime::For(duration) = lifetime {
+            if !expiry::is_valid(duration) {
+                return Err(Error::InvalidExpiry {
+                    namespace: self.key().to_owned(),
+                    expiry: duration,
+                });
+            }
+        }
+        self.request.warn_if_flushed(self.key(), "changed");
+        self.entry
+            .lock()
+            .set_lifetime(key, KeyDeadline::new(lifetime, self.request.now));
+        Ok(())
+    }
+
+    /// Stores a one-time value: readable in the next request that opens the namespace, then
+    /// gone. [`insert`](Self::insert) with a [`Lifetime::Hops`](crate::Lifetime::Hops) of one;
+    /// read it with [`get`](Self::get) (this request sees it too).
+    ///
+    /// ```
+    /// # tower_sessions_controller::__doc_controller(|mut notices| {
+    /// notices.flash("saved", "Your address was saved.")?;
+    /// // The next request that opens the namespace reads it; the one after finds nothing.
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert); on error nothing is written.
+    pub fn flash(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
+        self.insert(key, value)?;
+        self.set_lifetime(key, Lifetime::Hops(NonZeroU32::MIN))
+    }
+
+    /// Removes `key` (and its lifetime) and returns its value; `None` (and no change) if it was
+    /// absent. Removing the last key removes the whole namespace, stamp included. Removal does
+    /// not move the stamp.
     ///
     /// ```
     /// # tower_sessions_controller::__doc_controller(|mut cart| {
@@ -416,7 +560,9 @@ impl SessionController {
     }
 
     /// True unless the namespace holds a stamp still in the future (the seed's rule): a
-    /// namespace that was never written, or was emptied, reports expired.
+    /// namespace that was never written, or was emptied, reports expired. Under a policy that
+    /// keeps no stamp ([`ExpiryPolicy::Hops`], [`ExpiryPolicy::Never`]), true when it holds
+    /// nothing.
     ///
     /// ```
     /// # tower_sessions_controller::__doc_controller(|mut cart| {
@@ -427,7 +573,11 @@ impl SessionController {
     /// # });
     /// ```
     pub fn is_expired(&self) -> bool {
-        expiry::is_expired(self.expires_at(), self.request.now)
+        if self.policy.has_stamp() {
+            expiry::is_expired(self.expires_at(), self.request.now)
+        } else {
+            !self.has_data()
+        }
     }
 
     /// The instant the namespace expires (the seed's `timeout_datestamp`), if it holds a stamp.
@@ -505,7 +655,8 @@ impl fmt::Debug for SessionController {
         let stamp = slot.stamp;
         f.debug_struct("SessionController")
             .field("key", &self.entry.key)
-            .field("expiry", &self.expiry)
+            .field("policy", &self.policy)
+            .field("budget", &self.budget)
             .field("expires_at", &stamp)
             .field("data", slot.map(&self.entry.key))
             .finish()

@@ -77,6 +77,18 @@ pub enum Error {
         /// The refused expiry.
         expiry: Duration,
     },
+    /// A write would have made a namespace larger than its budget (its user data serialized as
+    /// JSON, in bytes). Nothing was written.
+    OverBudget {
+        /// The namespace written to.
+        namespace: String,
+        /// The key inserted; `None` when a whole typed namespace was written.
+        key: Option<String>,
+        /// The size the namespace would have had, in bytes.
+        size: usize,
+        /// The namespace's budget, in bytes.
+        limit: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -135,6 +147,26 @@ impl fmt::Display for Error {
                 "namespace {namespace:?} was opened with expiry {expiry}; an expiry must be \
                  positive"
             ),
+            Self::OverBudget {
+                namespace,
+                key,
+                size,
+                limit,
+            } => {
+                match key {
+                    Some(key) => write!(
+                        f,
+                        "inserting {key:?} would make namespace {namespace:?} {size} bytes, "
+                    )?,
+                    None => write!(f, "namespace {namespace:?} would be {size} bytes, ")?,
+                }
+                write!(
+                    f,
+                    "over its budget of {limit} bytes; nothing was written (store less, or raise \
+                     the budget with SessionControllerLayer::with_budget, \
+                     SessionController::with_budget or Namespace::BUDGET)"
+                )
+            }
         }
     }
 }

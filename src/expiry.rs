@@ -1,18 +1,23 @@
 //! The expiry rules of a namespace, in one place.
 //!
 //! A namespace carries one stamp, `_timeout_datestamp`: the instant it expires, stored as seconds
-//! since the Unix epoch in a float (the seed's layout). The rules:
+//! since the Unix epoch in a float (the seed's layout). What a write does to the stamp is the
+//! namespace's [`ExpiryPolicy`]; the rules every policy shares:
 //!
-//! - a write sets the stamp to the request's now plus the namespace's expiry (the timeout slides on
-//!   every write; reads never move it);
+//! - under the default policy, a write sets the stamp to the request's now plus the namespace's
+//!   expiry (the timeout slides on every write; reads never move it);
 //! - a namespace is alive while its stamp is still in the future: at the stamp instant it has
 //!   expired;
 //! - a namespace whose stamp has passed is dropped when it is opened;
 //! - a namespace without a stamp is never dropped, and reports itself expired (the seed counts a
 //!   missing stamp as the epoch).
 
+use std::num::NonZeroU32;
+
 use serde_json::Value;
 use time::{Duration, OffsetDateTime};
+
+use crate::Error;
 
 /// The reserved key under which a namespace stores its expiry stamp.
 ///
@@ -33,9 +38,205 @@ pub const STAMP_KEY: &str = "_timeout_datestamp";
 /// ```
 pub const DEFAULT_EXPIRY: Duration = Duration::minutes(5);
 
+/// The reserved key under which a namespace counted in requests ([`ExpiryPolicy::Hops`]) stores
+/// how many more requests may open it.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::HOPS_KEY, "_timeout_hops");
+/// ```
+pub const HOPS_KEY: &str = "_timeout_hops";
+
+/// The reserved key under which a namespace stores the [`Lifetime`]s of its keys: an object from
+/// key to `{"until": seconds}` or `{"hops": requests left}`.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::LIFETIMES_KEY, "_key_timeouts");
+/// ```
+pub const LIFETIMES_KEY: &str = "_key_timeouts";
+
 /// Whether `key` is reserved for the namespace's own bookkeeping.
 pub(crate) fn is_reserved(key: &str) -> bool {
-    key == STAMP_KEY
+    key == STAMP_KEY || key == HOPS_KEY || key == LIFETIMES_KEY
+}
+
+/// When a namespace expires: chosen when it is opened
+/// ([`SessionControllers::open_with_policy`](crate::SessionControllers::open_with_policy)) or
+/// declared by a typed namespace
+/// ([`Namespace::EXPIRY_POLICY`](crate::Namespace::EXPIRY_POLICY)).
+///
+/// Every policy judges with the request's one "now", taken when the request entered the layer:
+/// a long request judges and stamps with the same instant, and the order of calls within a
+/// request does not change the outcome. Policies that end at an instant keep it in the seed's
+/// stamp, so a reader of the seed's layout sees the same deadline; the others store no stamp.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use time::Duration;
+/// use tower_sessions_controller::ExpiryPolicy;
+///
+/// assert_eq!(
+///     ExpiryPolicy::default(),
+///     ExpiryPolicy::SlidingOnWrite(Duration::minutes(5))
+/// );
+/// let three_requests = ExpiryPolicy::Hops(NonZeroU32::new(3).unwrap());
+/// # let _ = three_requests;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ExpiryPolicy {
+    /// Every write sets the stamp to now plus the duration; reads leave it. The seed's rule and
+    /// the default, with [`DEFAULT_EXPIRY`].
+    SlidingOnWrite(Duration),
+    /// Every request that opens the namespace while it is alive sets the stamp to now plus the
+    /// duration, whether it reads or writes. Each such request is a store write.
+    SlidingOnAccess(Duration),
+    /// The first write sets the stamp to now plus the duration; later writes do not extend it.
+    /// After the namespace expires (or is purged), the next write starts a new period.
+    AfterFirstWrite(Duration),
+    /// The namespace expires at this instant, whatever is written. A write at or after it is not
+    /// kept: the namespace reads as expired and the flush stores nothing.
+    At(OffsetDateTime),
+    /// The namespace is readable in this many requests that open it after the last write, then
+    /// gone. Each write starts the count again. Each request that opens it is a store write (the
+    /// count goes down).
+    Hops(NonZeroU32),
+    /// The namespace never expires; a write removes any stamp it had.
+    Never,
+}
+
+impl Default for ExpiryPolicy {
+    fn default() -> Self {
+        Self::SlidingOnWrite(DEFAULT_EXPIRY)
+    }
+}
+
+impl ExpiryPolicy {
+    /// Refuses durations that would expire a namespace the moment it is written.
+    pub(crate) fn validate(self, namespace: &str) -> Result<Self, Error> {
+        match self {
+            Self::SlidingOnWrite(expiry)
+            | Self::SlidingOnAccess(expiry)
+            | Self::AfterFirstWrite(expiry)
+                if !is_valid(expiry) =>
+            {
+                Err(Error::InvalidExpiry {
+                    namespace: namespace.to_owned(),
+                    expiry,
+                })
+            }
+            policy => Ok(policy),
+        }
+    }
+
+    /// The stamp and request count a write leaves, given the namespace's current (live) stamp.
+    pub(crate) fn on_write(self, stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> Deadline {
+        match self {
+            Self::SlidingOnWrite(expiry) | Self::SlidingOnAccess(expiry) => Deadline {
+                stamp: Some(stamp_after_write(now, expiry)),
+                hops: None,
+            },
+            Self::AfterFirstWrite(expiry) => Deadline {
+                stamp: Some(stamp.unwrap_or_else(|| stamp_after_write(now, expiry))),
+                hops: None,
+            },
+            Self::At(at) => Deadline {
+                stamp: Some(representable(at)),
+                hops: None,
+            },
+            Self::Hops(hops) => Deadline {
+                stamp: None,
+                hops: Some(hops.get()),
+            },
+            Self::Never => Deadline::default(),
+        }
+    }
+
+    /// Whether "expired" is judged by the stamp (the seed's rule: no stamp reads as expired), or,
+    /// for the policies that store none, by whether the namespace holds anything.
+    pub(crate) fn has_stamp(self) -> bool {
+        !matches!(self, Self::Hops(_) | Self::Never)
+    }
+}
+
+/// What decides when a namespace ends: its stamp, or the requests it has left.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Deadline {
+    pub(crate) stamp: Option<OffsetDateTime>,
+    pub(crate) hops: Option<u32>,
+}
+
+/// How long one key of a namespace lives, set with
+/// [`SessionController::set_lifetime`](crate::SessionController::set_lifetime). A key whose
+/// lifetime is over disappears as if removed; the namespace's own expiry still ends it earlier
+/// if it comes first.
+///
+/// ```
+/// use std::num::NonZeroU32;
+/// use time::Duration;
+/// use tower_sessions_controller::Lifetime;
+///
+/// let half_a_minute = Lifetime::For(Duration::seconds(30));
+/// let next_request_only = Lifetime::Hops(NonZeroU32::MIN);
+/// # let _ = (half_a_minute, next_request_only);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Lifetime {
+    /// Until the request's now plus this duration; readable while that instant is in the future.
+    For(Duration),
+    /// Readable in this many later requests that open the namespace, then gone.
+    Hops(NonZeroU32),
+}
+
+/// A key's lifetime as stored: an instant, or the requests it has left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyDeadline {
+    Until(OffsetDateTime),
+    Hops(u32),
+}
+
+impl KeyDeadline {
+    pub(crate) fn new(lifetime: Lifetime, now: OffsetDateTime) -> Self {
+        match lifetime {
+            Lifetime::For(duration) => Self::Until(stamp_after_write(now, duration)),
+            Lifetime::Hops(hops) => Self::Hops(hops.get()),
+        }
+    }
+
+    /// Whether the key is gone for a request at `now` (judged when the namespace is opened).
+    pub(crate) fn is_over(self, now: OffsetDateTime) -> bool {
+        match self {
+            Self::Until(until) => until <= now,
+            Self::Hops(left) => left == 0,
+        }
+    }
+
+    pub(crate) fn encode(self) -> Value {
+        match self {
+            Self::Until(until) => serde_json::json!({ "until": encode(until) }),
+            Self::Hops(left) => serde_json::json!({ "hops": left }),
+        }
+    }
+
+    pub(crate) fn decode(value: &Value) -> Result<Self, &'static str> {
+        if let Some(until) = value.get("until") {
+            return decode(until).map(Self::Until);
+        }
+        value
+            .get("hops")
+            .and_then(Value::as_u64)
+            .and_then(|hops| u32::try_from(hops).ok())
+            .map(Self::Hops)
+            .ok_or("a key's lifetime is neither {\"until\": seconds} nor {\"hops\": count}")
+    }
+}
+
+/// Reads a stored request count.
+pub(crate) fn decode_hops(value: &Value) -> Result<u32, &'static str> {
+    value
+        .as_u64()
+        .and_then(|hops| u32::try_from(hops).ok())
+        .ok_or("the request count is not a whole number")
 }
 
 /// Whether an expiry can be used: a namespace that expires the moment it is written is a mistake.
@@ -75,6 +276,12 @@ pub(crate) fn stamp_after_write(now: OffsetDateTime, expiry: Duration) -> Offset
             None => return stamp,
         }
     }
+}
+
+/// `at` as it reads back from the stored float, within the calendar.
+fn representable(at: OffsetDateTime) -> OffsetDateTime {
+    let at = at.min(LATEST_STAMP);
+    decode_seconds(encode_seconds(at)).unwrap_or(at)
 }
 
 /// The stored form of a stamp: seconds since the Unix epoch, as a float.

@@ -12,8 +12,8 @@ use serde::{de::DeserializeOwned, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    expiry,
-    state::{Entry, RequestState},
+    expiry::{self, Deadline, ExpiryPolicy},
+    state::{Entry, RequestState, TypedWrite},
     Error, SessionControllers,
 };
 
@@ -46,8 +46,35 @@ use crate::{
 pub trait Namespace: Serialize + DeserializeOwned + Default + Send + Sync + 'static {
     /// The key of the namespace in the session.
     const KEY: &'static str;
-    /// How far a write moves the expiry stamp. Five minutes unless overridden.
+    /// How far a write moves the expiry stamp under the default policy. Five minutes unless
+    /// overridden.
     const EXPIRY: Duration = expiry::DEFAULT_EXPIRY;
+    /// When the namespace expires: sliding [`EXPIRY`](Self::EXPIRY) on every write unless
+    /// overridden. See [`ExpiryPolicy`] for the others.
+    ///
+    /// ```
+    /// use std::num::NonZeroU32;
+    /// use serde::{Deserialize, Serialize};
+    /// use tower_sessions_controller::{ExpiryPolicy, Namespace};
+    ///
+    /// /// A notice shown once, on the next page.
+    /// #[derive(Default, Serialize, Deserialize)]
+    /// struct Notice {
+    ///     text: String,
+    /// }
+    ///
+    /// impl Namespace for Notice {
+    ///     const KEY: &'static str = "notice";
+    ///     const EXPIRY_POLICY: ExpiryPolicy = ExpiryPolicy::Hops(NonZeroU32::MIN);
+    /// }
+    /// ```
+    const EXPIRY_POLICY: ExpiryPolicy = ExpiryPolicy::SlidingOnWrite(Self::EXPIRY);
+    /// The namespace's budget in bytes of its fields serialized as JSON; the layer's
+    /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget))
+    /// unless set. A `Keyed<T>` is serialized when the response is produced, so a write past the
+    /// budget turns the response into an [`Error::OverBudget`] (a `500`), and the session keeps
+    /// what it had.
+    const BUDGET: Option<usize> = None;
 }
 
 /// An extractor for the typed namespace `T`: dereferences to `T`.
@@ -92,7 +119,7 @@ pub struct Keyed<T: Namespace> {
     value: T,
     entry: Arc<Entry>,
     request: Arc<RequestState>,
-    stamp: Option<OffsetDateTime>,
+    deadline: Deadline,
     /// Unwritten, the value goes back to the request's entry on drop (it stands for the stored
     /// namespace); otherwise the entry keeps what it had.
     hand_back: bool,
@@ -103,28 +130,28 @@ pub struct Keyed<T: Namespace> {
 
 impl<T: Namespace> Keyed<T> {
     pub(crate) async fn open(request: &Arc<RequestState>) -> Result<Self, Error> {
-        if !expiry::is_valid(T::EXPIRY) {
-            return Err(Error::InvalidExpiry {
-                namespace: T::KEY.to_owned(),
-                expiry: T::EXPIRY,
-            });
-        }
+        let policy = T::EXPIRY_POLICY.validate(T::KEY)?;
         let entry = request.entry(T::KEY).await?;
-        let (value, hand_back) = {
+        let (value, hand_back, deadline) = {
             let mut slot = entry.lock();
             if slot.checked_out || entry.is_shared() {
                 return Err(Error::NamespaceInUse {
                     namespace: T::KEY.to_owned(),
                 });
             }
-            slot.check_out::<T>()
+            slot.access(T::KEY, policy, request.now);
+            let (value, hand_back) = slot.check_out::<T>();
+            let deadline = Deadline {
+                stamp: slot.stamp,
+                hops: slot.hops,
+            };
+            (value, hand_back, deadline)
         };
-        let stamp = entry.lock().stamp;
         Ok(Self {
             value,
             entry,
             request: Arc::clone(request),
-            stamp,
+            deadline,
             hand_back,
             written: false,
             purged: false,
@@ -154,13 +181,14 @@ impl<T: Namespace> Keyed<T> {
     pub fn purge(&mut self) {
         self.request.warn_if_flushed(T::KEY, "purged");
         self.value = T::default();
-        self.stamp = None;
+        self.deadline = Deadline::default();
         self.purged = true;
         self.written = false;
     }
 
     /// True unless the namespace holds a stamp still in the future: a namespace never written,
-    /// or purged, reports expired.
+    /// or purged, reports expired. Under a policy that keeps no stamp ([`ExpiryPolicy::Hops`],
+    /// [`ExpiryPolicy::Never`]), true unless it was written or holds stored data.
     ///
     /// ```
     /// # use serde::{Deserialize, Serialize};
@@ -179,7 +207,11 @@ impl<T: Namespace> Keyed<T> {
     /// # }
     /// ```
     pub fn is_expired(&self) -> bool {
-        expiry::is_expired(self.stamp, self.request.now)
+        if T::EXPIRY_POLICY.has_stamp() {
+            expiry::is_expired(self.deadline.stamp, self.request.now)
+        } else {
+            !(self.written || self.hand_back) || self.purged
+        }
     }
 
     /// The instant the namespace expires, if it holds a stamp.
@@ -201,7 +233,7 @@ impl<T: Namespace> Keyed<T> {
     /// # }
     /// ```
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.stamp
+        self.deadline.stamp
     }
 
     /// The value as a `<script type="application/json" id="…">` element, like Django's
@@ -252,7 +284,7 @@ impl<T: Namespace> DerefMut for Keyed<T> {
     fn deref_mut(&mut self) -> &mut T {
         if !self.written {
             self.request.warn_if_flushed(T::KEY, "changed");
-            self.stamp = Some(expiry::stamp_after_write(self.request.now, T::EXPIRY));
+            self.deadline = T::EXPIRY_POLICY.on_write(self.deadline.stamp, self.request.now);
             self.written = true;
         }
         &mut self.value
@@ -267,7 +299,18 @@ impl<T: Namespace> Drop for Keyed<T> {
             slot.purge();
         }
         if self.written {
-            slot.check_in(value, self.stamp);
+            slot.check_in(
+                value,
+                Some(TypedWrite {
+                    deadline: self.deadline,
+                    budget: T::BUDGET.unwrap_or(self.request.budget),
+                    past_deadline: matches!(T::EXPIRY_POLICY, ExpiryPolicy::At(_))
+                        && self
+                            .deadline
+                            .stamp
+                            .is_some_and(|stamp| stamp <= self.request.now),
+                }),
+            );
         } else if self.hand_back && !self.purged {
             // Unchanged: keep the value so a later `Keyed<T>` need not deserialize again.
             slot.check_in(value, None);
@@ -292,7 +335,7 @@ impl<T: Namespace + fmt::Debug> fmt::Debug for Keyed<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyed")
             .field("key", &T::KEY)
-            .field("expires_at", &self.stamp)
+            .field("expires_at", &self.deadline.stamp)
             .field("value", &self.value)
             .finish()
     }

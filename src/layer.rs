@@ -44,7 +44,20 @@ use crate::{
 #[derive(Clone)]
 pub struct SessionControllerLayer {
     clock: Arc<dyn Clock>,
+    budget: usize,
 }
+
+/// The budget of a namespace unless the layer or the namespace sets another: 1 MiB of user data
+/// serialized as JSON.
+///
+/// That is far more than a cart or a wizard needs, and small enough that a runaway loop fails
+/// at the insert that crosses it instead of growing every later request's store traffic. Behind
+/// a store that keeps sessions in cookies (about 4 KiB per cookie), set a budget that fits.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::DEFAULT_BUDGET, 1 << 20);
+/// ```
+pub const DEFAULT_BUDGET: usize = 1 << 20;
 
 impl SessionControllerLayer {
     /// A layer on the [`SystemClock`].
@@ -58,6 +71,7 @@ impl SessionControllerLayer {
     pub fn new() -> Self {
         Self {
             clock: Arc::new(SystemClock),
+            budget: DEFAULT_BUDGET,
         }
     }
 
@@ -77,6 +91,26 @@ impl SessionControllerLayer {
         self.clock = Arc::new(clock);
         self
     }
+
+    /// Sets the budget of every namespace, in bytes of user data serialized as JSON:
+    /// [`DEFAULT_BUDGET`] (1 MiB) unless set. An insert that would cross it is an
+    /// [`Error::OverBudget`](crate::Error::OverBudget) and writes nothing. A namespace can set its
+    /// own with [`SessionController::with_budget`](crate::SessionController::with_budget) or
+    /// [`Namespace::BUDGET`](crate::Namespace::BUDGET).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sessions_controller::SessionControllerLayer;
+    ///
+    /// // Sessions kept in a cookie: keep each namespace well under the cookie's 4 KiB.
+    /// let layer = SessionControllerLayer::new().with_budget(1024);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.budget = bytes;
+        self
+    }
 }
 
 impl Default for SessionControllerLayer {
@@ -89,6 +123,7 @@ impl fmt::Debug for SessionControllerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionControllerLayer")
             .field("now", &self.clock.now())
+            .field("budget", &self.budget)
             .finish()
     }
 }
@@ -100,6 +135,7 @@ impl<S> Layer<S> for SessionControllerLayer {
         SessionControllerService {
             inner,
             clock: Arc::clone(&self.clock),
+            budget: self.budget,
         }
     }
 }
@@ -119,6 +155,7 @@ impl<S> Layer<S> for SessionControllerLayer {
 pub struct SessionControllerService<S> {
     inner: S,
     clock: Arc<dyn Clock>,
+    budget: usize,
 }
 
 impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
@@ -145,7 +182,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let session = req.extensions().get::<Session>().cloned();
-        let state = Arc::new(RequestState::new(session, self.clock.now()));
+        let state = Arc::new(RequestState::new(session, self.clock.now(), self.budget));
         req.extensions_mut().insert(Arc::clone(&state));
 
         // Only the service that was polled ready may be called.

@@ -16,6 +16,15 @@
 //!   empty, and a write in the same request starts a fresh one.
 //! - **Removing** the last key, or a **purge**, removes the namespace from the session.
 //!
+//! That is the seed's rule, and the default. An [`ExpiryPolicy`], chosen when a namespace is
+//! opened or declared by a typed namespace, gives the others: sliding on any access, a period from
+//! the first write that later writes do not extend, a fixed instant, a number of requests
+//! ("hops"), or never. Single keys can carry their own [`Lifetime`], in time or in requests, that
+//! ends before the namespace's; [`SessionController::flash`] is a value for the next request
+//! only. Every rule judges with the request's one "now", and the order of calls within a request
+//! does not change the outcome. Each namespace also has a **budget**: an insert that would make it
+//! larger than that (1 MiB of JSON unless configured) is refused with [`Error::OverBudget`].
+//!
 //! Handlers get namespaces from two extractors. [`SessionControllers`] opens a
 //! [`SessionController`] by a key chosen at run time; [`Keyed<T>`] hands over a typed value whose
 //! key and expiry its [`Namespace`] impl declares. Both are synchronous once opened: a handler
@@ -82,7 +91,11 @@
 //!
 //! Under the namespace's key, the session holds a JSON object: the user's keys and values, and
 //! [`STAMP_KEY`] (`_timeout_datestamp`) with the expiry instant as seconds since the Unix epoch,
-//! a float. That key is reserved: inserting it is an [`Error::ReservedKey`].
+//! a float. A namespace counted in requests keeps how many it has left under [`HOPS_KEY`], and
+//! keys with their own lifetimes are listed under [`LIFETIMES_KEY`]; both appear only when used,
+//! so a reader of the seed's layout sees its keys and stamp with their usual meaning. These keys
+//! are reserved: inserting one is an [`Error::ReservedKey`], and
+//! [`to_json`](SessionController::to_json) never shows them.
 //!
 //! # Layout of the crate
 //!
@@ -107,10 +120,10 @@ mod state;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{SessionController, SessionControllers};
 pub use error::Error;
-pub use expiry::{DEFAULT_EXPIRY, STAMP_KEY};
+pub use expiry::{ExpiryPolicy, Lifetime, DEFAULT_EXPIRY, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
 pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
-pub use layer::{SessionControllerLayer, SessionControllerService};
+pub use layer::{SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET};
 pub use merge::MergingStore;
 
 /// Controllers of a fresh session on a `MemoryStore`, outside any request: the examples in the
@@ -125,6 +138,7 @@ pub fn __doc_controllers() -> SessionControllers {
     SessionControllers::from_state(std::sync::Arc::new(state::RequestState::new(
         Some(session),
         time::OffsetDateTime::now_utc(),
+        DEFAULT_BUDGET,
     )))
 }
 

@@ -1,25 +1,7 @@
 //! No lost updates between overlapping requests: a store wrapper that merges each save into the
 //! latest stored record instead of overwriting it.
 //!
-//! tower-sessions loads a visitor's whole record when a request first needs it and saves the
-//! whole record when the response goes out, so of two overlapping requests on one session, the
-//! later save silently undoes the earlier one. [`MergingStore`] wraps any `SessionStore` and
-//! changes what a save means:
-//!
-//! - It stamps every record it loads with **versions**: a counter of the record's saves, and for
-//!   each top-level key of the session the counter value of the save that last changed it.
-//! - The layer's flush leaves the request's **operations** on each namespace it changed (a purge,
-//!   and which user keys were set or removed) in the record.
-//! - On save, under a per-session lock, it re-reads the latest record and rebuilds it: each
-//!   namespace this request changed gets exactly this request's operations applied on top of its
-//!   latest stored form; every other key keeps its latest stored value unless this request
-//!   changed it through `Session` directly and nobody else changed it meanwhile (the versions
-//!   tell).
-//!
-//! A request that changed nothing saves nothing, so it costs nothing extra; a request that
-//! changed something costs one extra load. The per-session lock is in-process; with
-//! [`MergingStore::with_store_lock`] it is also taken through the store itself, for several app
-//! instances sharing one store.
+//! See [`MergingStore`] for what a save does.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -36,10 +18,7 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-use crate::{
-    expiry,
-    state::{self, lock, Ops},
-};
+use crate::state::{lock, Ops, Stored};
 
 /// The top-level session key under which [`MergingStore`] keeps a record's versions.
 pub(crate) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
@@ -57,8 +36,29 @@ const STORE_LOCK_MASK: i128 = 0x7473_635f_6d65_7267_655f_6c6f_636b_2121;
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
 ///
-/// Wrap the store given to `SessionManagerLayer`; nothing else changes. See the [module
-/// documentation](self) for what a save does, and the README for the guarantee and its limits.
+/// Wrap the store given to `SessionManagerLayer`; nothing else changes. The README states the
+/// guarantee and its limits.
+///
+/// tower-sessions loads a visitor's whole record when a request first needs it and saves the
+/// whole record when the response goes out, so of two overlapping requests on one session, the
+/// later save silently undoes the earlier one. [`MergingStore`] wraps any `SessionStore` and
+/// changes what a save means:
+///
+/// - It stamps every record it loads with **versions**: a counter of the record's saves, and for
+///   each top-level key of the session the counter value of the save that last changed it.
+/// - The layer's flush leaves the request's **operations** on each namespace it changed (a purge,
+///   which user keys were set or removed, whether it wrote or counted a request against the
+///   namespace's hops) in the record. A key's lifetime travels with the key.
+/// - On save, under a per-session lock, it re-reads the latest record and rebuilds it: each
+///   namespace this request changed gets exactly this request's operations applied on top of its
+///   latest stored form; every other key keeps its latest stored value unless this request
+///   changed it through `Session` directly and nobody else changed it meanwhile (the versions
+///   tell).
+///
+/// A request that changed nothing saves nothing, so it costs nothing extra; a request that
+/// changed something costs one extra load. The per-session lock is in-process; with
+/// [`MergingStore::with_store_lock`] it is also taken through the store itself, for several app
+/// instances sharing one store.
 ///
 /// # Example
 ///
@@ -287,7 +287,12 @@ impl RequestOps {
             .map(|(key, ops)| {
                 (
                     key.clone(),
-                    json!({ "purged": ops.purged, "touched": ops.touched, "wrote": ops.wrote }),
+                    json!({
+                        "purged": ops.purged,
+                        "touched": ops.touched,
+                        "wrote": ops.wrote,
+                        "counted": ops.counted,
+                    }),
                 )
             })
             .collect();
@@ -315,12 +320,14 @@ impl RequestOps {
                     .unwrap_or_default();
                 let purged = ops["purged"].as_bool().unwrap_or(false);
                 let wrote = ops["wrote"].as_bool().unwrap_or(false);
+                let counted = ops["counted"].as_bool().unwrap_or(false);
                 (
                     key.clone(),
                     Ops {
                         purged,
                         touched,
                         wrote,
+                        counted,
                     },
                 )
             })
@@ -432,42 +439,51 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Record {
 }
 
 /// One namespace's operations applied to its latest stored form. `own` is the namespace as this
-/// request flushed it: it holds the final values of the keys it set.
+/// request flushed it: it holds the final values and lifetimes of the keys it set.
 fn apply(
     ops: &Ops,
     theirs: Option<Value>,
     own: Option<Value>,
     now: OffsetDateTime,
 ) -> Option<Value> {
-    let (mut map, mut stamp) = match theirs.map(state::decode) {
-        // The expiry rule, judged as the request judged it.
-        Some(Ok((map, stamp))) if !expiry::is_dropped_on_open(stamp, now) => (map, stamp),
-        _ => (Map::new(), None),
+    let mut merged = match theirs.map(Stored::decode) {
+        // The expiry rules, judged as the request judged them.
+        Some(Ok(mut theirs)) if !theirs.is_dropped_on_open(now) => {
+            theirs.drop_expired_keys(now);
+            theirs
+        }
+        _ => Stored::default(),
     };
     if ops.purged {
-        map.clear();
-        stamp = None;
+        merged = Stored::default();
     }
-    let (mut own_map, own_stamp) = match own.map(state::decode) {
+    let own_present = own.is_some();
+    let mut own = match own.map(Stored::decode) {
         Some(Ok(own)) => own,
-        _ => (Map::new(), None),
+        _ => Stored::default(),
     };
     for key in &ops.touched {
-        match own_map.remove(key) {
-            Some(value) => map.insert(key.clone(), value),
-            None => map.remove(key),
+        match own.map.remove(key) {
+            Some(value) => merged.map.insert(key.clone(), value),
+            None => merged.map.remove(key),
+        };
+        match own.lifetimes.remove(key) {
+            Some(deadline) => merged.lifetimes.insert(key.clone(), deadline),
+            None => merged.lifetimes.remove(key),
         };
     }
-    if ops.wrote && own_stamp.is_some() {
-        // A write slides the stamp to this request's now plus its expiry, as without a merge.
-        stamp = own_stamp;
+    if (ops.wrote || ops.counted) && own_present {
+        // A write moves the deadline as this request's policy says, as without a merge; so does
+        // counting a request against the namespace's hops.
+        merged.deadline = own.deadline;
     }
-    state::encode(map, stamp)
+    merged.encode()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expiry;
     use time::macros::datetime;
 
     const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
@@ -495,6 +511,7 @@ mod tests {
                 Ops {
                     purged: *purged,
                     wrote: !touched.is_empty(),
+                    counted: false,
                     touched: touched.iter().map(|k| (*k).to_owned()).collect(),
                 },
             );

@@ -8,7 +8,7 @@
 
 use std::{
     any::Any,
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     mem,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -17,11 +17,11 @@ use std::{
 };
 
 use serde_json::{Map, Value};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 use tower_sessions::{session::Id, Session};
 
 use crate::{
-    expiry,
+    expiry::{self, Deadline, ExpiryPolicy, KeyDeadline},
     merge::{self, RequestOps},
     Error, Namespace,
 };
@@ -32,10 +32,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// One request's namespaces, its "now", and whether its response has been produced.
+/// One request's namespaces, its "now", its default budget, and whether its response has been
+/// produced.
 pub(crate) struct RequestState {
     pub(crate) session: Option<Session>,
     pub(crate) now: OffsetDateTime,
+    pub(crate) budget: usize,
     flushed: AtomicBool,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
 }
@@ -51,17 +53,29 @@ pub(crate) struct Entry {
 
 /// What a namespace holds in memory during a request.
 pub(crate) struct Slot {
-    /// The user's keys (the stamp lives in `stamp`), as runtime controllers use them. While
-    /// `typed` is set, it holds what the namespace was before the `Keyed` changed it.
+    /// The user's keys (the bookkeeping lives in the fields below), as runtime controllers use
+    /// them. While `typed` is set, it holds what the namespace was before the `Keyed` changed it.
     map: Map<String, Value>,
     /// A typed namespace handed back by a [`Keyed`](crate::Keyed), serialized only when a runtime
     /// controller or the flush needs it.
     typed: Option<Box<dyn TypedContent>>,
     /// `typed` holds a write that `map` does not.
     typed_written: bool,
+    /// The budget a `Keyed` write must fit in; checked when the flush serializes it.
+    typed_budget: Option<usize>,
     /// A [`Keyed`](crate::Keyed) holds the data right now.
     pub(crate) checked_out: bool,
     pub(crate) stamp: Option<OffsetDateTime>,
+    /// Requests left for a namespace counted in requests: after this one, when it is 0.
+    pub(crate) hops: Option<u32>,
+    /// The lifetimes of single keys.
+    lifetimes: BTreeMap<String, KeyDeadline>,
+    /// The serialized size of `map` in bytes, once an insert has needed it.
+    size: Option<usize>,
+    /// An opening in this request has applied the policy's effect of opening.
+    accessed: bool,
+    /// The last write was under an [`ExpiryPolicy::At`] that had passed: nothing is stored.
+    written_past_deadline: bool,
     /// Something was stored under the key when it was loaded, so emptying the namespace must
     /// reach the session.
     stored: bool,
@@ -74,13 +88,23 @@ pub(crate) struct Slot {
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
-/// or removed since (their final values are in the namespace the flush writes), and whether it
-/// wrote (so its stamp stands).
+/// or removed since (their final values and lifetimes are in the namespace the flush writes),
+/// whether it wrote (so its stamp stands), and whether it counted a request against the
+/// namespace's hops (so its count stands).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Ops {
     pub(crate) purged: bool,
     pub(crate) touched: BTreeSet<String>,
     pub(crate) wrote: bool,
+    pub(crate) counted: bool,
+}
+
+/// What a [`Keyed`](crate::Keyed) write leaves for the flush.
+pub(crate) struct TypedWrite {
+    pub(crate) deadline: Deadline,
+    pub(crate) budget: usize,
+    /// Written under an [`ExpiryPolicy::At`] that had passed: nothing is stored.
+    pub(crate) past_deadline: bool,
 }
 
 /// A [`Namespace`] value with its type erased, so the flush can serialize it.
@@ -112,10 +136,11 @@ enum Change {
 }
 
 impl RequestState {
-    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime) -> Self {
+    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime, budget: usize) -> Self {
         Self {
             session,
             now,
+            budget,
             flushed: AtomicBool::new(false),
             entries: Mutex::new(HashMap::new()),
         }
@@ -249,15 +274,22 @@ impl Entry {
 }
 
 impl Slot {
-    /// The in-memory namespace for a stored value, after the expiry rule and the corrupt-data
-    /// fallback.
+    /// The in-memory namespace for a stored value, after the expiry rules (the namespace's and
+    /// its keys') and the corrupt-data fallback. Opening counts as one request against every
+    /// count of hops in the namespace.
     fn load(namespace: &str, stored: Option<Value>, now: OffsetDateTime) -> Self {
         let mut slot = Self {
             map: Map::new(),
             typed: None,
             typed_written: false,
+            typed_budget: None,
             checked_out: false,
             stamp: None,
+            hops: None,
+            lifetimes: BTreeMap::new(),
+            size: None,
+            accessed: false,
+            written_past_deadline: false,
             stored: stored.is_some(),
             dirty: false,
             ops: Ops::default(),
@@ -265,14 +297,35 @@ impl Slot {
         let Some(stored) = stored else {
             return slot;
         };
-        match decode(stored) {
-            Ok((_, stamp)) if expiry::is_dropped_on_open(stamp, now) => {
+        match Stored::decode(stored) {
+            Ok(stored) if stored.is_dropped_on_open(now) => {
                 tracing::debug!(namespace, "namespace expired; dropping it");
                 slot.dirty = true;
             }
-            Ok((map, stamp)) => {
-                slot.map = map;
-                slot.stamp = stamp;
+            Ok(mut stored) => {
+                let over = stored.drop_expired_keys(now);
+                if !over.is_empty() {
+                    tracing::debug!(namespace, keys = ?over, "keys expired; dropping them");
+                    slot.dirty = true;
+                    slot.ops.touched.extend(over);
+                }
+                if let Some(hops) = &mut stored.deadline.hops {
+                    // Not dropped, so at least one request was left: this one.
+                    *hops = hops.saturating_sub(1);
+                    slot.dirty = true;
+                    slot.ops.counted = true;
+                }
+                for (key, deadline) in &mut stored.lifetimes {
+                    if let KeyDeadline::Hops(hops) = deadline {
+                        *hops = hops.saturating_sub(1);
+                        slot.dirty = true;
+                        slot.ops.touched.insert(key.clone());
+                    }
+                }
+                slot.stamp = stored.deadline.stamp;
+                slot.hops = stored.deadline.hops;
+                slot.map = stored.map;
+                slot.lifetimes = stored.lifetimes;
             }
             Err(reason) => {
                 tracing::warn!(
@@ -284,6 +337,22 @@ impl Slot {
             }
         }
         slot
+    }
+
+    /// Applies what opening does under `policy`, once per request: a namespace that slides on
+    /// access gets a new stamp if it holds anything.
+    pub(crate) fn access(&mut self, namespace: &str, policy: ExpiryPolicy, now: OffsetDateTime) {
+        if mem::replace(&mut self.accessed, true) {
+            return;
+        }
+        if let ExpiryPolicy::SlidingOnAccess(expiry) = policy {
+            if !self.map(namespace).is_empty() {
+                self.stamp = Some(expiry::stamp_after_write(now, expiry));
+                self.hops = None;
+                self.ops.wrote = true;
+                self.dirty = true;
+            }
+        }
     }
 
     /// The user's keys, converting a typed namespace back into a map if a `Keyed` left one.
@@ -305,11 +374,6 @@ impl Slot {
             return Ok(());
         };
         let map = match typed.to_value() {
-            Ok(Value::Object(map)) if map.contains_key(expiry::STAMP_KEY) => {
-                return Err(Error::ReservedKey {
-                    key: expiry::STAMP_KEY.to_owned(),
-                })
-            }
             Ok(Value::Object(map)) => map,
             Ok(_) => {
                 return Err(Error::NotAnObject {
@@ -324,6 +388,9 @@ impl Slot {
                 })
             }
         };
+        if let Some(key) = map.keys().find(|key| expiry::is_reserved(key)) {
+            return Err(Error::ReservedKey { key: key.clone() });
+        }
         if mem::take(&mut self.typed_written) && track {
             let old = &self.map;
             let changed = old
@@ -333,32 +400,82 @@ impl Slot {
             self.ops.touched.extend(changed.cloned());
         }
         self.map = map;
+        self.size = None;
         Ok(())
     }
 
-    /// Stores `value` under `key` and slides the stamp to `now + expiry`.
+    /// Stores `value` under `key` and moves the deadline as `policy` says a write does.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OverBudget`] if the namespace would serialize to more than `budget` bytes; then
+    /// nothing changes.
     pub(crate) fn insert(
         &mut self,
         namespace: &str,
         key: String,
         value: Value,
         now: OffsetDateTime,
-        expiry: Duration,
-    ) {
-        self.map(namespace).insert(key.clone(), value);
+        policy: ExpiryPolicy,
+        budget: usize,
+    ) -> Result<(), Error> {
+        self.map(namespace);
+        let size = match self.size {
+            Some(size) => size,
+            None => json_len(&self.map),
+        };
+        let entry = json_len(&key) + 1 + json_len(&value);
+        let new_size = match self.map.get(&key) {
+            Some(old) => size - (json_len(&key) + 1 + json_len(old)) + entry,
+            None if self.map.is_empty() => size + entry,
+            // The comma before it.
+            None => size + 1 + entry,
+        };
+        if new_size > budget {
+            self.size = Some(size);
+            return Err(Error::OverBudget {
+                namespace: namespace.to_owned(),
+                key: Some(key),
+                size: new_size,
+                limit: budget,
+            });
+        }
+        self.map.insert(key.clone(), value);
+        self.size = Some(new_size);
         self.ops.touched.insert(key);
+        self.write(policy, now);
+        Ok(())
+    }
+
+    /// A write: the deadline moves as `policy` says.
+    fn write(&mut self, policy: ExpiryPolicy, now: OffsetDateTime) {
+        let deadline = policy.on_write(self.stamp, now);
+        self.written_past_deadline = matches!(policy, ExpiryPolicy::At(_))
+            && deadline.stamp.is_some_and(|stamp| stamp <= now);
+        self.stamp = deadline.stamp;
+        self.hops = deadline.hops;
         self.ops.wrote = true;
-        self.stamp = Some(expiry::stamp_after_write(now, expiry));
         self.dirty = true;
     }
 
-    /// Removes `key`; removing the last key removes the stamp too.
+    /// Gives `key` its own lifetime, whether or not it holds a value yet: set before the value,
+    /// it applies to the value inserted later in the request.
+    pub(crate) fn set_lifetime(&mut self, key: &str, deadline: KeyDeadline) {
+        self.lifetimes.insert(key.to_owned(), deadline);
+        self.ops.touched.insert(key.to_owned());
+        self.dirty = true;
+    }
+
+    /// Removes `key` and its lifetime; removing the last key removes the deadline too.
     pub(crate) fn remove(&mut self, namespace: &str, key: &str) -> Option<Value> {
         let map = self.map(namespace);
         let removed = map.remove(key)?;
         if map.is_empty() {
             self.stamp = None;
+            self.hops = None;
         }
+        self.lifetimes.remove(key);
+        self.size = None;
         self.ops.touched.insert(key.to_owned());
         self.dirty = true;
         Some(removed)
@@ -369,7 +486,11 @@ impl Slot {
         self.map = Map::new();
         self.typed = None;
         self.typed_written = false;
+        self.typed_budget = None;
         self.stamp = None;
+        self.hops = None;
+        self.lifetimes.clear();
+        self.size = None;
         self.dirty = true;
         self.ops = Ops {
             purged: true,
@@ -409,13 +530,22 @@ impl Slot {
         }
     }
 
-    /// Takes a typed namespace back from a `Keyed<T>`; `stamp` is set if it was written.
-    pub(crate) fn check_in<T: Namespace>(&mut self, value: T, stamp: Option<OffsetDateTime>) {
+    /// Takes a typed namespace back from a `Keyed<T>`; `written` is its deadline and budget if
+    /// it was written.
+    pub(crate) fn check_in<T: Namespace>(&mut self, value: T, written: Option<TypedWrite>) {
         self.checked_out = false;
         self.typed = Some(Box::new(value));
-        if let Some(stamp) = stamp {
-            self.stamp = Some(stamp);
+        if let Some(TypedWrite {
+            deadline,
+            budget,
+            past_deadline,
+        }) = written
+        {
+            self.stamp = deadline.stamp;
+            self.hops = deadline.hops;
+            self.written_past_deadline = past_deadline;
             self.typed_written = true;
+            self.typed_budget = Some(budget);
             self.ops.wrote = true;
             self.dirty = true;
         }
@@ -434,13 +564,47 @@ impl Slot {
             return Ok((Change::Nothing, Ops::default()));
         }
         self.materialize(namespace, track)?;
-        let map = if keep {
-            self.map.clone()
-        } else {
-            mem::take(&mut self.map)
+        if let Some(limit) = self.typed_budget.take() {
+            let size = json_len(&self.map);
+            if size > limit {
+                return Err(Error::OverBudget {
+                    namespace: namespace.to_owned(),
+                    key: None,
+                    size,
+                    limit,
+                });
+            }
+        }
+        // Keys in their last request go now (they are among the touched keys already).
+        let last: Vec<String> = self
+            .lifetimes
+            .iter()
+            .filter(|(_, deadline)| **deadline == KeyDeadline::Hops(0))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &last {
+            self.lifetimes.remove(key);
+            self.map.remove(key);
+        }
+        // A namespace in its last request, or written under a deadline that has passed, ends.
+        if self.hops == Some(0) || self.written_past_deadline {
+            self.map.clear();
+            self.ops.purged = true;
+        }
+        let stored = Stored {
+            map: if keep {
+                self.map.clone()
+            } else {
+                mem::take(&mut self.map)
+            },
+            deadline: Deadline {
+                stamp: self.stamp,
+                hops: self.hops,
+            },
+            lifetimes: self.lifetimes.clone(),
         };
         self.dirty = false;
-        let change = match encode(map, self.stamp) {
+        let change = match stored.encode() {
             Some(value) => Change::Write(value),
             None if self.stored => Change::Remove,
             None => Change::Nothing,
@@ -449,27 +613,114 @@ impl Slot {
     }
 }
 
-/// Splits a stored namespace into the user's keys and the stamp.
-pub(crate) fn decode(
-    stored: Value,
-) -> Result<(Map<String, Value>, Option<OffsetDateTime>), &'static str> {
-    let Value::Object(mut map) = stored else {
-        return Err("the namespace is not a JSON object");
-    };
-    let stamp = match map.remove(expiry::STAMP_KEY) {
-        Some(stamp) => Some(expiry::decode(&stamp)?),
-        None => None,
-    };
-    Ok((map, stamp))
+/// A namespace in its stored form: the user's keys, and the bookkeeping under the reserved keys.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct Stored {
+    pub(crate) map: Map<String, Value>,
+    pub(crate) deadline: Deadline,
+    pub(crate) lifetimes: BTreeMap<String, KeyDeadline>,
 }
 
-/// The stored form of a namespace, or `None` for an empty one (which is not stored at all).
-pub(crate) fn encode(mut map: Map<String, Value>, stamp: Option<OffsetDateTime>) -> Option<Value> {
-    if map.is_empty() {
-        return None;
+impl Stored {
+    /// Splits a stored namespace, or says why it cannot be read.
+    pub(crate) fn decode(stored: Value) -> Result<Self, &'static str> {
+        let Value::Object(mut map) = stored else {
+            return Err("the namespace is not a JSON object");
+        };
+        let stamp = match map.remove(expiry::STAMP_KEY) {
+            Some(stamp) => Some(expiry::decode(&stamp)?),
+            None => None,
+        };
+        let hops = match map.remove(expiry::HOPS_KEY) {
+            Some(hops) => Some(expiry::decode_hops(&hops)?),
+            None => None,
+        };
+        let lifetimes = match map.remove(expiry::LIFETIMES_KEY) {
+            None => BTreeMap::new(),
+            Some(Value::Object(lifetimes)) => lifetimes
+                .iter()
+                .map(|(key, deadline)| Ok((key.clone(), KeyDeadline::decode(deadline)?)))
+                .collect::<Result<_, &'static str>>()?,
+            Some(_) => return Err("the keys' lifetimes are not a JSON object"),
+        };
+        Ok(Self {
+            map,
+            deadline: Deadline { stamp, hops },
+            lifetimes,
+        })
     }
-    if let Some(stamp) = stamp {
-        map.insert(expiry::STAMP_KEY.to_owned(), expiry::encode(stamp));
+
+    /// The stored form, or `None` for an empty namespace (which is not stored at all). Only the
+    /// lifetimes of keys that hold a value are kept.
+    pub(crate) fn encode(self) -> Option<Value> {
+        let Self {
+            mut map,
+            deadline,
+            lifetimes,
+        } = self;
+        if map.is_empty() {
+            return None;
+        }
+        let lifetimes: Map<String, Value> = lifetimes
+            .into_iter()
+            .filter(|(key, _)| map.contains_key(key))
+            .map(|(key, deadline)| (key, deadline.encode()))
+            .collect();
+        if !lifetimes.is_empty() {
+            map.insert(expiry::LIFETIMES_KEY.to_owned(), Value::Object(lifetimes));
+        }
+        if let Some(hops) = deadline.hops {
+            map.insert(expiry::HOPS_KEY.to_owned(), Value::from(hops));
+        }
+        if let Some(stamp) = deadline.stamp {
+            map.insert(expiry::STAMP_KEY.to_owned(), expiry::encode(stamp));
+        }
+        Some(Value::Object(map))
     }
-    Some(Value::Object(map))
+
+    /// Whether a request at `now` finds the namespace gone: its stamp has passed, or it has no
+    /// requests left.
+    pub(crate) fn is_dropped_on_open(&self, now: OffsetDateTime) -> bool {
+        expiry::is_dropped_on_open(self.deadline.stamp, now) || self.deadline.hops == Some(0)
+    }
+
+    /// Removes the keys whose lifetime is over for a request at `now`, and returns them.
+    pub(crate) fn drop_expired_keys(&mut self, now: OffsetDateTime) -> Vec<String> {
+        let over: Vec<String> = self
+            .lifetimes
+            .iter()
+            .filter(|(_, deadline)| deadline.is_over(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &over {
+            self.lifetimes.remove(key);
+            self.map.remove(key);
+        }
+        if !over.is_empty() && self.map.is_empty() {
+            // Its last key is gone, and the namespace with it.
+            self.deadline = Deadline::default();
+        }
+        over
+    }
+}
+
+/// The length of `value` serialized as JSON, without building the text.
+pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
+    struct Counter(usize);
+
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let mut counter = Counter(0);
+    // Maps of JSON values and strings always serialize.
+    let _ = serde_json::to_writer(&mut counter, value);
+    counter.0
 }

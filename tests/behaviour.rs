@@ -125,7 +125,7 @@ fn report(controller: &SessionController) -> Value {
         "has_data": controller.has_data(),
         "is_expired": controller.is_expired(),
         "expires_at": controller.expires_at().map(nanos),
-        "expiry_seconds": controller.expiry().whole_seconds(),
+        "policy": format!("{:?}", controller.policy()),
     })
 }
 
@@ -1377,7 +1377,10 @@ async fn open_with_expiry_stamps_writes_with_that_duration() {
 
     let reply = insert_value_for(&mut app, "ns", 90, "a", "1").await.json();
 
-    assert_eq!(reply["after"]["expiry_seconds"], 90);
+    assert_eq!(
+        reply["after"]["policy"],
+        "SlidingOnWrite(SignedDuration { seconds: 90, nanoseconds: 0 })"
+    );
     assert_eq!(
         instant(&reply["after"]["expires_at"]),
         START + Duration::seconds(90)

@@ -1,6 +1,7 @@
 //! The web pages under `/shop`: products, the cart, and the checkout wizard (address, delivery,
-//! confirm). Every form posts, changes the session, and redirects to a page (post/redirect/get),
-//! so reloading a page never repeats an action.
+//! confirm). A form posts, changes the session, and redirects to a page (post/redirect/get), so
+//! that reloading the page does not repeat the action; only an incomplete address and the placed
+//! order are answered directly.
 
 use std::{collections::BTreeMap, fmt::Write, num::NonZeroU32};
 

@@ -140,7 +140,7 @@ impl<T: Namespace> Keyed<T> {
                 });
             }
             slot.access(T::KEY, policy, request.now);
-            let (value, hand_back) = slot.check_out::<T>();
+            let (value, hand_back) = slot.check_out::<T>(request.is_merging());
             let deadline = Deadline {
                 stamp: slot.stamp,
                 hops: slot.hops,

@@ -4,7 +4,7 @@
 //! See [`MergingStore`] for what a save does.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex},
 };
@@ -370,18 +370,21 @@ impl Versions {
 /// The record to store: `ours` (what this request would save) merged into `latest` (what the
 /// store holds now).
 pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Record {
-    let mut mine = ours.data.clone();
-    let ops = mine
-        .remove(OPS_KEY)
-        .as_ref()
-        .and_then(RequestOps::from_value);
-    let base = mine.remove(VERSIONS_KEY).as_ref().map(Versions::from_value);
+    let is_data = |key: &String| key != OPS_KEY && key != VERSIONS_KEY;
+    let ops = ours.data.get(OPS_KEY).and_then(RequestOps::from_value);
+    let base = ours.data.get(VERSIONS_KEY).map(Versions::from_value);
     let Some(mut latest) = latest else {
         // Gone from the store meanwhile (deleted, or expired): save ours as it is.
-        mine.insert(VERSIONS_KEY.to_owned(), Versions::default().to_value());
+        let mut data: HashMap<String, Value> = ours
+            .data
+            .iter()
+            .filter(|(key, _)| is_data(key))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        data.insert(VERSIONS_KEY.to_owned(), Versions::default().to_value());
         return Record {
             id: ours.id,
-            data: mine,
+            data,
             expiry_date: ours.expiry_date,
         };
     };
@@ -396,39 +399,51 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Record {
         counter: theirs_versions.counter + 1,
         keys: BTreeMap::new(),
     };
-    let keys: BTreeSet<String> = mine.keys().chain(latest.data.keys()).cloned().collect();
-    let mut data = HashMap::with_capacity(keys.len() + 1);
-    for key in keys {
-        let theirs = latest.data.remove(&key);
-        let own = mine.remove(&key);
-        let version = theirs_versions.of(&key);
+    // One key's merged value, and whether it differs from theirs. Only what wins is copied from
+    // ours; the latest record is already owned.
+    let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = ops
             .as_ref()
-            .and_then(|ops| Some((ops.namespaces.get(&key)?, ops.now)));
-        let (value, changed) = match (namespace_ops, &base) {
+            .and_then(|ops| Some((ops.namespaces.get(key)?, ops.now)));
+        match (namespace_ops, &base) {
             (Some((namespace, now)), _) => {
-                let value = apply(namespace, theirs.clone(), own, now);
+                let value = apply(namespace, theirs.clone(), own.cloned(), now);
                 let changed = value != theirs;
                 (value, changed)
             }
             // Someone else changed it since this request loaded it: theirs stands.
-            (None, Some(base)) if base.of(&key) != version => (theirs, false),
+            (None, Some(base)) if base.of(key) != theirs_versions.of(key) => (theirs, false),
             // Nobody else changed it: ours is the latest plus whatever this request (or a
             // middleware) changed through `Session` directly. Without versions in ours
             // (`Session::clear` dropped them), ours is the whole truth.
-            (None, _) => {
-                let changed = own != theirs;
-                (own, changed)
-            }
-        };
+            (None, _) => match (theirs, own) {
+                (Some(theirs), Some(own)) if theirs == *own => (Some(theirs), false),
+                (None, None) => (None, false),
+                (_, own) => (own.cloned(), true),
+            },
+        }
+    };
+    let mut data = HashMap::with_capacity(ours.data.len().max(latest.data.len()) + 1);
+    let mut keep = |key: String, (value, changed): (Option<Value>, bool)| {
         let Some(value) = value else {
-            continue;
+            return;
         };
-        versions.keys.insert(
-            key.clone(),
-            if changed { versions.counter } else { version },
-        );
+        let version = if changed {
+            versions.counter
+        } else {
+            theirs_versions.of(&key)
+        };
+        versions.keys.insert(key.clone(), version);
         data.insert(key, value);
+    };
+    for (key, own) in ours.data.iter().filter(|(key, _)| is_data(key)) {
+        let theirs = latest.data.remove(key);
+        keep(key.clone(), resolve(key, theirs, Some(own)));
+    }
+    // The keys ours does not hold: removed by this request, or added by someone else.
+    for (key, theirs) in latest.data {
+        let merged = resolve(&key, Some(theirs), None);
+        keep(key, merged);
     }
     data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
     Record {

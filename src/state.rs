@@ -8,11 +8,11 @@
 
 use std::{
     any::Any,
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     mem,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
     },
 };
 
@@ -25,6 +25,11 @@ use crate::{
     merge::{self, RequestOps},
     Error, Namespace,
 };
+
+/// The entry for `key` among `entries`.
+fn find(entries: &[Arc<Entry>], key: &str) -> Option<Arc<Entry>> {
+    entries.iter().find(|entry| entry.key == key).cloned()
+}
 
 /// Locks a mutex, carrying on after a panic elsewhere: the data behind these locks is always
 /// left consistent between statements, so a poisoned lock holds nothing half-done.
@@ -39,7 +44,11 @@ pub(crate) struct RequestState {
     pub(crate) now: OffsetDateTime,
     pub(crate) budget: usize,
     flushed: AtomicBool,
-    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    /// The namespaces opened so far. A request opens one or two, so a list beats a hash map.
+    entries: Mutex<Vec<Arc<Entry>>>,
+    /// Whether a [`MergingStore`](crate::MergingStore) is underneath (it marks the records it
+    /// loads), learnt when the first namespace is loaded.
+    merging: OnceLock<bool>,
 }
 
 /// One namespace opened in a request.
@@ -142,7 +151,8 @@ impl RequestState {
             now,
             budget,
             flushed: AtomicBool::new(false),
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Vec::new()),
+            merging: OnceLock::new(),
         }
     }
 
@@ -153,20 +163,32 @@ impl RequestState {
     /// [`Error::MissingSessionManager`] without a session, [`Error::Store`] if loading fails.
     pub(crate) async fn entry(&self, key: &str) -> Result<Arc<Entry>, Error> {
         self.warn_if_flushed(key, "opened");
-        if let Some(entry) = lock(&self.entries).get(key) {
-            return Ok(Arc::clone(entry));
+        if let Some(entry) = find(&lock(&self.entries), key) {
+            return Ok(entry);
         }
         let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
         let stored = session.get_value(key).await.map_err(Error::Store)?;
+        if self.merging.get().is_none() {
+            let versions = session.get_value(merge::VERSIONS_KEY).await;
+            let _ = self.merging.set(versions.map_err(Error::Store)?.is_some());
+        }
         let loaded_from = session.id();
         let slot = Slot::load(key, stored, self.now);
         // Another task of this request may have loaded it meanwhile: the first one in wins, so
         // both controllers share one entry.
         let mut entries = lock(&self.entries);
-        let entry = entries
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Entry::new(key, loaded_from, slot)));
-        Ok(Arc::clone(entry))
+        if let Some(entry) = find(&entries, key) {
+            return Ok(entry);
+        }
+        let entry = Arc::new(Entry::new(key, loaded_from, slot));
+        entries.push(Arc::clone(&entry));
+        Ok(entry)
+    }
+
+    /// Whether a [`MergingStore`](crate::MergingStore) is underneath, once a namespace was
+    /// loaded.
+    pub(crate) fn is_merging(&self) -> bool {
+        self.merging.get().copied().unwrap_or(false)
     }
 
     /// Logs a change made after the flush, which will not be saved.
@@ -194,9 +216,9 @@ impl RequestState {
             return Ok(());
         };
         let mut ops = RequestOps::new(self.now);
-        // Whether a `MergingStore` is underneath (it marks the records it loads): asked once.
-        let mut merging = None;
-        for (key, entry) in entries {
+        let merging = self.is_merging();
+        for entry in entries {
+            let key = &entry.key;
             if !entry.lock().is_dirty() {
                 continue;
             }
@@ -210,13 +232,6 @@ impl RequestState {
                 );
                 continue;
             }
-            let track = match merging {
-                Some(merging) => merging,
-                None => {
-                    let found = session.get_value(merge::VERSIONS_KEY).await;
-                    *merging.insert(found.map_err(Error::Store)?.is_some())
-                }
-            };
             // The map's reference was moved here; any other one is a controller still alive.
             let detached = Arc::strong_count(&entry) > 1;
             if detached {
@@ -226,24 +241,24 @@ impl RequestState {
                      produced; changes made through it from now on are not saved"
                 );
             }
-            let (change, namespace_ops) = entry.lock().take_change(&key, detached, track)?;
+            let (change, namespace_ops) = entry.lock().take_change(key, detached, merging)?;
             match change {
                 Change::Write(value) => {
                     session
-                        .insert_value(&key, value)
+                        .insert_value(key, value)
                         .await
                         .map_err(Error::Store)?;
                 }
                 Change::Remove => {
-                    session.remove_value(&key).await.map_err(Error::Store)?;
+                    session.remove_value(key).await.map_err(Error::Store)?;
                 }
                 Change::Nothing => continue,
             }
-            ops.record(key, namespace_ops);
+            ops.record(key.clone(), namespace_ops);
         }
         // Only a modified session is saved; an unmodified one (changes that cancelled out)
         // needs no operations, and writing them would cause the save.
-        if merging == Some(true) && !ops.is_empty() && session.is_modified() {
+        if merging && !ops.is_empty() && session.is_modified() {
             session
                 .insert_value(merge::OPS_KEY, ops.to_value())
                 .await
@@ -422,11 +437,11 @@ impl Slot {
         self.map(namespace);
         let size = match self.size {
             Some(size) => size,
-            None => json_len(&self.map),
+            None => map_len(&self.map),
         };
-        let entry = json_len(&key) + 1 + json_len(&value);
+        let entry = entry_len(&key, &value);
         let new_size = match self.map.get(&key) {
-            Some(old) => size - (json_len(&key) + 1 + json_len(old)) + entry,
+            Some(old) => size - entry_len(&key, old) + entry,
             None if self.map.is_empty() => size + entry,
             // The comma before it.
             None => size + 1 + entry,
@@ -500,7 +515,11 @@ impl Slot {
 
     /// Hands a typed namespace to a `Keyed<T>`: `T::default()` for an empty or unreadable one.
     /// The flag says whether the value stands for the namespace (so it can be handed back).
-    pub(crate) fn check_out<T: Namespace>(&mut self) -> (T, bool) {
+    ///
+    /// With `keep_map`, the map stays as the namespace's before-image (a merge diffs against it
+    /// to learn which keys a write touched); without, it is moved into `T`, which saves copying
+    /// every key and string.
+    pub(crate) fn check_out<T: Namespace>(&mut self, keep_map: bool) -> (T, bool) {
         self.checked_out = true;
         match self.typed.take() {
             Some(typed) if typed.as_any().is::<T>() => match typed.into_any().downcast::<T>() {
@@ -510,11 +529,16 @@ impl Slot {
             // Another type with the same key left it: go through JSON.
             other => {
                 self.typed = other;
-                let map = self.map(T::KEY);
-                if map.is_empty() {
+                if self.map(T::KEY).is_empty() {
                     return (T::default(), false);
                 }
-                match T::deserialize(&*map) {
+                let read = if keep_map {
+                    T::deserialize(&self.map)
+                } else {
+                    self.size = None;
+                    serde_json::from_value(Value::Object(mem::take(&mut self.map)))
+                };
+                match read {
                     Ok(value) => (value, true),
                     Err(err) => {
                         tracing::warn!(
@@ -565,7 +589,7 @@ impl Slot {
         }
         self.materialize(namespace, track)?;
         if let Some(limit) = self.typed_budget.take() {
-            let size = json_len(&self.map);
+            let size = map_len(&self.map);
             if size > limit {
                 return Err(Error::OverBudget {
                     namespace: namespace.to_owned(),
@@ -704,23 +728,143 @@ impl Stored {
     }
 }
 
-/// The length of `value` serialized as JSON, without building the text.
-pub(crate) fn json_len<T: serde::Serialize + ?Sized>(value: &T) -> usize {
-    struct Counter(usize);
+/// The length of `value` serialized by serde_json (compact), without building the text: the
+/// budget check runs on every insert, and a walk of the value is several times cheaper than
+/// formatting it.
+pub(crate) fn json_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(number) => number_len(number),
+        Value::String(string) => string_len(string),
+        Value::Array(items) => {
+            2 + items.iter().map(json_len).sum::<usize>() + items.len().saturating_sub(1)
+        }
+        Value::Object(map) => map_len(map),
+    }
+}
 
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
+/// [`json_len`] of an object.
+pub(crate) fn map_len(map: &Map<String, Value>) -> usize {
+    2 + map
+        .iter()
+        .map(|(key, value)| entry_len(key, value))
+        .sum::<usize>()
+        + map.len().saturating_sub(1)
+}
+
+/// The length of `"key":value`.
+fn entry_len(key: &str, value: &Value) -> usize {
+    string_len(key) + 1 + json_len(value)
+}
+
+/// The length of `string` as a JSON string: quotes, and serde_json's escapes (`\"`, `\\`,
+/// the short forms of five control characters, `\u00XX` for the other control characters).
+fn string_len(string: &str) -> usize {
+    2 + string.len()
+        + string
+            .bytes()
+            .map(|byte| usize::from(ESCAPE_EXTRA[usize::from(byte)]))
+            .sum::<usize>()
+}
+
+/// The bytes an escape adds to each byte of a string.
+const ESCAPE_EXTRA: [u8; 256] = {
+    let mut extra = [0; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        extra[byte] = match byte {
+            0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 1,
+            _ => 5,
+        };
+        byte += 1;
+    }
+    extra[b'"' as usize] = 1;
+    extra[b'\\' as usize] = 1;
+    extra
+};
+
+fn number_len(number: &serde_json::Number) -> usize {
+    fn digits(mut n: u64) -> usize {
+        let mut digits = 1;
+        while n >= 10 {
+            n /= 10;
+            digits += 1;
+        }
+        digits
+    }
+
+    if let Some(n) = number.as_u64() {
+        digits(n)
+    } else if let Some(n) = number.as_i64() {
+        1 + digits(n.unsigned_abs())
+    } else {
+        // A float: let serde_json format it (a few bytes, on the stack).
+        struct Counter(usize);
+
+        impl std::io::Write for Counter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
 
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
+        let mut counter = Counter(0);
+        // Writing a number to a counter cannot fail.
+        let _ = serde_json::to_writer(&mut counter, number);
+        counter.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[\\x00-\\x7f\"\\\\]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..8)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn json_len_is_the_length_serde_json_writes(value in any_value()) {
+            prop_assert_eq!(json_len(&value), serde_json::to_string(&value).unwrap().len());
         }
     }
 
-    let mut counter = Counter(0);
-    // Maps of JSON values and strings always serialize.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
+    #[test]
+    fn json_len_counts_every_escape() {
+        for value in [
+            json!("\u{0}\u{1f}\u{8}\t\n\u{c}\r\"\\/\u{7f}é\u{2028}"),
+            json!({ "a\"b": [1, -2, 3.5, 1e300, null, true, false], "": {} }),
+            json!(u64::MAX),
+            json!(i64::MIN),
+        ] {
+            assert_eq!(
+                json_len(&value),
+                serde_json::to_string(&value).unwrap().len(),
+                "{value}"
+            );
+        }
+    }
 }

@@ -1,0 +1,315 @@
+#!/usr/bin/env bash
+# The loopback HTTP load test (BENCHMARKS.md, "Loopback HTTP").
+#
+# For every contender and every connection count it starts a server on a free 127.0.0.1 port,
+# gives each connection a session of its own (with one item in its cart), warms up, drives the
+# server with wrk for a fixed time, reads requests/s and the p50/p99 latency, and the CPU time
+# the server spent meanwhile (from /proc), stops the server, and at the end writes one markdown
+# table (stdout and target/http-bench/results.md) with each row's requests/s and CPU time per
+# request over raw tower-sessions' at the same workload and connection count. The CPU time per
+# request is the steadier of the two on a machine that other processes also load.
+#
+# Contenders: examples/bench_server.rs with CONTENDER=bare|raw|controllers|keyed|axum_session,
+# and the seed, django-spire's SessionController in the Django project of benches/http/seed,
+# served by gunicorn. Workloads: `add` (POST /cart/add: one more apple in the cart, the session
+# is saved) and `read` (GET /cart: the quantity, nothing saved).
+#
+# It installs what it lacks: wrk (apt-get) and, in target/http-bench/venv, the pinned Python
+# packages of benches/http/seed/requirements.txt (pip). It only talks to 127.0.0.1, and every
+# server it started is stopped when it exits, however it exits.
+#
+# Settings (environment):
+#   DURATION=10        seconds measured per run
+#   WARMUP=3           seconds of load before each measured run, not counted
+#   CONNECTIONS="1 16 64"
+#   CONTENDERS="bare raw controllers keyed axum_session seed"
+#   WORKLOADS="add read"
+#   ROUNDS=1           repeat the whole matrix; the table shows each figure's median
+#   SEED_THREADS=8     gunicorn's threads (one worker process: see seed/seedbench/settings.py)
+#   PIN=auto           auto: with 2 or more CPUs, wrk on CPU 0 and the server on CPU 1
+#                      (taskset); 0: no pinning
+#   REV=               empty: build the working tree; a git revision: build that commit,
+#                      exported to target/http-bench/tree (so others' uncommitted edits to src/
+#                      are not measured)
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+here=$root/benches/http
+out=$root/target/http-bench
+venv=$out/venv
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-3}
+CONNECTIONS=${CONNECTIONS:-"1 16 64"}
+CONTENDERS=${CONTENDERS:-"bare raw controllers keyed axum_session seed"}
+WORKLOADS=${WORKLOADS:-"add read"}
+ROUNDS=${ROUNDS:-1}
+SEED_THREADS=${SEED_THREADS:-8}
+PIN=${PIN:-auto}
+REV=${REV:-}
+
+mkdir -p "$out"
+started=$(date -u +%s)
+log() { echo "[http-bench $(date -u +%H:%M:%S)] $*" >&2; }
+
+# ---- stop every server we started, whatever the exit ----
+server_pid=""
+cleanup() {
+    if [[ -n $server_pid ]]; then
+        kill "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=""
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- tools ----
+if ! command -v wrk >/dev/null; then
+    log "installing wrk (apt-get)"
+    apt-get update -qq
+    apt-get install -y -qq wrk >/dev/null
+fi
+for tool in curl python3 taskset; do
+    command -v "$tool" >/dev/null || { log "missing: $tool"; exit 1; }
+done
+
+# The seed's Python side: a venv under target/, (re)installed when the pins change.
+if [[ " $CONTENDERS " == *" seed "* ]]; then
+    if ! cmp -s "$here/seed/requirements.txt" "$venv/requirements.txt" 2>/dev/null; then
+        log "installing Django, django-spire and gunicorn into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check --no-deps \
+            -r "$here/seed/requirements.txt"
+        cp "$here/seed/requirements.txt" "$venv/requirements.txt"
+    fi
+fi
+
+# ---- the Rust server, in release ----
+if [[ -n $REV ]]; then
+    rev=$(git -C "$root" rev-parse --short "$REV")
+    log "building bench_server at $rev (exported to $out/tree)"
+    rm -rf "$out/tree"
+    mkdir -p "$out/tree"
+    git -C "$root" archive "$REV" | tar -x -C "$out/tree"
+    # The same target directory: the dependencies are not built again.
+    (cd "$out/tree" && CARGO_TARGET_DIR=$root/target cargo build -q --release --example bench_server)
+    built="commit $rev"
+else
+    rev=$(git -C "$root" rev-parse --short HEAD)
+    log "building bench_server from the working tree"
+    (cd "$root" && cargo build -q --release --example bench_server)
+    built="working tree on $rev"
+    if ! git -C "$root" diff --quiet HEAD -- src Cargo.toml examples/bench_server.rs; then
+        built="$built, with uncommitted changes to src/, Cargo.toml or the example"
+    fi
+fi
+cp "$root/target/release/examples/bench_server" "$out/bench_server"
+
+# ---- pinning: one core for the load generator, one for the server ----
+client_pin=()
+server_pin=()
+if [[ $PIN == auto && $(nproc) -ge 2 ]]; then
+    client_pin=(taskset -c 0)
+    server_pin=(taskset -c 1)
+    pinning="wrk on CPU 0, the server on CPU 1 (taskset)"
+    wrk_threads_max=1
+else
+    pinning="none"
+    wrk_threads_max=$(nproc)
+fi
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_server CONTENDER PORT: starts it in the background (server_pid) and waits until it answers.
+start_server() {
+    local contender=$1 port=$2
+    if [[ $contender == seed ]]; then
+        # One worker process: Django's local-memory cache (the session store) is per process.
+        (cd "$here/seed" && exec "${server_pin[@]}" "$venv/bin/gunicorn" \
+            --bind "127.0.0.1:$port" --workers 1 --worker-class gthread \
+            --threads "$SEED_THREADS" --no-control-socket --log-level warning \
+            seedbench.wsgi:application) >"$out/server.log" 2>&1 &
+    else
+        CONTENDER=$contender PORT=$port "${server_pin[@]}" "$out/bench_server" \
+            >"$out/server.log" 2>&1 &
+    fi
+    server_pid=$!
+    for _ in $(seq 1 100); do
+        if curl -s -o /dev/null "http://127.0.0.1:$port/cart"; then
+            return 0
+        fi
+        kill -0 "$server_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "the $contender server did not come up:"
+    cat "$out/server.log" >&2
+    exit 1
+}
+
+stop_server() {
+    cleanup
+}
+
+# server_cpu_ticks: user + system CPU time of the server process and its children (gunicorn's
+# worker), in clock ticks, from /proc/PID/stat (fields 14 and 15).
+server_cpu_ticks() {
+    local pid total=0 fields
+    local -a f
+    for pid in "$server_pid" $(pgrep -P "$server_pid" || true); do
+        # The fields after the command name, which is in parentheses and may hold spaces.
+        fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        read -r -a f <<<"$fields"
+        # f[0] is field 3 of stat(5), so utime (14) and stime (15) are f[11] and f[12].
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# establish_sessions URL N FILE: N sessions, each by one POST /cart/add, their cookies in FILE.
+establish_sessions() {
+    local url=$1 n=$2 file=$3 cookie
+    : >"$file"
+    for _ in $(seq 1 "$n"); do
+        # Every `Set-Cookie: name=value; …` of the response with a value (axum_session also
+        # sends an empty `store=` to clear one), as one `Cookie` header value.
+        cookie=$(curl -s -D - -o /dev/null -X POST "$url/cart/add" | tr -d '\r' |
+            awk 'tolower($1) == "set-cookie:" { sub(/;.*/, "", $2); if ($2 !~ /=$/) print $2 }' |
+            paste -sd ';' - | sed 's/;/; /g')
+        # The bare server keeps no session: send it a cookie all the same.
+        echo "${cookie:-id=none}" >>"$file"
+    done
+}
+
+# quantity URL COOKIE: the cart's quantity as the server reports it.
+quantity() {
+    curl -s -H "Cookie: $2" "$1/cart"
+}
+
+# run_wrk URL CONNECTIONS SECONDS METHOD PATH COOKIES: wrk's RESULT line.
+run_wrk() {
+    local url=$1 conns=$2 seconds=$3 method=$4 path=$5 cookies=$6 threads
+    threads=$((conns < wrk_threads_max ? conns : wrk_threads_max))
+    "${client_pin[@]}" wrk -t "$threads" -c "$conns" -d "${seconds}s" -s "$here/sessions.lua" \
+        "$url" -- "$method" "$path" "$cookies" "$threads" | grep '^RESULT'
+}
+
+results=$out/results.tsv
+echo -e "round\tworkload\tcontender\tconnections\trequests\tduration_us\tp50_us\tp99_us\terrors\tserver_cpu_ticks\tload1" >"$results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+log "load average before: $load_before"
+
+for round in $(seq 1 "$ROUNDS"); do
+    for conns in $CONNECTIONS; do
+        for contender in $CONTENDERS; do
+            port=$(free_port)
+            url=http://127.0.0.1:$port
+            start_server "$contender" "$port"
+            cookies=$out/cookies.txt
+            establish_sessions "$url" "$conns" "$cookies"
+            first=$(head -1 "$cookies")
+            if [[ $contender != bare && $(quantity "$url" "$first") != 1 ]]; then
+                log "$contender: a new session's cart does not hold one apple"
+                exit 1
+            fi
+            for workload in $WORKLOADS; do
+                case $workload in
+                add) method=POST path=/cart/add ;;
+                read) method=GET path=/cart ;;
+                *) log "unknown workload $workload"; exit 1 ;;
+                esac
+                log "round $round: $contender, $conns connection(s), $workload"
+                run_wrk "$url" "$conns" "$WARMUP" "$method" "$path" "$cookies" >/dev/null
+                cpu_before=$(server_cpu_ticks)
+                line=$(run_wrk "$url" "$conns" "$DURATION" "$method" "$path" "$cookies")
+                cpu=$(($(server_cpu_ticks) - cpu_before))
+                load1=$(cut -d' ' -f1 /proc/loadavg)
+                # RESULT requests=… duration_us=… p50_us=… p99_us=… errors=…
+                read -r requests duration p50 p99 errors < <(
+                    echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/^RESULT //')
+                echo -e "$round\t$workload\t$contender\t$conns\t$requests\t$duration\t$p50\t$p99\t$errors\t$cpu\t$load1" >>"$results"
+                if [[ $errors != 0 ]]; then
+                    log "$contender: $errors errors"
+                    exit 1
+                fi
+                # The sessions were kept: after `add`, the first cart holds more than one apple.
+                if [[ $workload == add && $contender != bare ]]; then
+                    held=$(quantity "$url" "$first")
+                    if ! [[ $held =~ ^[0-9]+$ ]] || ((held <= 1)); then
+                        log "$contender: the cart holds ${held:-nothing} after the add run"
+                        exit 1
+                    fi
+                fi
+            done
+            stop_server
+        done
+    done
+done
+
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date -u +%s) - started))
+
+# ---- the table: medians over the rounds, ratios to raw tower-sessions ----
+python3 - "$results" "$out/results.md" <<EOF
+import csv, statistics, sys
+from collections import defaultdict
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+runs = defaultdict(list)
+for r in rows:
+    rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)
+    # The server's CPU time per request, in µs (clock ticks of 1/$(getconf CLK_TCK) s).
+    cpu = int(r["server_cpu_ticks"]) * 1e6 / $(getconf CLK_TCK) / int(r["requests"])
+    runs[(r["workload"], int(r["connections"]), r["contender"])].append(
+        (rps, int(r["p50_us"]), int(r["p99_us"]), float(r["load1"]), cpu))
+
+names = {
+    "bare": "bare axum (floor)",
+    "raw": "raw tower-sessions",
+    "controllers": "SessionControllers",
+    "keyed": "Keyed<T>",
+    "axum_session": "axum_session",
+    "seed": "seed: django-spire + Django + gunicorn",
+}
+def latency(us):
+    return f"{us} µs" if us < 1000 else f"{us / 1000:.2f} ms"
+
+order = "$CONTENDERS".split()
+lines = [
+    "Loopback HTTP load test, $(date -u '+%Y-%m-%d %H:%M') UTC: $built; "
+    "wrk $(wrk -v 2>&1 | head -1 | cut -d' ' -f2), ${DURATION} s per run after ${WARMUP} s of warm-up, "
+    "$ROUNDS round(s) (medians); pinning: $pinning; seed: gunicorn gthread, 1 worker, "
+    "$SEED_THREADS threads; load average before $load_before, after $load_after; "
+    "the whole run took $elapsed s.",
+    "",
+    "| workload | connections | contender | requests/s | p50 | p99 | requests/s ÷ raw "
+    "| server CPU / request | ÷ raw | load (1 min) |",
+    "|---|---|---|---|---|---|---|---|---|---|",
+]
+for workload in "$WORKLOADS".split():
+    for conns in [int(c) for c in "$CONNECTIONS".split()]:
+        raw = runs.get((workload, conns, "raw"))
+        raw_rps = statistics.median(r[0] for r in raw) if raw else None
+        raw_cpu = statistics.median(r[4] for r in raw) if raw else None
+        for c in order:
+            rs = runs.get((workload, conns, c))
+            if not rs:
+                continue
+            rps = statistics.median(r[0] for r in rs)
+            p50 = int(statistics.median(r[1] for r in rs))
+            p99 = int(statistics.median(r[2] for r in rs))
+            load = max(r[3] for r in rs)
+            cpu = statistics.median(r[4] for r in rs)
+            ratio = f"{rps / raw_rps:.3f}" if raw_rps else "–"
+            cpu_ratio = f"{cpu / raw_cpu:.3f}" if raw_cpu else "–"
+            lines.append(f"| {workload} | {conns} | {names.get(c, c)} | {rps:,.0f} | "
+                         f"{latency(p50)} | {latency(p99)} | {ratio} | {cpu:.1f} µs | "
+                         f"{cpu_ratio} | {load:.2f} |")
+text = "\n".join(lines) + "\n"
+open(sys.argv[2], "w").write(text)
+print(text)
+EOF
+log "done in $elapsed s; table in $out/results.md, raw rows in $results"

@@ -25,7 +25,7 @@
 #   CONTENDERS="bare raw controllers keyed axum_session seed"
 #   WORKLOADS="add read"
 #   ROUNDS=1           repeat the whole matrix; the table shows each figure's median
-#   SEED_THREADS=8     gunicorn's threads (one worker process: see seed/seedbench/settings.py)
+#   SEED_THREADS=4     gunicorn's threads in its one worker process (see seed/seedbench/settings.py)
 #   PIN=auto           auto: with 2 or more CPUs, wrk on CPU 0 and the server on CPU 1
 #                      (taskset); 0: no pinning
 #   REV=               empty: build the working tree; a git revision: build that commit,
@@ -44,7 +44,7 @@ CONNECTIONS=${CONNECTIONS:-"1 16 64"}
 CONTENDERS=${CONTENDERS:-"bare raw controllers keyed axum_session seed"}
 WORKLOADS=${WORKLOADS:-"add read"}
 ROUNDS=${ROUNDS:-1}
-SEED_THREADS=${SEED_THREADS:-8}
+SEED_THREADS=${SEED_THREADS:-4}
 PIN=${PIN:-auto}
 REV=${REV:-}
 

@@ -8,7 +8,7 @@
 //!
 //! - **Every single store call a request makes, faulted in turn** (`every_store_call_*`): each
 //!   request kind (read, write of two namespaces, removal, purge, a typed `Keyed` write, a new
-//!   visitor's first write) is run once without faults to learn its store calls, then once per
+//!   visitor's first write, a logout through `Session::flush`) is run once without faults to learn its store calls, then once per
 //!   call and per fault: the call fails before reaching the store, fails after doing its work (a
 //!   timeout after the write), or is delayed. A failure answers `500` with no store message in
 //!   the body and no cookie, and is logged at `ERROR`; a delay changes nothing. Afterwards the
@@ -18,6 +18,8 @@
 //! - **A store that fails every call**: requests that need it answer `500`; requests that do not
 //!   (a route without session, an anonymous visitor reading a namespace) answer as the handler
 //!   does.
+//! - **Every third save fails** (`every_third_save_*`): of a visitor's writes, exactly those
+//!   whose save failed answer `500` and are missing from the store.
 //! - **Random faults on a sequence of requests** (`random_faults_*`): after each request, the
 //!   stored namespaces equal a model that applies exactly the requests answered `200`.
 //! - **No lost updates under faults** (`overlapping_requests_*`): overlapping requests on one
@@ -63,6 +65,10 @@ use tower_sessions::{session::Expiry, MemoryStore, SessionManagerLayer, SessionS
 use tower_sessions_controller::{
     Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
     STAMP_KEY,
+};
+use tower_sessions_redis_store::{
+    fred::prelude::{ClientLike, Pool},
+    RedisStore,
 };
 
 use fault_store::{Fault, FaultStore, Jitter, Op, Pick, SECRET};
@@ -143,6 +149,15 @@ async fn basket_add(Path(item): Path<String>, mut basket: Keyed<Basket>) -> Json
     Json(json!(basket.items))
 }
 
+/// POST /logout: `Session::flush`, the store's `delete`; a store failure is the handler's `500`.
+async fn logout(session: tower_sessions::Session) -> Result<&'static str, StatusCode> {
+    session
+        .flush()
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    Ok("logged out")
+}
+
 /// GET /plain: a route that never touches the session.
 async fn plain() -> &'static str {
     "plain"
@@ -184,6 +199,7 @@ fn routes() -> Router {
         .route("/pair/{key}/{value}", post(pair))
         .route("/basket/{item}", post(basket_add))
         .route("/plain", get(plain))
+        .route("/logout", post(logout))
         .route("/seed/{n}", post(seed_many))
         .route("/overlap/{i}", post(overlap))
 }
@@ -380,7 +396,7 @@ fn memory() -> Backend<MemoryStore> {
 /// Skips (or fails under `REQUIRE_SERVICES=1`) without Redis.
 async fn on_redis<F, Fut>(test: &'static str, body: F)
 where
-    F: FnOnce(Backend<tower_sessions_redis_store::RedisStore<Pool>>) -> Fut,
+    F: FnOnce(Backend<RedisStore<Pool>>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let Some((store, pool)) = services::redis(test, PoolKind::Plain).await else {
@@ -400,8 +416,6 @@ where
     }
 }
 
-use tower_sessions_redis_store::fred::prelude::{ClientLike, Pool};
-
 // ---------------------------------------------------------------------------------------------
 // Every store call of every request kind, faulted in turn
 // ---------------------------------------------------------------------------------------------
@@ -420,9 +434,11 @@ enum Kind {
     AnonymousRead,
     /// A route that never touches the session.
     Plain,
+    /// `Session::flush`: the store's `delete`.
+    Logout,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::Read,
     Kind::WriteTwo,
     Kind::Remove,
@@ -431,6 +447,7 @@ const KINDS: [Kind; 8] = [
     Kind::FirstWrite,
     Kind::AnonymousRead,
     Kind::Plain,
+    Kind::Logout,
 ];
 
 impl Kind {
@@ -443,6 +460,7 @@ impl Kind {
             Kind::Typed => (Method::POST, "/basket/pear"),
             Kind::FirstWrite => (Method::POST, "/ns/cart/a/1"),
             Kind::Plain => (Method::GET, "/plain"),
+            Kind::Logout => (Method::POST, "/logout"),
         }
     }
 
@@ -520,13 +538,18 @@ fn expected_calls(stack: Stack, kind: Kind) -> Vec<Op> {
         Kind::Read => vec![Load],
         Kind::WriteTwo | Kind::Remove | Kind::Purge | Kind::Typed => save,
         Kind::FirstWrite => vec![Create],
+        Kind::Logout => vec![Delete],
         Kind::AnonymousRead | Kind::Plain => vec![],
     }
 }
 
 /// A case of the table that hits a known defect (see the `bug_*` tests): what it is.
 fn known_defect(stack: Stack, kind: Kind, op: Op, fault: Fault) -> Option<&'static str> {
-    if stack != Stack::MergingLock || kind == Kind::FirstWrite {
+    let saves = matches!(
+        kind,
+        Kind::WriteTwo | Kind::Remove | Kind::Purge | Kind::Typed
+    );
+    if stack != Stack::MergingLock || !saves {
         return None;
     }
     match (op, fault) {
@@ -809,6 +832,58 @@ async fn a_failed_lock_release_answers_a_clear_500_and_leaves_the_lock() {
     assert_clear_failure(&reply, "failed lock release");
     assert_logged(&logs, "failed lock release");
     assert_eq!(lock_records(&store).await, 1, "the lock record");
+}
+
+// ---------------------------------------------------------------------------------------------
+// A fault on a fixed schedule
+// ---------------------------------------------------------------------------------------------
+
+/// 30 writes of one visitor, each of its own key, while every third save fails: on every stack
+/// each write makes one save, so writes 3, 6, ... answer `500` and only the others are stored.
+async fn every_third_save<B: SessionStore + Clone>(backend: &Backend<B>) {
+    for stack in STACKS {
+        let (store, router, mut visitor) = prepared(backend, stack, Kind::WriteTwo).await;
+        store.set(Op::Save, Pick::EveryNth(3), Fault::Fail);
+        for i in 1..=30 {
+            let reply = visitor
+                .send(&router, Method::POST, &format!("/ns/log/k{i}/{i}"))
+                .await;
+            let what = format!("{} {stack:?}: write {i}", backend.name);
+            if i % 3 == 0 {
+                assert_clear_failure(&reply, &what);
+            } else {
+                assert_eq!(reply.status, StatusCode::OK, "{what}: {reply:?}");
+            }
+        }
+        store.heal();
+        let stored = stored_namespaces(&store, &visitor).await;
+        let keys: Vec<String> = stored["log"].keys().cloned().collect();
+        let expected: BTreeSet<String> = (1..=30)
+            .filter(|i| i % 3 != 0)
+            .map(|i| format!("k{i}"))
+            .collect();
+        assert_eq!(
+            keys.into_iter().collect::<BTreeSet<_>>(),
+            expected,
+            "{} {stack:?}",
+            backend.name
+        );
+        assert_eq!(store.injected(), 10, "{} {stack:?}", backend.name);
+    }
+}
+
+#[tokio::test]
+async fn every_third_save_failing_loses_exactly_those_writes_on_memory() {
+    every_third_save(&memory()).await;
+}
+
+#[tokio::test]
+async fn every_third_save_failing_loses_exactly_those_writes_on_redis() {
+    on_redis(
+        "faults::every_third_save_failing_loses_exactly_those_writes_on_redis",
+        |backend| async move { every_third_save(&backend).await },
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

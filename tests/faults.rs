@@ -31,7 +31,10 @@
 //!
 //! Two defects of `MergingStore::with_store_lock()` are kept as `#[ignore]`d tests named `bug_*`
 //! that fail today (see there); the table of single-call faults checks those cases only for what
-//! holds now (a clear `500`, old-or-new records) and says which they are.
+//! holds now (a clear `500`, old-or-new records) and says which they are. A limitation of the
+//! Redis store is kept the same way: a write whose record vanishes between the request's load and
+//! its save answers `200` and is lost (`a_write_answered_200_is_stored_*_on_redis`, `#[ignore]`d;
+//! the same test passes on memory).
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the Redis tests print
 //! `SKIPPED ...` and pass, unless `REQUIRE_SERVICES=1`. Every Redis record a test wrote is
@@ -1175,4 +1178,79 @@ async fn overlapping_requests_without_merging_store_lose_updates() {
         "only {} requests lost changes without MergingStore: {wrong:#?}",
         wrong.len()
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A record that vanishes between the load and the save
+// ---------------------------------------------------------------------------------------------
+
+/// A visitor's write whose record is deleted from the store (evicted, expired, lost with a Redis
+/// restart) after the request loaded it and before it saved: returns the answer, and whether
+/// the write is stored afterwards.
+async fn write_across_a_vanishing_record<B: SessionStore + Clone>(
+    backend: &Backend<B>,
+    stack: Stack,
+) -> (StatusCode, bool) {
+    let (store, router, mut visitor) = prepared(backend, stack, Kind::WriteTwo).await;
+    let id = visitor
+        .cookie
+        .as_ref()
+        .and_then(|cookie| cookie.strip_prefix("id="))
+        .and_then(|id| id.parse().ok())
+        .expect("a session");
+    // The save waits 200 ms; the record goes 50 ms into the wait.
+    store.set(
+        Op::Save,
+        Pick::Calls(vec![1]),
+        Fault::Delay(StdDuration::from_millis(200)),
+    );
+    let vanish = async {
+        tokio::time::sleep(StdDuration::from_millis(50)).await;
+        store.inner.delete(&id).await.expect("delete");
+    };
+    let (reply, ()) = tokio::join!(visitor.send(&router, Method::POST, "/ns/cart/b/2"), vanish);
+    let stored = store
+        .inner
+        .load(&id)
+        .await
+        .expect("load")
+        .is_some_and(|record| record.data.get("cart").is_some_and(|cart| cart["b"] == "2"));
+    (reply.status, stored)
+}
+
+/// On `MemoryStore` a save re-creates a record that vanished meanwhile: the `200` is true.
+#[tokio::test]
+async fn a_write_answered_200_is_stored_even_if_the_record_vanished_meanwhile_on_memory() {
+    for stack in STACKS {
+        let outcome = write_across_a_vanishing_record(&memory(), stack).await;
+        assert_eq!(outcome, (StatusCode::OK, true), "{stack:?}");
+    }
+}
+
+/// LIMITATION (tower-sessions-redis-store 0.16, not this crate's code): its `save` is `SET XX`,
+/// which stores nothing when the key is gone, and reports success. So a write whose record
+/// vanished between the request's load and its save (a Redis restart, an eviction) answers `200`
+/// and is lost; `MergingStore`, which saves the request's record as it is when the latest one is
+/// gone (src/merge.rs, `merge`: "Gone from the store meanwhile"), goes through the same `save`.
+#[tokio::test]
+#[ignore = "LIMITATION: on Redis, a write answered 200 is lost if its record vanished between \
+            load and save (tower-sessions-redis-store's save is SET XX)"]
+async fn a_write_answered_200_is_stored_even_if_the_record_vanished_meanwhile_on_redis() {
+    on_redis(
+        "faults::a_write_answered_200_is_stored_even_if_the_record_vanished_meanwhile_on_redis",
+        |backend| async move {
+            let mut outcomes = Vec::new();
+            for stack in STACKS {
+                let outcome = write_across_a_vanishing_record(&backend, stack).await;
+                outcomes.push((stack, outcome));
+            }
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|(_, outcome)| *outcome == (StatusCode::OK, true)),
+                "(stack, (answer, stored)): {outcomes:?}"
+            );
+        },
+    )
+    .await;
 }

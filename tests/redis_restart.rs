@@ -1,7 +1,10 @@
 //! Redis restarted under a running app: while it is down, every request that needs the store
 //! answers a clear `500` (no panic, no store message in the body, the failure logged at
 //! `ERROR`) within a bounded time, and requests that do not need it answer as usual; once it is
-//! back, the same app, store and pool serve requests again, with no process restart.
+//! back, the same app, store and pool serve requests again, with no process restart. Four
+//! background visitors keep writing and reading through the whole restart: every request of
+//! theirs answers `200` before the stop and once the app serves again, a clear `500` while Redis
+//! is down, and one or the other in between.
 //!
 //! The test stops the machine's Redis (`redis-cli -h 127.0.0.1 -p 6379 shutdown nosave`) and
 //! starts it again with the machine's own command (`redis-server --daemonize yes ...`); a guard
@@ -30,6 +33,10 @@ mod support;
 use std::{
     panic::AssertUnwindSafe,
     process::Command,
+    sync::{
+        atomic::{AtomicU8, Ordering},
+        Arc,
+    },
     time::{Duration as StdDuration, Instant},
 };
 
@@ -247,6 +254,139 @@ fn assert_clear_failure(reply: &Reply, took: StdDuration, what: &str) {
     assert!(took < ANSWER_WITHIN, "{what}: took {took:?}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// Background load through the restart
+// ---------------------------------------------------------------------------------------------
+
+/// Where the restart was when a background request started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Phase {
+    /// Redis up, before the stop.
+    Up,
+    /// The stop is under way: a request may still succeed, or fail.
+    Stopping,
+    /// Redis down: every request that needs the store fails.
+    Down,
+    /// Redis started again, the app not yet seen serving: success or failure.
+    Back,
+    /// The app served a request after the restart: everything succeeds.
+    Serving,
+    Stop,
+}
+
+impl Phase {
+    const ALL: [Phase; 6] = [
+        Phase::Up,
+        Phase::Stopping,
+        Phase::Down,
+        Phase::Back,
+        Phase::Serving,
+        Phase::Stop,
+    ];
+}
+
+#[derive(Clone, Default)]
+struct Clock(Arc<AtomicU8>);
+
+impl Clock {
+    fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::SeqCst);
+    }
+
+    fn get(&self) -> Phase {
+        Phase::ALL[usize::from(self.0.load(Ordering::SeqCst))]
+    }
+}
+
+/// One background request.
+#[derive(Debug)]
+struct Seen {
+    /// The phase when it started.
+    phase: Phase,
+    /// The phase when it was answered.
+    until: Phase,
+    uri: String,
+    reply: Reply,
+    took: StdDuration,
+}
+
+/// A visitor sending a write or a read every 10 ms until the phase is `Stop`.
+async fn background(app: Router, phase: Clock, n: usize) -> Vec<Seen> {
+    let mut cookie: Option<String> = None;
+    let mut seen = Vec::new();
+    for i in 1.. {
+        let at = phase.get();
+        if at == Phase::Stop {
+            break;
+        }
+        let (method, uri) = if i % 2 == 1 {
+            (Method::POST, format!("/ns/load/v{n}/{i}"))
+        } else {
+            (Method::GET, "/ns/load".to_owned())
+        };
+        let started = Instant::now();
+        let reply = send(&app, cookie.as_deref(), method, &uri).await;
+        if let Some(set_cookie) = &reply.set_cookie {
+            cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
+        }
+        seen.push(Seen {
+            phase: at,
+            until: phase.get(),
+            uri,
+            reply,
+            took: started.elapsed(),
+        });
+        tokio::time::sleep(StdDuration::from_millis(10)).await;
+    }
+    seen
+}
+
+/// Checks what the background visitors saw, phase by phase (a request that started in one
+/// phase and was answered in another, such as one in flight when Redis stopped, may succeed or
+/// fail clearly); returns the counts per starting phase.
+fn check_background(seen: &[Seen]) -> Vec<(Phase, usize, usize)> {
+    for s in seen {
+        let what = format!("background {} from {:?} to {:?}", s.uri, s.phase, s.until);
+        let phase = if s.phase == s.until {
+            s.phase
+        } else {
+            Phase::Stopping
+        };
+        match phase {
+            Phase::Up | Phase::Serving => {
+                assert_eq!(s.reply.status, StatusCode::OK, "{what}: {:?}", s.reply);
+            }
+            Phase::Down => assert_clear_failure(&s.reply, s.took, &what),
+            Phase::Stopping | Phase::Back | Phase::Stop => {
+                if s.reply.status != StatusCode::OK {
+                    assert_clear_failure(&s.reply, s.took, &what);
+                }
+            }
+        }
+    }
+    let counts: Vec<(Phase, usize, usize)> = Phase::ALL[..5]
+        .iter()
+        .map(|phase| {
+            let at: Vec<&Seen> = seen.iter().filter(|s| s.phase == *phase).collect();
+            let ok = at
+                .iter()
+                .filter(|s| s.reply.status == StatusCode::OK)
+                .count();
+            (*phase, ok, at.len() - ok)
+        })
+        .collect();
+    for phase in [Phase::Up, Phase::Down, Phase::Serving] {
+        assert!(
+            counts
+                .iter()
+                .any(|(p, ok, failed)| *p == phase && ok + failed > 0),
+            "no background request while {phase:?}: {counts:?}"
+        );
+    }
+    counts
+}
+
 /// One app through Redis' stop and start. Returns the longest answer while
 /// Redis was down and how long the app took to serve again.
 async fn through_a_restart(
@@ -256,13 +396,20 @@ async fn through_a_restart(
     let store = FaultStore::new(store);
     let app = app(&store);
     let label = "resilient pool";
+    let phase = Clock::default();
+    let loaders: Vec<_> = (0..4)
+        .map(|n| tokio::spawn(background(app.clone(), phase.clone(), n)))
+        .collect();
     let mut visitor = Visitor::new(&app);
     let (reply, _) = visitor.send(Method::POST, "/ns/cart/a/1").await;
     assert_eq!(reply.status, StatusCode::OK, "{label}: before: {reply:?}");
     let (reply, _) = visitor.send(Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"a": "1"}), "{label}: before");
 
+    tokio::time::sleep(StdDuration::from_millis(100)).await;
+    phase.set(Phase::Stopping);
     guard.stop();
+    phase.set(Phase::Down);
     let (logs, log_guard) = Logs::capture();
     let mut slowest = StdDuration::ZERO;
     for (method, uri, anonymous) in [
@@ -299,6 +446,7 @@ async fn through_a_restart(
     drop(log_guard);
 
     guard.start();
+    phase.set(Phase::Back);
     let started = Instant::now();
     // The same app, store and pool: the first request that succeeds after the restart.
     let mut newcomer = Visitor::new(&app);
@@ -316,6 +464,7 @@ async fn through_a_restart(
         tokio::time::sleep(StdDuration::from_millis(50)).await;
     }
     let recovered = started.elapsed();
+    phase.set(Phase::Serving);
     let (reply, _) = newcomer.send(Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"c": "3"}), "{label}: after");
 
@@ -330,6 +479,15 @@ async fn through_a_restart(
     assert_eq!(reply.status, StatusCode::OK, "{label}: after: {reply:?}");
     let (reply, _) = visitor.send(Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"d": "4"}), "{label}: after");
+
+    tokio::time::sleep(StdDuration::from_millis(300)).await;
+    phase.set(Phase::Stop);
+    let mut seen = Vec::new();
+    for loader in loaders {
+        seen.extend(loader.await.expect("a background visitor panicked"));
+    }
+    let counts = check_background(&seen);
+    eprintln!("background requests (phase, 200, 500): {counts:?}");
 
     for id in store.ids() {
         let _ = store.inner.delete(&id).await;

@@ -28,6 +28,9 @@
 #   SEED_THREADS=4     gunicorn's threads in its one worker process (see seed/seedbench/settings.py)
 #   PIN=auto           auto: with 2 or more CPUs, wrk on CPU 0 and the server on CPU 1
 #                      (taskset); 0: no pinning
+#   NICE=-20           the niceness of wrk and the servers, and of this script's autogroup
+#                      (restored at exit), so that other processes of the machine take as little
+#                      of their cores as the scheduler allows (needs root; 0 to leave it)
 #   REV=               empty: build the working tree; a git revision: build that commit,
 #                      exported to target/http-bench/tree (so others' uncommitted edits to src/
 #                      are not measured)
@@ -46,6 +49,7 @@ WORKLOADS=${WORKLOADS:-"add read"}
 ROUNDS=${ROUNDS:-1}
 SEED_THREADS=${SEED_THREADS:-4}
 PIN=${PIN:-auto}
+NICE=${NICE:--20}
 REV=${REV:-}
 
 mkdir -p "$out"
@@ -54,6 +58,7 @@ log() { echo "[http-bench $(date -u +%H:%M:%S)] $*" >&2; }
 
 # ---- stop every server we started, whatever the exit ----
 server_pid=""
+autogroup_nice=""
 cleanup() {
     if [[ -n $server_pid ]]; then
         kill "$server_pid" 2>/dev/null || true
@@ -61,7 +66,13 @@ cleanup() {
         server_pid=""
     fi
 }
-trap cleanup EXIT
+on_exit() {
+    cleanup
+    if [[ -n $autogroup_nice ]]; then
+        echo "$autogroup_nice" >/proc/self/autogroup 2>/dev/null || true
+    fi
+}
+trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 # ---- tools ----
@@ -107,16 +118,31 @@ else
 fi
 cp "$root/target/release/examples/bench_server" "$out/bench_server"
 
-# ---- pinning: one core for the load generator, one for the server ----
+# ---- priority and pinning: one core for the load generator, one for the server ----
 client_pin=()
 server_pin=()
+if [[ $NICE != 0 ]]; then
+    if [[ $(nice -n "$NICE" nice 2>/dev/null) == "$NICE" ]]; then
+        client_pin=(nice -n "$NICE")
+        server_pin=(nice -n "$NICE")
+        # With the kernel's autogroups, a process's niceness only weighs against its own session's
+        # processes; the session's group as a whole competes at the group's niceness.
+        if [[ $(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null) == 1 ]]; then
+            autogroup_nice=$(sed 's/.* nice //' /proc/self/autogroup)
+            echo "$NICE" >/proc/self/autogroup
+        fi
+    else
+        log "cannot run at niceness $NICE (not root?): running at the default"
+        NICE=0
+    fi
+fi
 if [[ $PIN == auto && $(nproc) -ge 2 ]]; then
-    client_pin=(taskset -c 0)
-    server_pin=(taskset -c 1)
-    pinning="wrk on CPU 0, the server on CPU 1 (taskset)"
+    client_pin+=(taskset -c 0)
+    server_pin+=(taskset -c 1)
+    pinning="wrk on CPU 0, the server on CPU 1 (taskset), niceness $NICE"
     wrk_threads_max=1
 else
-    pinning="none"
+    pinning="none, niceness $NICE"
     wrk_threads_max=$(nproc)
 fi
 

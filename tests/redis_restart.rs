@@ -114,14 +114,31 @@ fn wait_for(up: bool, within: StdDuration) -> bool {
 }
 
 /// Starts Redis again when dropped if it is not answering, whatever happened in between.
-struct RedisGuard;
+struct RedisGuard {
+    /// While this file exists, the safety net of the current stop is armed.
+    armed: std::path::PathBuf,
+}
 
 impl RedisGuard {
+    fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        Self {
+            armed: std::env::temp_dir()
+                .join(format!("redis_restart_net_{}_{nanos}", std::process::id())),
+        }
+    }
+
     fn stop(&self) {
-        // A safety net outside this process: if Redis is still down in 20 s (this process was
-        // killed, say), start it.
+        // A safety net outside this process: if this process has not started Redis again within
+        // 20 s (it was killed, say), the net starts it. Starting Redis disarms it, so a net never
+        // starts Redis during a later run's stop.
+        std::fs::write(&self.armed, b"armed").expect("arm the safety net");
+        let armed = self.armed.display();
         let net = format!(
-            "sleep 20; redis-cli -h {HOST} -p {PORT} ping >/dev/null 2>&1 || {}",
+            "sleep 20; if [ -e '{armed}' ]; then rm -f '{armed}'; redis-cli -h {HOST} -p {PORT} \
+             ping >/dev/null 2>&1 || {}; fi",
             START_COMMAND.join(" ")
         );
         // `setsid --fork` returns at once, leaving the net running on its own.
@@ -143,6 +160,7 @@ impl RedisGuard {
     }
 
     fn start(&self) {
+        let _ = std::fs::remove_file(&self.armed);
         let out = Command::new(START_COMMAND[0])
             .args(START_COMMAND[1..].iter().map(|arg| arg.trim_matches('\'')))
             .output()
@@ -156,6 +174,7 @@ impl RedisGuard {
 
 impl Drop for RedisGuard {
     fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.armed);
         if !ping() {
             eprintln!("redis_restart: starting Redis again");
             if let Err(panic) = std::panic::catch_unwind(|| self.start()) {
@@ -513,7 +532,7 @@ async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts
     let Some((store, pool)) = services::redis(TEST, kind).await else {
         return;
     };
-    let guard = RedisGuard;
+    let guard = RedisGuard::new();
     let outcome = AssertUnwindSafe(through_a_restart(&guard, store))
         .catch_unwind()
         .await;

@@ -30,6 +30,8 @@ pub(crate) const OPS_KEY: &str = "tower_sessions_controller.ops";
 const STORE_LOCK_TTL: Duration = Duration::seconds(10);
 /// How long a save waits for another instance's store lock before it fails.
 const STORE_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The key of a lock record naming the instance that took it.
+const LOCK_OWNER_KEY: &str = "tower_sessions_controller.lock_owner";
 /// Turns a session id into the id of its lock record.
 const STORE_LOCK_MASK: i128 = 0x7473_635f_6d65_7267_655f_6c6f_636b_2121;
 
@@ -77,6 +79,8 @@ pub struct MergingStore<S> {
     inner: S,
     locks: Arc<Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>>,
     store_lock: bool,
+    /// Marks the store locks this instance takes, so it can tell one it left behind.
+    owner: Value,
 }
 
 impl<S> MergingStore<S> {
@@ -86,6 +90,7 @@ impl<S> MergingStore<S> {
             inner,
             locks: Arc::default(),
             store_lock: false,
+            owner: Value::from(Id::default().to_string()),
         }
     }
 
@@ -93,6 +98,12 @@ impl<S> MergingStore<S> {
     /// instances sharing the store merge one at a time: the lock is a record under an id derived
     /// from the session's, made with the store's `create` and removed with `delete`. It costs two
     /// store round trips per save.
+    ///
+    /// A lock whose release failed does not block the session: the next save in the same instance
+    /// clears it (the lock record names the instance that took it), and for other instances it
+    /// expires after 10 seconds. Stores that keep expired records until a cleanup task removes
+    /// them (`MemoryStore`, the SQL stores) count an expired lock as taken: run the store's
+    /// cleanup task (`continuously_delete_expired`) where several instances share one.
     ///
     /// This needs a store whose `create` is atomic (it either stores the record under the given
     /// id, or finds the id taken and picks another): Redis (`tower-sessions-redis-store`, through
@@ -161,15 +172,26 @@ impl<S: SessionStore> MergingStore<S> {
         loop {
             let mut record = Record {
                 id: lock_id,
-                data: HashMap::new(),
+                data: HashMap::from([(LOCK_OWNER_KEY.to_owned(), self.owner.clone())]),
                 expiry_date: OffsetDateTime::now_utc() + STORE_LOCK_TTL,
             };
             self.inner.create(&mut record).await?;
             if record.id == lock_id {
                 return Ok(());
             }
-            // Taken: `create` stored the record under a fresh id instead. Remove it and wait.
+            // Taken: `create` stored the record under a fresh id instead. Remove it.
             self.inner.delete(&record.id).await?;
+            // Ours: this instance holds the session's in-process lock, so no save of ours is under
+            // way, and the lock is one whose release failed. Another instance's lock is never
+            // touched: it is released, or expires.
+            let holder = self.inner.load(&lock_id).await?;
+            let left_behind =
+                holder.is_some_and(|holder| holder.data.get(LOCK_OWNER_KEY) == Some(&self.owner));
+            if left_behind {
+                tracing::warn!(session = %id, "clearing a store lock left behind");
+                self.inner.delete(&lock_id).await?;
+                continue;
+            }
             if tokio::time::Instant::now() >= deadline {
                 tracing::error!(session = %id, "timed out waiting for the session's store lock");
                 return Err(session_store::Error::Backend(
@@ -181,11 +203,19 @@ impl<S: SessionStore> MergingStore<S> {
         }
     }
 
-    async fn release(&self, held: &mut SaveLock<'_, S>) -> session_store::Result<()> {
-        if std::mem::take(&mut held.store_locked) {
-            self.inner.delete(&Id(held.id.0 ^ STORE_LOCK_MASK)).await?;
+    /// Releases the store lock, if held. A failure is logged: the lock expires by itself.
+    async fn release(&self, held: &mut SaveLock<'_, S>) {
+        if !std::mem::take(&mut held.store_locked) {
+            return;
         }
-        Ok(())
+        if let Err(err) = self.inner.delete(&Id(held.id.0 ^ STORE_LOCK_MASK)).await {
+            tracing::warn!(
+                session = %held.id,
+                error = %err,
+                "could not release the session's store lock; it expires by itself, and the next \
+                 save clears it"
+            );
+        }
     }
 }
 
@@ -236,8 +266,9 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
             self.inner.save(&merge(record, latest)).await
         }
         .await;
-        let released = self.release(&mut held).await;
-        result.and(released)
+        // The save's outcome is the request's: a lock that outlives it only delays the next save.
+        self.release(&mut held).await;
+        result
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {

@@ -762,12 +762,7 @@ fn entry_len(key: &str, value: &Value) -> usize {
 /// the short forms of five control characters, `\u00XX` for the other control characters).
 fn string_len(string: &str) -> usize {
     let bytes = string.as_bytes();
-    // Most strings need no escape: a count the compiler vectorizes tells, before the table.
-    let escaped = bytes
-        .iter()
-        .filter(|&&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
-        .count();
-    if escaped == 0 {
+    if !needs_escape(bytes) {
         return 2 + bytes.len();
     }
     2 + bytes.len()
@@ -775,6 +770,31 @@ fn string_len(string: &str) -> usize {
             .iter()
             .map(|&byte| usize::from(ESCAPE_EXTRA[usize::from(byte)]))
             .sum::<usize>()
+}
+
+/// Whether any byte is a control character, `"` or `\\`: most strings have none, and eight
+/// bytes at a time tell.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    // Whether some byte of `x` is zero, or below `n` (for `n` up to 128): exact, no false hits.
+    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH != 0;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        if below(x, 0x20)
+            || below(x ^ (ONES * u64::from(b'"')), 1)
+            || below(x ^ (ONES * u64::from(b'\\')), 1)
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
 }
 
 /// The bytes an escape adds to each byte of a string.
@@ -853,6 +873,26 @@ mod tests {
         #[test]
         fn json_len_is_the_length_serde_json_writes(value in any_value()) {
             prop_assert_eq!(json_len(&value), serde_json::to_string(&value).unwrap().len());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn needs_escape_finds_every_byte_that_needs_one(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
+            let expected = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(needs_escape(&bytes), expected);
+        }
+    }
+
+    #[test]
+    fn needs_escape_checks_every_byte_value_at_every_position() {
+        for byte in 0..=u8::MAX {
+            for position in 0..17 {
+                let mut bytes = vec![b'a'; 17];
+                bytes[position] = byte;
+                let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
+                assert_eq!(needs_escape(&bytes), expected, "{byte:#x} at {position}");
+            }
         }
     }
 

@@ -21,14 +21,17 @@ pub struct Expiries {
 
 /// The visitor's cart: the namespace `shopping_cart`, holding `items` (item name → quantity)
 /// and, if the visitor wrote one, `note`.
-pub struct Cart(SessionController);
+pub struct Cart {
+    namespace: SessionController,
+    expiry: Duration,
+}
 
 impl Cart {
     const KEY: &'static str = "shopping_cart";
 
     /// Item name → quantity, in a stable order.
     pub fn items(&self) -> BTreeMap<String, u32> {
-        read(&self.0, "items")
+        read(&self.namespace, "items")
     }
 
     /// Stores `items`; an empty cart is purged, so the session does not keep it for nothing.
@@ -37,41 +40,41 @@ impl Cart {
             self.purge();
             Ok(())
         } else {
-            self.0.insert("items", items)
+            self.namespace.insert("items", items)
         }
     }
 
     /// The visitor's free-text note for the order.
     pub fn note(&self) -> Option<String> {
-        read(&self.0, "note")
+        read(&self.namespace, "note")
     }
 
     /// Stores the note; a blank one removes it.
     pub fn set_note(&mut self, note: &str) -> Result<(), Error> {
         if note.trim().is_empty() {
-            self.0.remove("note");
+            self.namespace.remove("note");
             Ok(())
         } else {
-            self.0.insert("note", note)
+            self.namespace.insert("note", note)
         }
     }
 
     pub fn purge(&mut self) {
-        self.0.purge();
+        self.namespace.purge();
     }
 
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.0.expires_at()
+        self.namespace.expires_at()
     }
 
     /// How far a write moves the cart's stamp.
     pub fn expiry(&self) -> Duration {
-        self.0.expiry()
+        self.expiry
     }
 
     /// The cart's data as a `<script type="application/json">` element: safe in any page.
     pub fn to_json_script(&self, id: &str) -> String {
-        self.0.to_json_script(id)
+        self.namespace.to_json_script(id)
     }
 }
 
@@ -80,10 +83,13 @@ impl FromRequestParts<Expiries> for Cart {
 
     async fn from_request_parts(parts: &mut Parts, expiries: &Expiries) -> Result<Self, Error> {
         let controllers = SessionControllers::from_request_parts(parts, expiries).await?;
-        let cart = controllers
+        let namespace = controllers
             .open_with_expiry(Self::KEY, expiries.cart)
             .await?;
-        Ok(Self(cart))
+        Ok(Self {
+            namespace,
+            expiry: expiries.cart,
+        })
     }
 }
 
@@ -114,6 +120,7 @@ pub enum Delivery {
 pub struct Checkout {
     answers: SessionController,
     started: SessionController,
+    expiry: Duration,
 }
 
 impl Checkout {
@@ -151,7 +158,7 @@ impl Checkout {
 
     /// How far an answer moves the answers' stamp.
     pub fn expiry(&self) -> Duration {
-        self.answers.expiry()
+        self.expiry
     }
 }
 
@@ -167,6 +174,7 @@ impl FromRequestParts<Expiries> for Checkout {
             started: controllers
                 .open_with_expiry("checkout_started", expiries.cart)
                 .await?,
+            expiry: expiries.checkout,
         })
     }
 }

@@ -1,6 +1,7 @@
 // The shopping-cart example used as a visitor would, in headless Chromium. run.sh starts the
-// example and sets BASE_URL (http://127.0.0.1:PORT), CHECKOUT_EXPIRY_SECS (the short expiry it
-// started the example with) and OUTPUT_DIR (where the screenshots go).
+// example twice and sets BASE_URL (http://127.0.0.1:PORT, default settings), SHORT_EXPIRY_URL
+// (the one started with a checkout expiry of CHECKOUT_EXPIRY_SECS, a few seconds) and
+// OUTPUT_DIR (where the screenshots go).
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,9 +10,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { chromium } from 'playwright-core';
 
 const BASE_URL = process.env.BASE_URL;
+const SHORT_EXPIRY_URL = process.env.SHORT_EXPIRY_URL;
 const CHECKOUT_EXPIRY_SECS = Number(process.env.CHECKOUT_EXPIRY_SECS);
 const OUTPUT_DIR = process.env.OUTPUT_DIR;
-assert.match(BASE_URL ?? '', /^http:\/\/127\.0\.0\.1:\d+$/, 'BASE_URL must be http://127.0.0.1:PORT');
+for (const url of [BASE_URL, SHORT_EXPIRY_URL]) {
+  assert.match(url ?? '', /^http:\/\/127\.0\.0\.1:\d+$/, 'the example must be at http://127.0.0.1:PORT');
+}
 assert.ok(CHECKOUT_EXPIRY_SECS > 0, 'CHECKOUT_EXPIRY_SECS must be set');
 assert.ok(OUTPUT_DIR, 'OUTPUT_DIR must be set');
 
@@ -48,12 +52,17 @@ after(async () => {
   await browser?.close();
 });
 
-/** A fresh browser context (cookies of its own: another visitor) and a page in it. */
+/**
+ * A fresh browser context (cookies of its own: another visitor) and a page in it. Cookies do not
+ * tell ports apart, so a visitor stays on one instance of the example.
+ */
 async function newVisitor() {
   const context = await browser.newContext();
   await context.route('**/*', (route) => {
     const url = route.request().url();
-    if (url.startsWith(`${BASE_URL}/`)) return route.continue();
+    if (url.startsWith(`${BASE_URL}/`) || url.startsWith(`${SHORT_EXPIRY_URL}/`)) {
+      return route.continue();
+    }
     strayRequests.push(url);
     return route.abort();
   });
@@ -79,8 +88,8 @@ async function cartRows(page) {
   );
 }
 
-async function addToCart(page, item, quantity) {
-  await page.goto(`${BASE_URL}/shop`);
+async function addToCart(page, item, quantity, base = BASE_URL) {
+  await page.goto(`${base}/shop`);
   const product = page.locator(`#product-${item}`);
   await product.locator('input[name=quantity]').fill(String(quantity));
   await submit(page, product.getByRole('button', { name: 'Add to cart' }));
@@ -164,29 +173,35 @@ test('the checkout goes address, delivery, confirm, and placing the order purges
 });
 
 test('an expired checkout says so, and the cart survives', async () => {
-  await visitor.goto(`${BASE_URL}/shop/checkout`);
-  await fillAddress(visitor);
-  assert.equal(visitor.url(), `${BASE_URL}/shop/checkout/delivery`);
-  assert.equal(await visitor.locator('#checkout-expired').count(), 0);
+  // On the instance whose checkout expires after CHECKOUT_EXPIRY_SECS.
+  const base = SHORT_EXPIRY_URL;
+  const shopper = await newVisitor();
+  await addToCart(shopper, 'apple', 2, base);
+  await addToCart(shopper, 'pear', 1, base);
+  await shopper.goto(`${base}/shop/checkout`);
+  await fillAddress(shopper);
+  assert.equal(shopper.url(), `${base}/shop/checkout/delivery`);
+  assert.equal(await shopper.locator('#checkout-expired').count(), 0);
 
   // The one wait the test cannot avoid: the example's checkout expiry, in real time.
   await sleep(CHECKOUT_EXPIRY_SECS * 1000 + 300);
-  await visitor.reload();
-  assert.equal(visitor.url(), `${BASE_URL}/shop/checkout/address`);
+  await shopper.reload();
+  assert.equal(shopper.url(), `${base}/shop/checkout/address`);
   assert.match(
-    await visitor.locator('#checkout-expired').textContent(),
+    await shopper.locator('#checkout-expired').textContent(),
     /Your checkout expired, please\s+start again/,
   );
-  assert.equal(await visitor.locator('input[name=name]').inputValue(), '');
-  assert.equal(await headerCount(visitor), '3');
-  await visitor.screenshot({ path: join(OUTPUT_DIR, 'checkout-expired.png'), fullPage: true });
-  await visitor.goto(`${BASE_URL}/shop/cart`);
-  assert.deepEqual(await cartRows(visitor), ['apple × 2', 'pear × 1']);
+  assert.equal(await shopper.locator('input[name=name]').inputValue(), '');
+  assert.equal(await headerCount(shopper), '3');
+  await shopper.screenshot({ path: join(OUTPUT_DIR, 'checkout-expired.png'), fullPage: true });
+  await shopper.goto(`${base}/shop/cart`);
+  assert.deepEqual(await cartRows(shopper), ['apple × 2', 'pear × 1']);
 
   // Starting again clears the note.
-  await visitor.goto(`${BASE_URL}/shop/checkout`);
-  await fillAddress(visitor);
-  assert.equal(await visitor.locator('#checkout-expired').count(), 0);
+  await shopper.goto(`${base}/shop/checkout`);
+  await fillAddress(shopper);
+  assert.equal(await shopper.locator('#checkout-expired').count(), 0);
+  await shopper.context().close();
 });
 
 test('the cart empties', async () => {

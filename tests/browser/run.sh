@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The shopping-cart example as a visitor uses it: builds the example, starts it on a free port of
-# 127.0.0.1 with a 2-second checkout expiry, runs the README's curl lines (curl.sh) and the
-# browser test in headless Chromium (cart.test.mjs) against it, and stops it.
+# The shopping-cart example as a visitor uses it: builds the example, starts it twice on free
+# ports of 127.0.0.1 (with the default settings, and with a 2-second checkout expiry), runs the
+# README's curl lines (curl.sh) and the browser test in headless Chromium (cart.test.mjs)
+# against them, and stops them.
 #
 # Installs what is missing first: Debian's chromium (/usr/bin/chromium) and playwright-core
 # (npm ci, from package-lock.json). The tests talk to 127.0.0.1 only. The screenshots go to
@@ -32,39 +33,51 @@ echo "-- building the example"
 (cd "$root" && cargo build --example shopping_cart)
 
 work="$(mktemp -d)"
-server=""
+servers=()
 stop() {
-    if [[ -n "$server" ]] && kill -0 "$server" 2>/dev/null; then
+    for server in "${servers[@]}"; do
         # Ctrl-C is the example's graceful shutdown; anything left after 10 s is killed.
-        kill -INT "$server" 2>/dev/null || true
+        kill -INT "$server" 2>/dev/null || continue
         for _ in $(seq 1 100); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
         kill -KILL "$server" 2>/dev/null || true
         wait "$server" 2>/dev/null || true
-    fi
+    done
     rm -rf "$work"
 }
 trap stop EXIT
 failed() {
-    echo "-- the example's output" >&2
-    cat "$work/server.log" >&2
+    for log in "$work"/*.log; do
+        echo "-- the output of the example ($(basename "$log" .log))" >&2
+        cat "$log" >&2
+    done
     exit 1
 }
 
+# start NAME [VAR=VALUE...]: starts the example with those settings (the others are the
+# defaults, which the README's outputs assume) and sets `url` to its address. PORT=0: the system
+# picks a free port, and the example prints the address it bound.
+start() {
+    local name="$1"
+    shift
+    env -u SESSION_STORE -u CART_EXPIRY_SECS -u CHECKOUT_EXPIRY_SECS PORT=0 NO_COLOR=1 "$@" \
+        "$target_dir/debug/examples/shopping_cart" >"$work/$name.log" 2>&1 &
+    servers+=($!)
+    url=""
+    for _ in $(seq 1 300); do
+        url="$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$work/$name.log" | grep -oE 'http://.*' || true)"
+        [[ -n "$url" ]] && break
+        kill -0 "${servers[-1]}" 2>/dev/null || failed
+        sleep 0.1
+    done
+    [[ -n "$url" ]] || failed
+    echo "example ($name) at $url"
+}
+
 echo "-- starting the example"
-# PORT=0: the system picks a free port, and the example prints the address it bound. Every
-# other setting is the default, which the README's outputs assume.
-env -u SESSION_STORE -u CART_EXPIRY_SECS PORT=0 CHECKOUT_EXPIRY_SECS="$checkout_expiry_secs" \
-    NO_COLOR=1 "$target_dir/debug/examples/shopping_cart" >"$work/server.log" 2>&1 &
-server=$!
-base_url=""
-for _ in $(seq 1 300); do
-    base_url="$(grep -oE 'listening on http://127\.0\.0\.1:[0-9]+' "$work/server.log" | grep -oE 'http://.*' || true)"
-    [[ -n "$base_url" ]] && break
-    kill -0 "$server" 2>/dev/null || failed
-    sleep 0.1
-done
-[[ -n "$base_url" ]] || failed
-echo "example at $base_url"
+start default
+base_url="$url"
+start short-expiry CHECKOUT_EXPIRY_SECS="$checkout_expiry_secs"
+short_expiry_url="$url"
 
 # A proxy from the environment must not see the tests' requests.
 export no_proxy="127.0.0.1" NO_PROXY="127.0.0.1"
@@ -73,6 +86,7 @@ echo "-- the README's curl lines"
 "$here/curl.sh" "$base_url" || failed
 
 echo "-- the browser test"
-BASE_URL="$base_url" CHECKOUT_EXPIRY_SECS="$checkout_expiry_secs" OUTPUT_DIR="$target_dir/browser" \
+BASE_URL="$base_url" SHORT_EXPIRY_URL="$short_expiry_url" \
+    CHECKOUT_EXPIRY_SECS="$checkout_expiry_secs" OUTPUT_DIR="$target_dir/browser" \
     node --test --test-reporter=spec "$here/cart.test.mjs" || failed
 echo "screenshots: $target_dir/browser/cart.png, checkout-expired.png"

@@ -667,6 +667,10 @@ impl Stored {
                 .collect::<Result<_, &'static str>>()?,
             Some(_) => return Err("the keys' lifetimes are not a JSON object"),
         };
+        let mut lifetimes: BTreeMap<String, KeyDeadline> = lifetimes;
+        // A lifetime for a key the namespace does not hold means nothing (this crate never
+        // stores one): it must not end, or outlive, a value inserted later.
+        lifetimes.retain(|key, _| map.contains_key(key));
         Ok(Self {
             map,
             deadline: Deadline { stamp, hops },

@@ -785,3 +785,28 @@ async fn hops_and_lifetimes_hold_behind_a_merging_store() {
     assert_eq!(stored.get("notice"), None);
     assert_eq!(stored.get("code"), None);
 }
+
+#[tokio::test]
+async fn a_stored_lifetime_for_a_key_the_namespace_does_not_hold_is_ignored() {
+    let mut app = app();
+    call(&mut app, "/ns/write:600?set=a=1").await;
+    let stamp = json!((START + Duration::seconds(60)).unix_timestamp() as f64);
+    let past = json!((START - Duration::seconds(1)).unix_timestamp() as f64);
+    app.store_raw(
+        NS,
+        json!({ "a": 1, STAMP_KEY: stamp, LIFETIMES_KEY: { "g": { "hops": 1 }, "h": { "until": past } } }),
+    )
+    .await;
+
+    let reply = call(&mut app, "/ns/first:300?set=g=2").await;
+
+    assert_eq!(reply["data"], json!({ "a": 1, "g": 2 }));
+    assert_eq!(
+        reply["expires_at"],
+        nanos(Duration::seconds(60)),
+        "the stamp stands"
+    );
+    let stored = app.stored(NS).await.unwrap();
+    assert_eq!(stored["g"], 2, "the insert is kept");
+    assert_eq!(stored.get(LIFETIMES_KEY), None, "no lifetime nobody set");
+}

@@ -668,13 +668,9 @@ mod rules {
         pub dirty: bool,
         /// Whether something is stored under the namespace's key.
         pub stored: bool,
-        /// The keys `_key_timeouts` named that the namespace does not hold. Such a lifetime is
-        /// ignored: it reads as nothing, and a key inserted under that name later has no
-        /// lifetime. (Whether a request that only reads drops them from the store is not
-        /// specified.)
-        pub ghosts: Vec<String>,
-        /// Whether one of those lifetimes is over.
-        pub ghost_over: bool,
+        /// Whether `_key_timeouts` named keys the namespace does not hold. Such a lifetime is
+        /// ignored; whether a request that only reads drops it from the store is not specified.
+        pub ghosts: bool,
     }
 
     /// Reading at `NOW`: corrupt reads as empty (and is left stored); a namespace whose stamp is
@@ -685,8 +681,7 @@ mod rules {
             ns: Ns::default(),
             dirty,
             stored: stored.is_some(),
-            ghosts: Vec::new(),
-            ghost_over: false,
+            ghosts: false,
         };
         let Some(stored) = stored else {
             return Ok(empty(false));
@@ -699,20 +694,17 @@ mod rules {
         if ns.stamp.is_some_and(|stamp| stamp <= NOW_S) || ns.hops == Some(0) {
             return Ok(empty(true));
         }
-        let ghosts: Vec<String> = ns
-            .lifetimes
-            .keys()
-            .filter(|key| !ns.data.contains_key(*key))
-            .cloned()
-            .collect();
+        // A lifetime for a key the namespace does not hold is ignored: it reads as nothing, and
+        // a key inserted under that name later has no lifetime. (Whether a request that only
+        // reads drops it from the store is not specified.)
+        let held = ns.data.clone();
+        let before = ns.lifetimes.len();
+        ns.lifetimes.retain(|key, _| held.contains_key(key));
+        let ghosts = ns.lifetimes.len() != before;
         let is_over = |life: &Life| match life {
             Life::Until(until) => *until <= NOW_S,
             Life::Hops(left) => *left == 0,
         };
-        let ghost_over = ghosts.iter().any(|key| is_over(&ns.lifetimes[key]));
-        for key in &ghosts {
-            ns.lifetimes.remove(key);
-        }
         let mut dirty = false;
         let over: Vec<String> = ns
             .lifetimes
@@ -744,7 +736,6 @@ mod rules {
             dirty,
             stored: true,
             ghosts,
-            ghost_over,
         })
     }
 
@@ -902,17 +893,6 @@ mod rules {
     /// leave the outcome open.
     pub fn request(stored: Option<&Value>, policy: ExpiryPolicy, ops: &[Op]) -> Option<Expected> {
         let opened = open(stored).ok()?;
-        // Known defect (fuzz/artifacts-known/stored_namespace/README.md): the crate does not
-        // ignore such lifetimes. A key inserted under that name gets the stale lifetime, and
-        // one that is over, in a namespace that holds no key, drops the stamp as if it had
-        // taken the last key. Checked only with STORED_NAMESPACE_STRICT=1.
-        let revives = ops
-            .iter()
-            .any(|op| matches!(op, Op::Insert(key, _) if opened.ghosts.contains(key)));
-        let empties = opened.ghost_over && opened.ns.data.is_empty();
-        if (revives || empties) && !super::strict() {
-            return None;
-        }
         let mut model = Model {
             ns: opened.ns,
             policy,
@@ -930,7 +910,7 @@ mod rules {
         }
         let results = ops.iter().map(|op| model.apply(op)).collect();
         let flushed = model.flush(opened.stored);
-        let (after, or) = match (model.dirty, !opened.ghosts.is_empty()) {
+        let (after, or) = match (model.dirty, opened.ghosts) {
             (true, _) => (flushed, None),
             (false, false) => (After::Unchanged, None),
             (false, true) => (After::Unchanged, Some(flushed)),
@@ -981,12 +961,6 @@ mod rules {
 
 // ---------------------------------------------------------------------------------------------
 // The run.
-
-/// Whether to check the known defects too (`STORED_NAMESPACE_STRICT=1`), read once.
-fn strict() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var_os("STORED_NAMESPACE_STRICT").is_some_and(|v| v == "1"))
-}
 
 fuzz_target!(|data: &[u8]| {
     let mut header = [0_u8; 6];

@@ -101,12 +101,14 @@
 //!
 //! The layer (request in, flush out) is in `layer`, with the per-request state it shares with the
 //! extractors in `state`; the controllers that handlers touch are in `controller` (runtime keys)
-//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`; the
-//! merge of overlapping saves in `merge`; page export in `export`; errors in `error`.
+//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`;
+//! namespace sizes for the budgets in `budget`; the merge of overlapping saves in `merge`; page
+//! export in `export`; errors in `error`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod budget;
 mod clock;
 mod controller;
 mod error;

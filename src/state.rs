@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use tower_sessions::{session::Id, Session};
 
 use crate::{
+    budget::{self, Size},
     expiry::{self, Deadline, ExpiryPolicy, KeyDeadline},
     merge::{self, RequestOps},
     Error, Namespace,
@@ -80,7 +81,7 @@ pub(crate) struct Slot {
     /// The lifetimes of single keys.
     lifetimes: BTreeMap<String, KeyDeadline>,
     /// The serialized size of `map` in bytes, once an insert has needed it.
-    size: Option<usize>,
+    size: Option<Size>,
     /// An opening in this request has applied the policy's effect of opening.
     accessed: bool,
     /// The last write was under an [`ExpiryPolicy::At`] that had passed: nothing is stored.
@@ -432,31 +433,27 @@ impl Slot {
         value: Value,
         now: OffsetDateTime,
         policy: ExpiryPolicy,
-        budget: usize,
+        limit: usize,
     ) -> Result<(), Error> {
         self.map(namespace);
-        let size = match self.size {
-            Some(size) => size,
-            None => map_len(&self.map),
-        };
-        let entry = entry_len(&key, &value);
-        let new_size = match self.map.get(&key) {
-            Some(old) => size - entry_len(&key, old) + entry,
-            None if self.map.is_empty() => size + entry,
-            // The comma before it.
-            None => size + 1 + entry,
-        };
-        if new_size > budget {
-            self.size = Some(size);
+        let mut size = self.size.unwrap_or_else(|| budget::bounds(&self.map));
+        let mut after = budget::with_entry(size, &self.map, &key, &value);
+        if after.high > limit && !size.is_exact() {
+            // Close to the budget: the bounds cannot tell, so count.
+            size = budget::exact(&self.map);
+            after = budget::with_entry(size, &self.map, &key, &value);
+        }
+        self.size = Some(size);
+        if after.low > limit {
             return Err(Error::OverBudget {
                 namespace: namespace.to_owned(),
                 key: Some(key),
-                size: new_size,
-                limit: budget,
+                size: after.low,
+                limit,
             });
         }
         self.map.insert(key.clone(), value);
-        self.size = Some(new_size);
+        self.size = Some(after);
         self.ops.touched.insert(key);
         self.write(policy, now);
         Ok(())
@@ -589,14 +586,16 @@ impl Slot {
         }
         self.materialize(namespace, track)?;
         if let Some(limit) = self.typed_budget.take() {
-            let size = map_len(&self.map);
-            if size > limit {
-                return Err(Error::OverBudget {
-                    namespace: namespace.to_owned(),
-                    key: None,
-                    size,
-                    limit,
-                });
+            if budget::bounds(&self.map).high > limit {
+                let size = budget::exact(&self.map).low;
+                if size > limit {
+                    return Err(Error::OverBudget {
+                        namespace: namespace.to_owned(),
+                        key: None,
+                        size,
+                        limit,
+                    });
+                }
             }
         }
         // Keys in their last request go now (they are among the touched keys already).
@@ -729,190 +728,5 @@ impl Stored {
             self.deadline = Deadline::default();
         }
         over
-    }
-}
-
-/// The length of `value` serialized by serde_json (compact), without building the text: the
-/// budget check runs on every insert, and a walk of the value is several times cheaper than
-/// formatting it.
-pub(crate) fn json_len(value: &Value) -> usize {
-    match value {
-        Value::Null | Value::Bool(true) => 4,
-        Value::Bool(false) => 5,
-        Value::Number(number) => number_len(number),
-        Value::String(string) => string_len(string),
-        Value::Array(items) => {
-            2 + items.iter().map(json_len).sum::<usize>() + items.len().saturating_sub(1)
-        }
-        Value::Object(map) => map_len(map),
-    }
-}
-
-/// [`json_len`] of an object.
-pub(crate) fn map_len(map: &Map<String, Value>) -> usize {
-    2 + map
-        .iter()
-        .map(|(key, value)| entry_len(key, value))
-        .sum::<usize>()
-        + map.len().saturating_sub(1)
-}
-
-/// The length of `"key":value`.
-fn entry_len(key: &str, value: &Value) -> usize {
-    string_len(key) + 1 + json_len(value)
-}
-
-/// The length of `string` as a JSON string: quotes, and serde_json's escapes (`\"`, `\\`,
-/// the short forms of five control characters, `\u00XX` for the other control characters).
-fn string_len(string: &str) -> usize {
-    let bytes = string.as_bytes();
-    if !needs_escape(bytes) {
-        return 2 + bytes.len();
-    }
-    2 + bytes.len()
-        + bytes
-            .iter()
-            .map(|&byte| usize::from(ESCAPE_EXTRA[usize::from(byte)]))
-            .sum::<usize>()
-}
-
-/// Whether any byte is a control character, `"` or `\\`: most strings have none, and eight
-/// bytes at a time tell.
-fn needs_escape(bytes: &[u8]) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether some byte of `x` is zero, or below `n` (for `n` up to 128): exact, no false hits.
-    let below = |x: u64, n: u64| x.wrapping_sub(ONES * n) & !x & HIGH != 0;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        let x = u64::from_le_bytes(word);
-        if below(x, 0x20)
-            || below(x ^ (ONES * u64::from(b'"')), 1)
-            || below(x ^ (ONES * u64::from(b'\\')), 1)
-        {
-            return true;
-        }
-    }
-    chunks
-        .remainder()
-        .iter()
-        .any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
-}
-
-/// The bytes an escape adds to each byte of a string.
-const ESCAPE_EXTRA: [u8; 256] = {
-    let mut extra = [0; 256];
-    let mut byte = 0;
-    while byte < 0x20 {
-        extra[byte] = match byte {
-            0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 1,
-            _ => 5,
-        };
-        byte += 1;
-    }
-    extra[b'"' as usize] = 1;
-    extra[b'\\' as usize] = 1;
-    extra
-};
-
-fn number_len(number: &serde_json::Number) -> usize {
-    fn digits(n: u64) -> usize {
-        n.checked_ilog10().map_or(1, |log| log as usize + 1)
-    }
-
-    if let Some(n) = number.as_u64() {
-        digits(n)
-    } else if let Some(n) = number.as_i64() {
-        1 + digits(n.unsigned_abs())
-    } else {
-        // A float: let serde_json format it (a few bytes, on the stack).
-        struct Counter(usize);
-
-        impl std::io::Write for Counter {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0 += buf.len();
-                Ok(buf.len())
-            }
-
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-
-        let mut counter = Counter(0);
-        // Writing a number to a counter cannot fail.
-        let _ = serde_json::to_writer(&mut counter, number);
-        counter.0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-    use serde_json::json;
-
-    fn any_value() -> impl Strategy<Value = Value> {
-        let leaf = prop_oneof![
-            Just(Value::Null),
-            any::<bool>().prop_map(Value::from),
-            any::<i64>().prop_map(Value::from),
-            any::<u64>().prop_map(Value::from),
-            any::<f64>().prop_map(Value::from),
-            any::<String>().prop_map(Value::from),
-            "[\\x00-\\x7f\"\\\\]{0,12}".prop_map(Value::from),
-        ];
-        leaf.prop_recursive(4, 64, 8, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
-                prop::collection::btree_map(any::<String>(), inner, 0..8)
-                    .prop_map(|map| Value::Object(map.into_iter().collect())),
-            ]
-        })
-    }
-
-    proptest! {
-        #[test]
-        fn json_len_is_the_length_serde_json_writes(value in any_value()) {
-            prop_assert_eq!(json_len(&value), serde_json::to_string(&value).unwrap().len());
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn needs_escape_finds_every_byte_that_needs_one(bytes in prop::collection::vec(any::<u8>(), 0..40)) {
-            let expected = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
-            prop_assert_eq!(needs_escape(&bytes), expected);
-        }
-    }
-
-    #[test]
-    fn needs_escape_checks_every_byte_value_at_every_position() {
-        for byte in 0..=u8::MAX {
-            for position in 0..17 {
-                let mut bytes = vec![b'a'; 17];
-                bytes[position] = byte;
-                let expected = byte < 0x20 || byte == b'"' || byte == b'\\';
-                assert_eq!(needs_escape(&bytes), expected, "{byte:#x} at {position}");
-            }
-        }
-    }
-
-    #[test]
-    fn json_len_counts_every_escape() {
-        for value in [
-            json!("\u{0}\u{1f}\u{8}\t\n\u{c}\r\"\\/\u{7f}é\u{2028}"),
-            json!({ "a\"b": [1, -2, 3.5, 1e300, null, true, false], "": {} }),
-            json!(u64::MAX),
-            json!(i64::MIN),
-        ] {
-            assert_eq!(
-                json_len(&value),
-                serde_json::to_string(&value).unwrap().len(),
-                "{value}"
-            );
-        }
     }
 }

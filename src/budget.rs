@@ -1,0 +1,245 @@
+//! Budgets: how many bytes a namespace's user data takes serialized as JSON (serde_json's compact
+//! form), measured without building the text.
+//!
+//! Every insert checks its namespace against the budget, so the measure must be cheap. Escapes
+//! are the only part of the length that needs every byte of every string: without them, a string
+//! is its length plus two quotes. So the first measure of a namespace is a pair of **bounds**
+//! (each string between its length and six times its length, plus quotes), which walks the values
+//! but not the bytes. Only when the bounds cannot settle whether an insert fits (the namespace is
+//! close to its budget) is the **exact** length counted, and from then on kept exact by adding
+//! and subtracting the entries an insert changes.
+
+use serde_json::{Map, Number, Value};
+
+/// A namespace's serialized length, between `low` and `high` bytes; `exact` when they are equal
+/// because every string was scanned for escapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Size {
+    pub(crate) low: usize,
+    pub(crate) high: usize,
+    exact: bool,
+}
+
+impl Size {
+    pub(crate) fn is_exact(self) -> bool {
+        self.exact
+    }
+
+    fn of_len(len: usize, exact: bool) -> Self {
+        Self {
+            low: len,
+            high: len,
+            exact,
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            low: self.low + other.low,
+            high: self.high + other.high,
+            exact: self.exact,
+        }
+    }
+
+    fn minus(self, other: Self) -> Self {
+        Self {
+            low: self.low - other.low,
+            high: self.high - other.high,
+            exact: self.exact,
+        }
+    }
+}
+
+/// The bounds of `map`'s length: a walk of its values, not of their bytes.
+pub(crate) fn bounds(map: &Map<String, Value>) -> Size {
+    map_size(map, false)
+}
+
+/// The exact length of `map`.
+pub(crate) fn exact(map: &Map<String, Value>) -> Size {
+    map_size(map, true)
+}
+
+/// `map`'s size (`size`, measured before) once `value` is inserted under `key`: the entry it
+/// replaces is subtracted, the new one added, measured as `size` was.
+pub(crate) fn with_entry(size: Size, map: &Map<String, Value>, key: &str, value: &Value) -> Size {
+    let entry = entry_size(key, value, size.exact);
+    match map.get(key) {
+        Some(old) => size.minus(entry_size(key, old, size.exact)).plus(entry),
+        None if map.is_empty() => size.plus(entry),
+        // The comma before it.
+        None => size.plus(entry).plus(Size::of_len(1, size.exact)),
+    }
+}
+
+fn map_size(map: &Map<String, Value>, exact: bool) -> Size {
+    let commas = map.len().saturating_sub(1);
+    map.iter()
+        .fold(Size::of_len(2 + commas, exact), |size, (key, value)| {
+            size.plus(entry_size(key, value, exact))
+        })
+}
+
+/// The size of `"key":value`.
+fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
+    string_size(key, exact)
+        .plus(Size::of_len(1, exact))
+        .plus(value_size(value, exact))
+}
+
+fn value_size(value: &Value, exact: bool) -> Size {
+    match value {
+        Value::Null | Value::Bool(true) => Size::of_len(4, exact),
+        Value::Bool(false) => Size::of_len(5, exact),
+        Value::Number(number) => Size::of_len(number_len(number), exact),
+        Value::String(string) => string_size(string, exact),
+        Value::Array(items) => {
+            let commas = items.len().saturating_sub(1);
+            items
+                .iter()
+                .fold(Size::of_len(2 + commas, exact), |size, item| {
+                    size.plus(value_size(item, exact))
+                })
+        }
+        Value::Object(map) => map_size(map, exact),
+    }
+}
+
+/// A JSON string: quotes, and serde_json's escapes (`\"`, `\\`, the short forms of five control
+/// characters, `\u00XX` for the other control characters), which add at most five bytes per byte.
+fn string_size(string: &str, exact: bool) -> Size {
+    let len = string.len();
+    if !exact {
+        return Size {
+            low: 2 + len,
+            high: 2 + 6 * len,
+            exact,
+        };
+    }
+    let escapes: usize = string
+        .bytes()
+        .map(|byte| usize::from(ESCAPE_EXTRA[usize::from(byte)]))
+        .sum();
+    Size::of_len(2 + len + escapes, exact)
+}
+
+/// The bytes an escape adds to each byte of a string.
+const ESCAPE_EXTRA: [u8; 256] = {
+    let mut extra = [0; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        extra[byte] = match byte {
+            0x08 | 0x09 | 0x0a | 0x0c | 0x0d => 1,
+            _ => 5,
+        };
+        byte += 1;
+    }
+    extra[b'"' as usize] = 1;
+    extra[b'\\' as usize] = 1;
+    extra
+};
+
+fn number_len(number: &Number) -> usize {
+    fn digits(n: u64) -> usize {
+        n.checked_ilog10().map_or(1, |log| log as usize + 1)
+    }
+
+    if let Some(n) = number.as_u64() {
+        digits(n)
+    } else if let Some(n) = number.as_i64() {
+        1 + digits(n.unsigned_abs())
+    } else {
+        // A float: let serde_json format it (a few bytes, on the stack).
+        struct Counter(usize);
+
+        impl std::io::Write for Counter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0 += buf.len();
+                Ok(buf.len())
+            }
+
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+
+        let mut counter = Counter(0);
+        // Writing a number to a counter cannot fail.
+        let _ = serde_json::to_writer(&mut counter, number);
+        counter.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[\\x00-\\x7f\"\\\\]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..8).prop_map(Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..8)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn any_map() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map("[a-c\"\\\\\\x01]{0,3}", any_value(), 0..6)
+            .prop_map(|map| map.into_iter().collect())
+    }
+
+    fn written(map: &Map<String, Value>) -> usize {
+        serde_json::to_string(map).unwrap().len()
+    }
+
+    proptest! {
+        #[test]
+        fn exact_is_the_length_serde_json_writes(map in any_map()) {
+            prop_assert_eq!(exact(&map).low, written(&map));
+        }
+
+        #[test]
+        fn bounds_hold_the_length(map in any_map()) {
+            let size = bounds(&map);
+            prop_assert!(size.low <= written(&map) && written(&map) <= size.high);
+        }
+
+        #[test]
+        fn an_insert_measured_by_its_entries_matches_a_fresh_measure(
+            map in any_map(),
+            key in "[a-c\"]{0,2}",
+            value in any_value(),
+        ) {
+            let mut after = map.clone();
+            after.insert(key.clone(), value.clone());
+            let length = written(&after);
+            let estimate = with_entry(bounds(&map), &map, &key, &value);
+            prop_assert!(estimate.low <= length && length <= estimate.high);
+            let counted = with_entry(exact(&map), &map, &key, &value);
+            prop_assert!(counted.is_exact());
+            prop_assert_eq!((counted.low, counted.high), (length, length));
+        }
+    }
+
+    #[test]
+    fn exact_counts_every_escape() {
+        let map: Map<String, Value> = serde_json::from_value(json!({
+            "\u{0}\u{1f}\u{8}\t\n\u{c}\r\"\\/\u{7f}é\u{2028}": [1, -2, 3.5, 1e300, null, true, false],
+            "": { "u": u64::MAX, "i": i64::MIN },
+        }))
+        .unwrap();
+        assert_eq!(exact(&map).low, written(&map));
+    }
+}

@@ -74,7 +74,8 @@ for contender in $CONTENDERS; do
         cleanup
         requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
         # The dump made after zeroing: the numbered part file (the final one is the shutdown's).
-        part=$(ls "$out/$contender.out".* | head -1)
+        parts=("$out/$contender.out".*)
+        part=${parts[0]}
         total=$(callgrind_annotate "$part" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
         echo "| $contender | $method $path | $requests | $((total / requests)) |"
     done

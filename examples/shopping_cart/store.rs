@@ -3,7 +3,9 @@
 use std::{env, str::FromStr, time::Duration as StdDuration};
 
 use tower_sessions_redis_store::{
-    fred::prelude::{ClientLike, Config, Pool},
+    fred::prelude::{
+        ClientLike, Config, ConnectionConfig, PerformanceConfig, Pool, ReconnectPolicy,
+    },
     RedisStore,
 };
 use tower_sessions_sqlx_store::{
@@ -74,7 +76,26 @@ pub async fn redis_store(url: &str) -> Result<RedisStore<Pool>, String> {
     let cannot =
         |err: &dyn std::fmt::Display| format!("cannot use the Redis at {}: {err}", redact(url));
     let config = Config::from_url(url).map_err(|err| cannot(&err))?;
-    let pool = Pool::new(config, None, None, None, 4).map_err(|err| cannot(&err))?;
+    // Without a reconnect policy and a command timeout, a pool whose Redis restarts waits
+    // forever on every command after the first failure; with them, requests fail fast while
+    // Redis is down and succeed again once it is back.
+    let timeout = StdDuration::from_millis(500);
+    let pool = Pool::new(
+        config,
+        Some(PerformanceConfig {
+            default_command_timeout: timeout,
+            ..PerformanceConfig::default()
+        }),
+        Some(ConnectionConfig {
+            connection_timeout: timeout,
+            internal_command_timeout: timeout,
+            max_command_attempts: 1,
+            ..ConnectionConfig::default()
+        }),
+        Some(ReconnectPolicy::new_constant(0, 100)),
+        4,
+    )
+    .map_err(|err| cannot(&err))?;
     match tokio::time::timeout(STORE_TIMEOUT, pool.init()).await {
         Ok(Ok(_connection)) => Ok(RedisStore::new(pool)),
         Ok(Err(err)) => Err(cannot(&err)),

@@ -810,3 +810,26 @@ async fn a_stored_lifetime_for_a_key_the_namespace_does_not_hold_is_ignored() {
     assert_eq!(stored["g"], 2, "the insert is kept");
     assert_eq!(stored.get(LIFETIMES_KEY), None, "no lifetime nobody set");
 }
+
+#[tokio::test]
+async fn a_read_that_counts_a_request_or_slides_on_access_costs_one_load_and_one_save() {
+    for spec in ["hops:3", "access:60"] {
+        let mut app = app();
+        call(&mut app, &format!("/ns/{spec}?set=a=1")).await;
+        app.store.take_calls();
+        // Later, or sliding on access would stamp what is stored already, and save nothing.
+        clock_to(&app, Duration::seconds(1));
+
+        call(&mut app, &format!("/ns/{spec}")).await;
+
+        assert_eq!(
+            app.store.take_calls(),
+            support::Calls {
+                load: 1,
+                save: 1,
+                ..support::Calls::default()
+            },
+            "{spec}"
+        );
+    }
+}

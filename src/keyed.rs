@@ -210,7 +210,7 @@ impl<T: Namespace> Keyed<T> {
         if T::EXPIRY_POLICY.has_stamp() {
             expiry::is_expired(self.deadline.stamp, self.request.now)
         } else {
-            !(self.written || self.hand_back) || self.purged
+            !self.written && (self.purged || !self.hand_back)
         }
     }
 

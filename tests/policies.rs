@@ -726,6 +726,13 @@ async fn set_notice(mut notice: Keyed<Notice>) -> Json<Value> {
     Json(json!({ "is_expired": notice.is_expired() }))
 }
 
+async fn purge_then_set_notice(mut notice: Keyed<Notice>) -> Json<Value> {
+    notice.purge();
+    let purged = notice.is_expired();
+    notice.text = Some("again".into());
+    Json(json!({ "purged": purged, "written": notice.is_expired() }))
+}
+
 async fn read_notice(notice: Keyed<Notice>) -> Json<Value> {
     Json(json!({ "text": notice.text, "is_expired": notice.is_expired() }))
 }
@@ -750,6 +757,19 @@ async fn a_typed_namespace_with_one_hop_is_a_flash_message() {
 
     let after = app.get("/notice").await.json();
     assert_eq!(after, json!({ "text": null, "is_expired": true }));
+}
+
+#[tokio::test]
+async fn a_typed_namespace_without_a_stamp_is_expired_once_purged_and_alive_once_written() {
+    let mut app = TestApp::new(Router::new().route("/notice", post(purge_then_set_notice)));
+
+    let reply = app.post("/notice").await.json();
+
+    assert_eq!(reply, json!({ "purged": true, "written": false }));
+    assert_eq!(
+        app.stored("notice").await,
+        Some(json!({ "text": "again", HOPS_KEY: 1 }))
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -515,7 +515,7 @@ impl Slot {
     ///
     /// With `keep_map`, the map stays as the namespace's before-image (a merge diffs against it
     /// to learn which keys a write touched); without, it is moved into `T`, which saves copying
-    /// every key and string.
+    /// every key and string, unless the namespace is to be written back anyway.
     pub(crate) fn check_out<T: Namespace>(&mut self, keep_map: bool) -> (T, bool) {
         self.checked_out = true;
         match self.typed.take() {
@@ -529,7 +529,9 @@ impl Slot {
                 if self.map(T::KEY).is_empty() {
                     return (T::default(), false);
                 }
-                let read = if keep_map {
+                // A dirty namespace (slid on access, keys expired) is written back even if `T`
+                // does not read it, so it must not lose its map to a failed read.
+                let read = if keep_map || self.dirty {
                     T::deserialize(&self.map)
                 } else {
                     self.size = None;

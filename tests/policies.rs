@@ -853,3 +853,40 @@ async fn a_read_that_counts_a_request_or_slides_on_access_costs_one_load_and_one
         );
     }
 }
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Strict {
+    count: u32,
+}
+
+impl Namespace for Strict {
+    const KEY: &'static str = "strict";
+    const EXPIRY_POLICY: ExpiryPolicy = ExpiryPolicy::SlidingOnAccess(Duration::seconds(60));
+}
+
+async fn read_strict(strict: Keyed<Strict>) -> Json<Value> {
+    Json(json!(strict.count))
+}
+
+async fn write_strict(mut strict: Keyed<Strict>) -> Json<Value> {
+    strict.count += 1;
+    Json(json!(strict.count))
+}
+
+#[tokio::test]
+async fn a_typed_read_that_slides_on_access_keeps_data_its_type_cannot_read() {
+    let mut app = TestApp::new(
+        Router::new()
+            .route("/strict", get(read_strict))
+            .route("/strict", post(write_strict)),
+    );
+    assert_eq!(app.post("/strict").await.json(), json!(1));
+    let stored = json!({ "count": "not a number", STAMP_KEY: (START + Duration::seconds(30)).unix_timestamp() as f64 });
+    app.store_raw("strict", stored.clone()).await;
+
+    let reply = app.get("/strict").await;
+
+    assert_eq!(reply.json(), json!(0), "read as the default");
+    let kept = app.stored("strict").await.expect("still stored");
+    assert_eq!(kept["count"], "not a number");
+}

@@ -591,7 +591,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.entry.lock().stamp
+        self.entry.lock().deadline.stamp
     }
 
     /// The user's keys and values as a JSON object, never the stamp.
@@ -652,7 +652,7 @@ fn map_to_json(map: &Map<String, Value>) -> String {
 impl fmt::Debug for SessionController {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut slot = self.entry.lock();
-        let stamp = slot.stamp;
+        let stamp = slot.deadline.stamp;
         f.debug_struct("SessionController")
             .field("key", &self.entry.key)
             .field("policy", &self.policy)

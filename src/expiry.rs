@@ -151,6 +151,12 @@ impl ExpiryPolicy {
         }
     }
 
+    /// Whether a write under this policy at `now` left `deadline` already passed: only an `At`
+    /// instant can, and such a write is not stored.
+    pub(crate) fn is_past(self, deadline: Deadline, now: OffsetDateTime) -> bool {
+        matches!(self, Self::At(_)) && deadline.stamp.is_some_and(|stamp| stamp <= now)
+    }
+
     /// Whether "expired" is judged by the stamp (the seed's rule: no stamp reads as expired), or,
     /// for the policies that store none, by whether the namespace holds anything.
     pub(crate) fn has_stamp(self) -> bool {

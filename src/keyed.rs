@@ -141,11 +141,7 @@ impl<T: Namespace> Keyed<T> {
             }
             slot.access(T::KEY, policy, request.now);
             let (value, hand_back) = slot.check_out::<T>(request.is_merging());
-            let deadline = Deadline {
-                stamp: slot.stamp,
-                hops: slot.hops,
-            };
-            (value, hand_back, deadline)
+            (value, hand_back, slot.deadline)
         };
         Ok(Self {
             value,
@@ -304,11 +300,7 @@ impl<T: Namespace> Drop for Keyed<T> {
                 Some(TypedWrite {
                     deadline: self.deadline,
                     budget: T::BUDGET.unwrap_or(self.request.budget),
-                    past_deadline: matches!(T::EXPIRY_POLICY, ExpiryPolicy::At(_))
-                        && self
-                            .deadline
-                            .stamp
-                            .is_some_and(|stamp| stamp <= self.request.now),
+                    past_deadline: T::EXPIRY_POLICY.is_past(self.deadline, self.request.now),
                 }),
             );
         } else if self.hand_back && !self.purged {

@@ -75,9 +75,9 @@ pub(crate) struct Slot {
     typed_budget: Option<usize>,
     /// A [`Keyed`](crate::Keyed) holds the data right now.
     pub(crate) checked_out: bool,
-    pub(crate) stamp: Option<OffsetDateTime>,
-    /// Requests left for a namespace counted in requests: after this one, when it is 0.
-    pub(crate) hops: Option<u32>,
+    /// The stamp, and the requests left for a namespace counted in requests (after this one,
+    /// when it is 0).
+    pub(crate) deadline: Deadline,
     /// The lifetimes of single keys.
     lifetimes: BTreeMap<String, KeyDeadline>,
     /// The serialized size of `map` in bytes, once an insert has needed it.
@@ -300,8 +300,7 @@ impl Slot {
             typed_written: false,
             typed_budget: None,
             checked_out: false,
-            stamp: None,
-            hops: None,
+            deadline: Deadline::default(),
             lifetimes: BTreeMap::new(),
             size: None,
             accessed: false,
@@ -338,8 +337,7 @@ impl Slot {
                         slot.ops.touched.insert(key.clone());
                     }
                 }
-                slot.stamp = stored.deadline.stamp;
-                slot.hops = stored.deadline.hops;
+                slot.deadline = stored.deadline;
                 slot.map = stored.map;
                 slot.lifetimes = stored.lifetimes;
             }
@@ -363,8 +361,10 @@ impl Slot {
         }
         if let ExpiryPolicy::SlidingOnAccess(expiry) = policy {
             if !self.map(namespace).is_empty() {
-                self.stamp = Some(expiry::stamp_after_write(now, expiry));
-                self.hops = None;
+                self.deadline = Deadline {
+                    stamp: Some(expiry::stamp_after_write(now, expiry)),
+                    hops: None,
+                };
                 self.ops.wrote = true;
                 self.dirty = true;
             }
@@ -461,11 +461,8 @@ impl Slot {
 
     /// A write: the deadline moves as `policy` says.
     fn write(&mut self, policy: ExpiryPolicy, now: OffsetDateTime) {
-        let deadline = policy.on_write(self.stamp, now);
-        self.written_past_deadline = matches!(policy, ExpiryPolicy::At(_))
-            && deadline.stamp.is_some_and(|stamp| stamp <= now);
-        self.stamp = deadline.stamp;
-        self.hops = deadline.hops;
+        self.deadline = policy.on_write(self.deadline.stamp, now);
+        self.written_past_deadline = policy.is_past(self.deadline, now);
         self.ops.wrote = true;
         self.dirty = true;
     }
@@ -483,8 +480,7 @@ impl Slot {
         let map = self.map(namespace);
         let removed = map.remove(key)?;
         if map.is_empty() {
-            self.stamp = None;
-            self.hops = None;
+            self.deadline = Deadline::default();
         }
         self.lifetimes.remove(key);
         self.size = None;
@@ -499,8 +495,7 @@ impl Slot {
         self.typed = None;
         self.typed_written = false;
         self.typed_budget = None;
-        self.stamp = None;
-        self.hops = None;
+        self.deadline = Deadline::default();
         self.lifetimes.clear();
         self.size = None;
         self.dirty = true;
@@ -564,8 +559,7 @@ impl Slot {
             past_deadline,
         }) = written
         {
-            self.stamp = deadline.stamp;
-            self.hops = deadline.hops;
+            self.deadline = deadline;
             self.written_past_deadline = past_deadline;
             self.typed_written = true;
             self.typed_budget = Some(budget);
@@ -612,7 +606,7 @@ impl Slot {
             self.map.remove(key);
         }
         // A namespace in its last request, or written under a deadline that has passed, ends.
-        if self.hops == Some(0) || self.written_past_deadline {
+        if self.deadline.hops == Some(0) || self.written_past_deadline {
             self.map.clear();
             self.ops.purged = true;
         }
@@ -622,10 +616,7 @@ impl Slot {
             } else {
                 mem::take(&mut self.map)
             },
-            deadline: Deadline {
-                stamp: self.stamp,
-                hops: self.hops,
-            },
+            deadline: self.deadline,
             lifetimes: self.lifetimes.clone(),
         };
         self.dirty = false;
@@ -660,7 +651,7 @@ impl Stored {
             Some(hops) => Some(expiry::decode_hops(&hops)?),
             None => None,
         };
-        let lifetimes = match map.remove(expiry::LIFETIMES_KEY) {
+        let mut lifetimes: BTreeMap<String, KeyDeadline> = match map.remove(expiry::LIFETIMES_KEY) {
             None => BTreeMap::new(),
             Some(Value::Object(lifetimes)) => lifetimes
                 .iter()
@@ -668,7 +659,6 @@ impl Stored {
                 .collect::<Result<_, &'static str>>()?,
             Some(_) => return Err("the keys' lifetimes are not a JSON object"),
         };
-        let mut lifetimes: BTreeMap<String, KeyDeadline> = lifetimes;
         // A lifetime for a key the namespace does not hold means nothing (this crate never
         // stores one): it must not end, or outlive, a value inserted later.
         lifetimes.retain(|key, _| map.contains_key(key));

@@ -6,7 +6,7 @@ use std::{
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{ready, Context, Poll},
 };
 
 use axum::{
@@ -14,6 +14,7 @@ use axum::{
     http::{Request, Response},
     response::IntoResponse,
 };
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_sessions::Session;
 
@@ -168,13 +169,11 @@ impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
 
 impl<S, ReqBody> Service<Request<ReqBody>> for SessionControllerService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<Body>> + Clone + Send + 'static,
-    S::Future: Send,
-    ReqBody: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<Body>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -184,18 +183,67 @@ where
         let session = req.extensions().get::<Session>().cloned();
         let state = Arc::new(RequestState::new(session, self.clock.now(), self.budget));
         req.extensions_mut().insert(Arc::clone(&state));
+        // The inner service was polled ready and is called now: it needs no clone, and the
+        // future it returns owns what it needs.
+        ResponseFuture {
+            inner: self.inner.call(req),
+            state,
+            flush: None,
+        }
+    }
+}
 
-        // Only the service that was polled ready may be called.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
-            let response = inner.call(req).await?;
-            match state.flush().await {
-                Ok(()) => Ok(response),
+/// A flush in progress, which ends in the response to send: boxed, and made only for a request
+/// that changed something.
+type Flush = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+pin_project! {
+    /// The response future of [`SessionControllerService`]: the inner service's response, after
+    /// the namespaces the request changed were flushed into the session.
+    ///
+    /// A request that changed nothing (whether or not it opened namespaces) costs no flush: its
+    /// response is handed on as soon as the inner service produces it.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Arc<RequestState>,
+        flush: Option<Flush>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("flushing", &self.flush.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, E>>,
+{
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(flush) = this.flush {
+            return flush.as_mut().poll(cx).map(Ok);
+        }
+        let response = ready!(this.inner.poll(cx))?;
+        let changed = this.state.finish();
+        if changed.is_empty() {
+            return Poll::Ready(Ok(response));
+        }
+        let state = Arc::clone(this.state);
+        let flush = this.flush.insert(Box::pin(async move {
+            match state.flush(changed).await {
+                Ok(()) => response,
                 // A server error: SessionManagerLayer saves nothing for it, so the session keeps
                 // what it had before this request and no namespace is half written.
-                Err(err) => Ok(err.into_response()),
+                Err(err) => err.into_response(),
             }
-        })
+        }));
+        flush.as_mut().poll(cx).map(Ok)
     }
 }

@@ -125,7 +125,7 @@ pub use error::Error;
 pub use expiry::{ExpiryPolicy, Lifetime, DEFAULT_EXPIRY, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
 pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
-pub use layer::{SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET};
+pub use layer::{ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET};
 pub use merge::MergingStore;
 
 /// Controllers of a fresh session on a `MemoryStore`, outside any request: the examples in the

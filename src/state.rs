@@ -169,10 +169,6 @@ impl RequestState {
         }
         let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
         let stored = session.get_value(key).await.map_err(Error::Store)?;
-        if self.merging.get().is_none() {
-            let versions = session.get_value(merge::VERSIONS_KEY).await;
-            let _ = self.merging.set(versions.map_err(Error::Store)?.is_some());
-        }
         let loaded_from = session.id();
         let slot = Slot::load(key, stored, self.now);
         // Another task of this request may have loaded it meanwhile: the first one in wins, so
@@ -186,10 +182,23 @@ impl RequestState {
         Ok(entry)
     }
 
-    /// Whether a [`MergingStore`](crate::MergingStore) is underneath, once a namespace was
-    /// loaded.
-    pub(crate) fn is_merging(&self) -> bool {
-        self.merging.get().copied().unwrap_or(false)
+    /// Whether a [`MergingStore`](crate::MergingStore) is underneath: it marks the records it
+    /// loads. Learnt once per request, and only by what needs it (a write's flush, a `Keyed`),
+    /// so a runtime read does not pay the lookup.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the session had to be loaded and the store failed.
+    pub(crate) async fn is_merging(&self) -> Result<bool, Error> {
+        if let Some(merging) = self.merging.get() {
+            return Ok(*merging);
+        }
+        let Some(session) = &self.session else {
+            return Ok(false);
+        };
+        let versions = session.get_value(merge::VERSIONS_KEY).await;
+        let merging = versions.map_err(Error::Store)?.is_some();
+        Ok(*self.merging.get_or_init(|| merging))
     }
 
     /// Logs a change made after the flush, which will not be saved.
@@ -203,26 +212,31 @@ impl RequestState {
         }
     }
 
-    /// Writes every changed namespace back into the session. Under a
-    /// [`MergingStore`](crate::MergingStore), also leaves the request's operations for it.
+    /// Marks the response as produced and returns the namespaces that changed, for
+    /// [`flush`](Self::flush); the others are let go. Without changes, there is nothing to
+    /// flush.
+    pub(crate) fn finish(&self) -> Vec<Arc<Entry>> {
+        self.flushed.store(true, Ordering::Release);
+        let mut entries = mem::take(&mut *lock(&self.entries));
+        entries.retain(|entry| entry.lock().is_dirty());
+        entries
+    }
+
+    /// Writes the namespaces that [`finish`](Self::finish) returned back into the session. Under
+    /// a [`MergingStore`](crate::MergingStore), also leaves the request's operations for it.
     ///
     /// # Errors
     ///
     /// A typed namespace that does not serialize to an object, or a store failure.
-    pub(crate) async fn flush(&self) -> Result<(), Error> {
-        self.flushed.store(true, Ordering::Release);
-        let entries = mem::take(&mut *lock(&self.entries));
+    pub(crate) async fn flush(&self, changed: Vec<Arc<Entry>>) -> Result<(), Error> {
         let Some(session) = &self.session else {
             // Nothing can be opened without a session.
             return Ok(());
         };
         let mut ops = RequestOps::new(self.now);
-        let merging = self.is_merging();
-        for entry in entries {
+        let merging = self.is_merging().await?;
+        for entry in changed {
             let key = &entry.key;
-            if !entry.lock().is_dirty() {
-                continue;
-            }
             if entry.loaded_from.is_some() && session.id().is_none() && session.is_empty().await {
                 // `Session::flush` ran after this namespace was loaded: it belonged to the old
                 // session. (`Session::cycle_id` also clears the id, but keeps the data.)

@@ -42,6 +42,7 @@ use axum_session::{SessionConfig, SessionLayer, SessionNullPool, SessionStore};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
+use tower::ServiceBuilder;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
@@ -214,13 +215,19 @@ async fn app(contender: &str) -> Option<Router> {
         "controllers" => Router::new()
             .route("/cart", get(controllers_read))
             .route("/cart/add", post(controllers_add))
-            .layer(SessionControllerLayer::new())
-            .layer(store()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(store())
+                    .layer(SessionControllerLayer::new()),
+            ),
         "keyed" => Router::new()
             .route("/cart", get(keyed_read))
             .route("/cart/add", post(keyed_add))
-            .layer(SessionControllerLayer::new())
-            .layer(store()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(store())
+                    .layer(SessionControllerLayer::new()),
+            ),
         "axum_session" => {
             let config = SessionConfig::default().with_secure(false);
             let store = SessionStore::<SessionNullPool>::new(None, config)

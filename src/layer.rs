@@ -27,20 +27,25 @@ use crate::{
 /// [`Keyed`](crate::Keyed) available to handlers, and flushes their changes into the session when
 /// the response is produced.
 ///
-/// It must run inside `tower_sessions::SessionManagerLayer`, which loads and saves the session:
-/// with axum's `Router::layer`, add this layer first.
+/// It must run inside `tower_sessions::SessionManagerLayer`, which loads and saves the session.
+/// Apply both with one `tower::ServiceBuilder`, the session manager first: axum boxes each layer
+/// given to `Router::layer` on its own and clones that box on every request, which would double
+/// what the session layers cost axum. (With two `Router::layer` calls, add this layer first: the
+/// last layer added runs first.)
 ///
 /// # Example
 ///
 /// ```
 /// use axum::{routing::get, Router};
+/// use tower::ServiceBuilder;
 /// use tower_sessions::{MemoryStore, SessionManagerLayer};
 /// use tower_sessions_controller::SessionControllerLayer;
 ///
-/// let app: Router = Router::new()
-///     .route("/", get(|| async { "hello" }))
-///     .layer(SessionControllerLayer::new())
-///     .layer(SessionManagerLayer::new(MemoryStore::default()));
+/// let app: Router = Router::new().route("/", get(|| async { "hello" })).layer(
+///     ServiceBuilder::new()
+///         .layer(SessionManagerLayer::new(MemoryStore::default()))
+///         .layer(SessionControllerLayer::new()),
+/// );
 /// ```
 #[derive(Clone)]
 pub struct SessionControllerLayer {

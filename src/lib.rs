@@ -53,6 +53,7 @@
 //! ```
 //! use axum::{routing::post, Router};
 //! use serde::{Deserialize, Serialize};
+//! use tower::ServiceBuilder;
 //! use tower_sessions::{MemoryStore, SessionManagerLayer};
 //! use tower_sessions_controller::{
 //!     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
@@ -83,8 +84,11 @@
 //! let app: Router = Router::new()
 //!     .route("/cart", post(add_to_cart))
 //!     .route("/view", post(view))
-//!     .layer(SessionControllerLayer::new()) // inside ...
-//!     .layer(SessionManagerLayer::new(MemoryStore::default())); // ... the session manager
+//!     .layer(
+//!         ServiceBuilder::new()
+//!             .layer(SessionManagerLayer::new(MemoryStore::default())) // outside: the session
+//!             .layer(SessionControllerLayer::new()), // inside: its namespaces
+//!     );
 //! ```
 //!
 //! # Stored layout

@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
-use tower::ServiceExt;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 use tower_sessions_controller::{
     Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
@@ -421,32 +421,44 @@ pub async fn app(contender: Contender, seed: Arc<Seed>, clock: Option<ManualCloc
             .route("/change", post(controllers_change))
             .route("/write", post(controllers_write))
             .with_state(seed)
-            .layer(controller_layer())
-            .layer(store()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(store())
+                    .layer(controller_layer()),
+            ),
         Contender::Keyed => Router::new()
             .route("/seed", post(ts_seed))
             .route("/read", get(keyed_read))
             .route("/change", post(keyed_change))
             .route("/write", post(keyed_write))
             .with_state(seed)
-            .layer(controller_layer())
-            .layer(store()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(store())
+                    .layer(controller_layer()),
+            ),
         Contender::ControllersMerging => Router::new()
             .route("/seed", post(ts_seed))
             .route("/read", get(controllers_read))
             .route("/change", post(controllers_change))
             .route("/write", post(controllers_write))
             .with_state(seed)
-            .layer(controller_layer())
-            .layer(merging()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(merging())
+                    .layer(controller_layer()),
+            ),
         Contender::KeyedMerging => Router::new()
             .route("/seed", post(ts_seed))
             .route("/read", get(keyed_read))
             .route("/change", post(keyed_change))
             .route("/write", post(keyed_write))
             .with_state(seed)
-            .layer(controller_layer())
-            .layer(merging()),
+            .layer(
+                ServiceBuilder::new()
+                    .layer(merging())
+                    .layer(controller_layer()),
+            ),
         Contender::AxumSession => {
             let store = SessionStore::<SessionNullPool>::new(None, SessionConfig::default())
                 .await

@@ -42,6 +42,7 @@ use std::{env, net::SocketAddr, process::ExitCode};
 
 use axum::Router;
 use time::Duration;
+use tower::ServiceBuilder;
 use tower_sessions::{MemoryStore, SessionManagerLayer, SessionStore};
 use tower_sessions_controller::{MergingStore, SessionControllerLayer};
 use tracing_subscriber::EnvFilter;
@@ -60,8 +61,9 @@ fn app<S: SessionStore + Clone>(store: S, expiries: Expiries) -> Router {
         .merge(pages::routes())
         .merge(api::routes())
         .with_state(expiries)
-        // The controller layer must run inside the session manager, so it is added first.
-        .layer(SessionControllerLayer::new())
+        // One `ServiceBuilder` for both session layers (axum boxes each `Router::layer` on its
+        // own), the session manager first: the controller layer runs inside it.
+        //
         // Browsers drop `Secure` cookies set over plain http://127.0.0.1, and the cart would
         // forget every request. Production serves HTTPS and keeps the default,
         // `with_secure(true)`, so the session cookie never travels in clear text. The default
@@ -70,7 +72,11 @@ fn app<S: SessionStore + Clone>(store: S, expiries: Expiries) -> Router {
         // `MergingStore` keeps two overlapping requests (two tabs adding to the cart) from
         // undoing each other's changes. Several instances sharing Redis would also call
         // `.with_store_lock()`.
-        .layer(SessionManagerLayer::new(MergingStore::new(store)).with_secure(false))
+        .layer(
+            ServiceBuilder::new()
+                .layer(SessionManagerLayer::new(MergingStore::new(store)).with_secure(false))
+                .layer(SessionControllerLayer::new()),
+        )
 }
 
 /// `PORT` from the environment, or the default.

@@ -20,7 +20,7 @@ use axum::{
 use http_body_util::BodyExt;
 use serde_json::Value;
 use time::{macros::datetime, OffsetDateTime};
-use tower::ServiceExt;
+use tower::{ServiceBuilder, ServiceExt};
 use tower_sessions::{
     session::{Id, Record},
     session_store, MemoryStore, SessionManagerLayer, SessionStore,
@@ -68,13 +68,19 @@ impl TestApp {
     }
 
     /// The same app with its counting store behind a `MergingStore`: `store` counts what reaches
-    /// the memory store, the merge's own load included.
+    /// the memory store, the merge's own load included. Its layers are applied with one
+    /// `ServiceBuilder`, as the README advises (`new` uses two `Router::layer` calls, so the
+    /// suites cover both ways).
     pub fn merging(routes: Router) -> Self {
         let store = CountingStore::new(MemoryStore::default());
         let clock = ManualClock::new(START);
-        let router = routes
-            .layer(SessionControllerLayer::new().with_clock(clock.clone()))
-            .layer(SessionManagerLayer::new(MergingStore::new(store.clone())).with_secure(false));
+        let router = routes.layer(
+            ServiceBuilder::new()
+                .layer(
+                    SessionManagerLayer::new(MergingStore::new(store.clone())).with_secure(false),
+                )
+                .layer(SessionControllerLayer::new().with_clock(clock.clone())),
+        );
         Self::assemble(router, store, clock)
     }
 

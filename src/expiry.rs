@@ -270,18 +270,23 @@ const LATEST_STAMP: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59
 /// next request judges by. The float resolves about a quarter of a microsecond today: an expiry
 /// shorter than that still stamps strictly after `now`, so a written namespace is alive after the
 /// write. An expiry past the calendar saturates at the latest stamp.
+///
+/// The arithmetic is on seconds and nanoseconds since the epoch ([`Unix`]): `OffsetDateTime`
+/// arithmetic goes through the calendar, and this runs on every write.
 pub(crate) fn stamp_after_write(now: OffsetDateTime, expiry: Duration) -> OffsetDateTime {
+    let now = Unix::of(now);
     let stamp = now
         .checked_add(expiry)
-        .map_or(LATEST_STAMP, |stamp| stamp.min(LATEST_STAMP));
-    let mut seconds = encode_seconds(stamp);
-    loop {
-        match decode_seconds(seconds) {
-            Some(read) if read > now || read >= LATEST_STAMP => return read,
+        .map_or(Unix::LATEST, |stamp| stamp.min(Unix::LATEST));
+    let mut seconds = stamp.seconds();
+    let read = loop {
+        match Unix::from_seconds(seconds) {
+            Some(read) if read > now || read >= Unix::LATEST => break read,
             Some(_) => seconds = seconds.next_up(),
-            None => return stamp,
+            None => break stamp,
         }
-    }
+    };
+    read.instant().unwrap_or(LATEST_STAMP)
 }
 
 /// `at` as it reads back from the stored float, within the calendar.
@@ -296,7 +301,7 @@ pub(crate) fn encode(stamp: OffsetDateTime) -> Value {
 }
 
 fn encode_seconds(stamp: OffsetDateTime) -> f64 {
-    stamp.unix_timestamp() as f64 + f64::from(stamp.nanosecond()) / 1e9
+    Unix::of(stamp).seconds()
 }
 
 /// Reads a stored stamp, or says why it cannot be read.
@@ -306,21 +311,146 @@ pub(crate) fn decode(value: &Value) -> Result<OffsetDateTime, &'static str> {
 }
 
 fn decode_seconds(seconds: f64) -> Option<OffsetDateTime> {
-    if !seconds.is_finite() {
-        return None;
+    Unix::from_seconds(seconds)?.instant()
+}
+
+/// An instant of the calendar as whole seconds since the Unix epoch (rounded down) and the
+/// nanoseconds past them: what stamps are computed in. Ordered as the instants are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Unix {
+    seconds: i64,
+    nanos: u32,
+}
+
+impl Unix {
+    const NANOS_PER_SECOND: i64 = 1_000_000_000;
+    /// The first and last seconds of the calendar `time` handles.
+    const EARLIEST_SECONDS: i64 = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
+    const LAST_SECONDS: i64 = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
+    const LATEST: Self = Self {
+        seconds: LATEST_STAMP.unix_timestamp(),
+        nanos: 0,
+    };
+
+    fn of(at: OffsetDateTime) -> Self {
+        Self {
+            seconds: at.unix_timestamp(),
+            nanos: at.nanosecond(),
+        }
     }
-    let whole = seconds.trunc();
-    // `whole` is an integer-valued float; out of the `i64` range, `as` would saturate, so the
-    // range check below sees it.
-    let at = OffsetDateTime::from_unix_timestamp(whole as i64).ok()?;
-    let nanos = ((seconds - whole) * 1e9).round() as i64;
-    at.checked_add(Duration::nanoseconds(nanos))
+
+    /// `seconds` plus `nanos` (any sign, up to a second or two), if that is in the calendar.
+    fn new(seconds: i64, nanos: i64) -> Option<Self> {
+        let seconds = seconds.checked_add(nanos.div_euclid(Self::NANOS_PER_SECOND))?;
+        let nanos = nanos.rem_euclid(Self::NANOS_PER_SECOND) as u32;
+        (Self::EARLIEST_SECONDS..=Self::LAST_SECONDS)
+            .contains(&seconds)
+            .then_some(Self { seconds, nanos })
+    }
+
+    fn checked_add(self, duration: Duration) -> Option<Self> {
+        Self::new(
+            self.seconds.checked_add(duration.whole_seconds())?,
+            i64::from(self.nanos) + i64::from(duration.subsec_nanoseconds()),
+        )
+    }
+
+    /// The instant a stored float of seconds stands for: its whole seconds plus its fraction
+    /// rounded to the nanosecond.
+    fn from_seconds(seconds: f64) -> Option<Self> {
+        if !seconds.is_finite() {
+            return None;
+        }
+        let whole = seconds.trunc();
+        // `whole` is an integer-valued float; out of the `i64` range, `as` saturates, and the
+        // range check in `new` sees it.
+        Self::new(whole as i64, ((seconds - whole) * 1e9).round() as i64)
+    }
+
+    /// The stored float: whole seconds plus the fraction.
+    fn seconds(self) -> f64 {
+        self.seconds as f64 + f64::from(self.nanos) / 1e9
+    }
+
+    fn instant(self) -> Option<OffsetDateTime> {
+        OffsetDateTime::from_unix_timestamp(self.seconds)
+            .ok()?
+            .replace_nanosecond(self.nanos)
+            .ok()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use time::macros::datetime;
+
+    /// The calendar arithmetic the nanosecond arithmetic replaces: a stored float read as whole
+    /// seconds plus the fraction rounded to the nanosecond.
+    fn decode_by_calendar(seconds: f64) -> Option<OffsetDateTime> {
+        if !seconds.is_finite() {
+            return None;
+        }
+        let whole = seconds.trunc();
+        let at = OffsetDateTime::from_unix_timestamp(whole as i64).ok()?;
+        at.checked_add(Duration::nanoseconds(
+            ((seconds - whole) * 1e9).round() as i64
+        ))
+    }
+
+    /// The same for a write's stamp.
+    fn stamp_by_calendar(now: OffsetDateTime, expiry: Duration) -> OffsetDateTime {
+        let stamp = now
+            .checked_add(expiry)
+            .map_or(LATEST_STAMP, |stamp| stamp.min(LATEST_STAMP));
+        let mut seconds = stamp.unix_timestamp() as f64 + f64::from(stamp.nanosecond()) / 1e9;
+        loop {
+            match decode_by_calendar(seconds) {
+                Some(read) if read > now || read >= LATEST_STAMP => return read,
+                Some(_) => seconds = seconds.next_up(),
+                None => return stamp,
+            }
+        }
+    }
+
+    fn instants() -> impl Strategy<Value = OffsetDateTime> {
+        prop_oneof![
+            // Around today, where stamps live.
+            (1_700_000_000_000_000_000i128..1_900_000_000_000_000_000),
+            // Anywhere in the calendar.
+            (i128::from(Unix::EARLIEST_SECONDS) * 1_000_000_000
+                ..i128::from(Unix::LAST_SECONDS + 1) * 1_000_000_000),
+        ]
+        .prop_map(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn stored_floats_read_as_the_calendar_reads_them(
+            seconds in prop_oneof![
+                any::<f64>(),
+                -400_000_000_000.0f64..400_000_000_000.0,
+                1.7e9f64..1.9e9,
+            ]
+        ) {
+            prop_assert_eq!(decode_seconds(seconds), decode_by_calendar(seconds));
+        }
+
+        #[test]
+        fn write_stamps_are_the_calendars(
+            now in instants(),
+            expiry in prop_oneof![
+                (1i64..1_000_000).prop_map(Duration::nanoseconds),
+                (1i64..100_000_000).prop_map(Duration::seconds),
+                any::<i64>().prop_map(Duration::seconds),
+            ],
+        ) {
+            prop_assert_eq!(stamp_after_write(now, expiry), stamp_by_calendar(now, expiry));
+            prop_assert_eq!(encode_seconds(now), now.unix_timestamp() as f64
+                + f64::from(now.nanosecond()) / 1e9);
+        }
+    }
 
     #[test]
     fn a_stamp_reads_back_as_the_instant_it_was_written_for() {

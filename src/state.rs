@@ -168,7 +168,10 @@ impl RequestState {
             return Ok(entry);
         }
         let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
-        let stored = session.get_value(key).await.map_err(Error::Store)?;
+        // Boxed: tower-sessions' load future is some 300 bytes, and unboxed it would sit in every
+        // handler future that opens a namespace (see BENCHMARKS.md).
+        let stored = Box::pin(session.get_value(key)).await;
+        let stored = stored.map_err(Error::Store)?;
         let loaded_from = session.id();
         let slot = Slot::load(key, stored, self.now);
         // Another task of this request may have loaded it meanwhile: the first one in wins, so
@@ -196,7 +199,7 @@ impl RequestState {
         let Some(session) = &self.session else {
             return Ok(false);
         };
-        let versions = session.get_value(merge::VERSIONS_KEY).await;
+        let versions = Box::pin(session.get_value(merge::VERSIONS_KEY)).await;
         let merging = versions.map_err(Error::Store)?.is_some();
         Ok(*self.merging.get_or_init(|| merging))
     }

@@ -132,7 +132,6 @@ impl<T: Namespace> Keyed<T> {
     pub(crate) async fn open(request: &Arc<RequestState>) -> Result<Self, Error> {
         let policy = T::EXPIRY_POLICY.validate(T::KEY)?;
         let entry = request.entry(T::KEY).await?;
-        let merging = request.is_merging().await?;
         let (value, hand_back, deadline) = {
             let mut slot = entry.lock();
             if slot.checked_out || entry.is_shared() {
@@ -141,7 +140,7 @@ impl<T: Namespace> Keyed<T> {
                 });
             }
             slot.access(T::KEY, policy, request.now);
-            let (value, hand_back) = slot.check_out::<T>(merging);
+            let (value, hand_back) = slot.check_out::<T>();
             (value, hand_back, slot.deadline)
         };
         Ok(Self {

@@ -75,6 +75,10 @@ pub(crate) struct Slot {
     typed_budget: Option<usize>,
     /// A [`Keyed`](crate::Keyed) holds the data right now.
     pub(crate) checked_out: bool,
+    /// [`check_out`](Self::check_out) moved `map` into a `Keyed`'s value: `map` is empty, and
+    /// the session still holds the namespace as loaded (see
+    /// [`RequestState::restore_lent`]).
+    lent: bool,
     /// The stamp, and the requests left for a namespace counted in requests (after this one,
     /// when it is 0).
     pub(crate) deadline: Deadline,
@@ -138,6 +142,13 @@ impl<T: Namespace> TypedContent for T {
     }
 }
 
+/// Whether [`RequestState::restore_lent`] must read a namespace's map again.
+enum LentMap {
+    NotNeeded,
+    NeededIfMerging,
+    Needed,
+}
+
 /// What the flush does with one namespace.
 enum Change {
     Write(Value),
@@ -164,7 +175,9 @@ impl RequestState {
     /// [`Error::MissingSessionManager`] without a session, [`Error::Store`] if loading fails.
     pub(crate) async fn entry(&self, key: &str) -> Result<Arc<Entry>, Error> {
         self.warn_if_flushed(key, "opened");
-        if let Some(entry) = find(&lock(&self.entries), key) {
+        let found = find(&lock(&self.entries), key);
+        if let Some(entry) = found {
+            self.restore_lent(&entry).await?;
             return Ok(entry);
         }
         let session = self.session.as_ref().ok_or(Error::MissingSessionManager)?;
@@ -202,6 +215,31 @@ impl RequestState {
         let versions = Box::pin(session.get_value(merge::VERSIONS_KEY)).await;
         let merging = versions.map_err(Error::Store)?.is_some();
         Ok(*self.merging.get_or_init(|| merging))
+    }
+
+    /// Gives `entry` back the map that a `Keyed` took from it (see [`Slot::check_out`]) when
+    /// something needs it: a merge diffs a typed write against it, and a controller opened after
+    /// a `Keyed` that could not read the namespace must see what is stored. The map is read
+    /// again from the session, which still holds the namespace as it was loaded (a `Keyed` only
+    /// takes the map of a namespace that opening left unchanged).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the session had to be loaded and the store failed.
+    pub(crate) async fn restore_lent(&self, entry: &Entry) -> Result<(), Error> {
+        let needed = entry.lock().lent_map_needed();
+        match needed {
+            LentMap::NotNeeded => return Ok(()),
+            LentMap::NeededIfMerging if !self.is_merging().await? => return Ok(()),
+            LentMap::NeededIfMerging | LentMap::Needed => {}
+        }
+        let Some(session) = &self.session else {
+            return Ok(());
+        };
+        let stored = Box::pin(session.get_value(&entry.key)).await;
+        let map = Slot::load(&entry.key, stored.map_err(Error::Store)?, self.now).map;
+        entry.lock().give_back(map);
+        Ok(())
     }
 
     /// Logs a change made after the flush, which will not be saved.
@@ -258,6 +296,9 @@ impl RequestState {
                     "a controller for this namespace is still alive when the response is \
                      produced; changes made through it from now on are not saved"
                 );
+            }
+            if merging {
+                self.restore_lent(&entry).await?;
             }
             let (change, namespace_ops) = entry.lock().take_change(key, detached, merging)?;
             match change {
@@ -317,6 +358,7 @@ impl Slot {
             typed_written: false,
             typed_budget: None,
             checked_out: false,
+            lent: false,
             deadline: Deadline::default(),
             lifetimes: BTreeMap::new(),
             size: None,
@@ -393,12 +435,34 @@ impl Slot {
         if let Err(err) = self.materialize(namespace, true) {
             tracing::error!(namespace, error = %err, "typed namespace read as empty");
             self.map = Map::new();
+            self.lent = false;
         }
         &mut self.map
     }
 
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// Whether the map a `Keyed` took is needed back: always if no value stands for the
+    /// namespace (a `Keyed` could not read it), for a merge's diff if a `Keyed` wrote it.
+    fn lent_map_needed(&self) -> LentMap {
+        if !self.lent || self.checked_out {
+            LentMap::NotNeeded
+        } else if self.typed.is_none() {
+            LentMap::Needed
+        } else if self.typed_written {
+            LentMap::NeededIfMerging
+        } else {
+            LentMap::NotNeeded
+        }
+    }
+
+    /// The map a `Keyed` took, read again from the session.
+    fn give_back(&mut self, map: Map<String, Value>) {
+        self.map = map;
+        self.size = None;
+        self.lent = false;
     }
 
     /// Turns a typed namespace into `map`, recording what a `Keyed` write changed if `track`.
@@ -433,6 +497,7 @@ impl Slot {
             self.ops.touched.extend(changed.cloned());
         }
         self.map = map;
+        self.lent = false;
         self.size = None;
         Ok(())
     }
@@ -509,6 +574,7 @@ impl Slot {
     /// Empties the namespace; the flush removes it from the session.
     pub(crate) fn purge(&mut self) {
         self.map = Map::new();
+        self.lent = false;
         self.typed = None;
         self.typed_written = false;
         self.typed_budget = None;
@@ -525,10 +591,10 @@ impl Slot {
     /// Hands a typed namespace to a `Keyed<T>`: `T::default()` for an empty or unreadable one.
     /// The flag says whether the value stands for the namespace (so it can be handed back).
     ///
-    /// With `keep_map`, the map stays as the namespace's before-image (a merge diffs against it
-    /// to learn which keys a write touched); without, it is moved into `T`, which saves copying
-    /// every key and string, unless the namespace is to be written back anyway.
-    pub(crate) fn check_out<T: Namespace>(&mut self, keep_map: bool) -> (T, bool) {
+    /// The map is moved into `T`, which saves copying every key and string, unless the
+    /// namespace is to be written back anyway; [`RequestState::restore_lent`] gets it back from
+    /// the session if it is needed later in the request.
+    pub(crate) fn check_out<T: Namespace>(&mut self) -> (T, bool) {
         self.checked_out = true;
         match self.typed.take() {
             Some(typed) if typed.as_any().is::<T>() => match typed.into_any().downcast::<T>() {
@@ -543,10 +609,11 @@ impl Slot {
                 }
                 // A dirty namespace (slid on access, keys expired) is written back even if `T`
                 // does not read it, so it must not lose its map to a failed read.
-                let read = if keep_map || self.dirty {
+                let read = if self.dirty {
                     T::deserialize(&self.map)
                 } else {
                     self.size = None;
+                    self.lent = true;
                     serde_json::from_value(Value::Object(mem::take(&mut self.map)))
                 };
                 match read {

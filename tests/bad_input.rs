@@ -121,6 +121,12 @@ async fn read_cart(cart: Keyed<Cart>) -> String {
     serde_json::to_string(&*cart).expect("a cart serializes")
 }
 
+/// Opens the cart as `Keyed<Cart>`, then through a runtime controller in the same request.
+async fn read_cart_then_map(controllers: SessionControllers) -> Result<String, Error> {
+    drop(controllers.keyed::<Cart>().await?);
+    Ok(controllers.open(Cart::KEY).await?.to_json())
+}
+
 async fn add_to_cart(mut cart: Keyed<Cart>) -> String {
     cart.items.push("apple".into());
     serde_json::to_string(&*cart).expect("a cart serializes")
@@ -222,6 +228,7 @@ fn routes() -> Router {
         .route("/read/{ns}", get(read))
         .route("/write/{ns}", post(write))
         .route("/cart", get(read_cart).post(add_to_cart))
+        .route("/cart/then-map", get(read_cart_then_map))
         .route("/apples", post(put_apples))
         .route("/apples-as-text", get(apples_as_text))
         .route("/expiry/{seconds}", post(write_with_expiry))
@@ -478,6 +485,18 @@ async fn a_read_only_request_leaves_a_typed_namespace_of_an_older_schema_stored_
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     assert_eq!(app.stored(Cart::KEY).await, Some(cart_of_an_old_schema()));
     assert_eq!(app.record().await.expect("a record").data, before);
+}
+
+#[tokio::test]
+async fn a_runtime_controller_after_a_keyed_that_could_not_read_the_namespace_sees_what_is_stored()
+{
+    let mut app = app_with_stored(Cart::KEY, cart_of_an_old_schema()).await;
+
+    let reply = app.get("/cart/then-map").await;
+
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    assert_eq!(reply.json(), json!({"products": ["pear"]}));
+    assert_eq!(app.stored(Cart::KEY).await, Some(cart_of_an_old_schema()));
 }
 
 #[tokio::test]

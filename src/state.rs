@@ -313,7 +313,9 @@ impl RequestState {
                 }
                 Change::Nothing => continue,
             }
-            ops.record(key.clone(), namespace_ops);
+            if merging {
+                ops.record(key.clone(), namespace_ops);
+            }
         }
         // Only a modified session is saved; an unmodified one (changes that cancelled out)
         // needs no operations, and writing them would cause the save.

@@ -44,11 +44,12 @@ echo "|---|---|---|---|"
 for contender in $CONTENDERS; do
     for route in "POST /cart/add" "GET /cart"; do
         read -r method path <<<"$route"
+        profile=$out/$contender-$(tr -c 'a-z\n' '_' <<<"${method,,}$path")
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         url=http://127.0.0.1:$port
-        rm -f "$out/$contender.out"*
+        rm -f "$profile.out"*
         CONTENDER=$contender PORT=$port valgrind --tool=callgrind \
-            --callgrind-out-file="$out/$contender.out" "$bin" >"$out/server.log" 2>&1 &
+            --callgrind-out-file="$profile.out" "$bin" >"$out/server.log" 2>&1 &
         server_pid=$!
         for _ in $(seq 1 150); do
             curl -s -o /dev/null "$url/cart" && break
@@ -74,7 +75,7 @@ for contender in $CONTENDERS; do
         cleanup
         requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
         # The dump made after zeroing: the numbered part file (the final one is the shutdown's).
-        parts=("$out/$contender.out".*)
+        parts=("$profile.out".*)
         part=${parts[0]}
         total=$(callgrind_annotate "$part" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
         echo "| $contender | $method $path | $requests | $((total / requests)) |"

@@ -199,8 +199,8 @@ impl RequestState {
     }
 
     /// Whether a [`MergingStore`](crate::MergingStore) is underneath: it marks the records it
-    /// loads. Learnt once per request, and only by what needs it (a write's flush, a `Keyed`),
-    /// so a runtime read does not pay the lookup.
+    /// loads. Learnt once per request, and only by a write's flush (and the rare
+    /// [`restore_lent`](Self::restore_lent)), so a read does not pay the lookup.
     ///
     /// # Errors
     ///
@@ -212,7 +212,7 @@ impl RequestState {
         let Some(session) = &self.session else {
             return Ok(false);
         };
-        let versions = Box::pin(session.get_value(merge::VERSIONS_KEY)).await;
+        let versions = session.get_value(merge::VERSIONS_KEY).await;
         let merging = versions.map_err(Error::Store)?.is_some();
         Ok(*self.merging.get_or_init(|| merging))
     }
@@ -230,7 +230,8 @@ impl RequestState {
         let needed = entry.lock().lent_map_needed();
         match needed {
             LentMap::NotNeeded => return Ok(()),
-            LentMap::NeededIfMerging if !self.is_merging().await? => return Ok(()),
+            // Boxed, as the load in `entry` is: this runs inside handler futures.
+            LentMap::NeededIfMerging if !Box::pin(self.is_merging()).await? => return Ok(()),
             LentMap::NeededIfMerging | LentMap::Needed => {}
         }
         let Some(session) = &self.session else {

@@ -52,12 +52,12 @@ impl Size {
 
 /// The bounds of `map`'s length: a walk of its values, not of their bytes.
 pub(crate) fn bounds(map: &Map<String, Value>) -> Size {
-    map_size(map, false)
+    map_bounds(map)
 }
 
 /// The exact length of `map`.
 pub(crate) fn exact(map: &Map<String, Value>) -> Size {
-    map_size(map, true)
+    Size::of_len(exact_map_len(map), true)
 }
 
 /// `map`'s size (`size`, measured before) once `value` is inserted under `key`: the entry it
@@ -72,55 +72,89 @@ pub(crate) fn with_entry(size: Size, map: &Map<String, Value>, key: &str, value:
     }
 }
 
-fn map_size(map: &Map<String, Value>, exact: bool) -> Size {
+/// The size of `"key":value`.
+fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
+    if exact {
+        Size::of_len(exact_string_len(key) + 1 + exact_value_len(value), true)
+    } else {
+        string_bounds(key)
+            .plus(Size::of_len(1, false))
+            .plus(value_bounds(value))
+    }
+}
+
+// The bounds.
+
+fn map_bounds(map: &Map<String, Value>) -> Size {
     let commas = map.len().saturating_sub(1);
     map.iter()
-        .fold(Size::of_len(2 + commas, exact), |size, (key, value)| {
-            size.plus(entry_size(key, value, exact))
+        .fold(Size::of_len(2 + commas, false), |size, (key, value)| {
+            size.plus(entry_size(key, value, false))
         })
 }
 
-/// The size of `"key":value`.
-fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
-    string_size(key, exact)
-        .plus(Size::of_len(1, exact))
-        .plus(value_size(value, exact))
-}
-
-fn value_size(value: &Value, exact: bool) -> Size {
+fn value_bounds(value: &Value) -> Size {
     match value {
-        Value::Null | Value::Bool(true) => Size::of_len(4, exact),
-        Value::Bool(false) => Size::of_len(5, exact),
-        Value::Number(number) => Size::of_len(number_len(number), exact),
-        Value::String(string) => string_size(string, exact),
+        Value::String(string) => string_bounds(string),
         Value::Array(items) => {
             let commas = items.len().saturating_sub(1);
             items
                 .iter()
-                .fold(Size::of_len(2 + commas, exact), |size, item| {
-                    size.plus(value_size(item, exact))
+                .fold(Size::of_len(2 + commas, false), |size, item| {
+                    size.plus(value_bounds(item))
                 })
         }
-        Value::Object(map) => map_size(map, exact),
+        Value::Object(map) => map_bounds(map),
+        // Literals and numbers: their length, measured exactly.
+        other => Size::of_len(exact_value_len(other), false),
+    }
+}
+
+/// A JSON string: its bytes and quotes, plus up to five bytes of escape for each byte.
+fn string_bounds(string: &str) -> Size {
+    let len = string.len();
+    Size {
+        low: 2 + len,
+        high: 2 + 6 * len,
+        exact: false,
+    }
+}
+
+// The exact length, in plain `usize`s rather than bounds: the walk a large namespace near its
+// budget pays for.
+
+fn exact_map_len(map: &Map<String, Value>) -> usize {
+    let braces_and_commas = 2 + map.len().saturating_sub(1);
+    map.iter().fold(braces_and_commas, |len, (key, value)| {
+        // The key and its colon, then the value.
+        len + exact_string_len(key) + 1 + exact_value_len(value)
+    })
+}
+
+fn exact_value_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(number) => number_len(number),
+        Value::String(string) => exact_string_len(string),
+        Value::Array(items) => {
+            let brackets_and_commas = 2 + items.len().saturating_sub(1);
+            items
+                .iter()
+                .fold(brackets_and_commas, |len, item| len + exact_value_len(item))
+        }
+        Value::Object(map) => exact_map_len(map),
     }
 }
 
 /// A JSON string: quotes, and serde_json's escapes (`\"`, `\\`, the short forms of five control
 /// characters, `\u00XX` for the other control characters), which add at most five bytes per byte.
-fn string_size(string: &str, exact: bool) -> Size {
-    let len = string.len();
-    if !exact {
-        return Size {
-            low: 2 + len,
-            high: 2 + 6 * len,
-            exact,
-        };
-    }
+fn exact_string_len(string: &str) -> usize {
     let escapes: usize = string
         .bytes()
         .map(|byte| usize::from(ESCAPE_EXTRA[usize::from(byte)]))
         .sum();
-    Size::of_len(2 + len + escapes, exact)
+    2 + string.len() + escapes
 }
 
 /// The bytes an escape adds to each byte of a string.

@@ -3,8 +3,9 @@
 //! The layer creates a [`RequestState`] when a request comes in and puts it in the request's
 //! extensions. Opening a namespace loads it from the session once and keeps it here as an
 //! [`Entry`]; every controller for the same key in the request shares that entry, so they see one
-//! state. When the response is produced, the layer calls [`RequestState::flush`], which writes
-//! each changed entry back into the session in one step.
+//! state. When the response is produced, the layer calls [`RequestState::finish`], and if some
+//! entry changed, [`RequestState::flush`], which writes each changed entry back into the session
+//! in one step.
 
 use std::{
     any::Any,
@@ -48,7 +49,7 @@ pub(crate) struct RequestState {
     /// The namespaces opened so far. A request opens one or two, so a list beats a hash map.
     entries: Mutex<Vec<Arc<Entry>>>,
     /// Whether a [`MergingStore`](crate::MergingStore) is underneath (it marks the records it
-    /// loads), learnt when the first namespace is loaded.
+    /// loads), learnt by [`is_merging`](Self::is_merging) when first needed.
     merging: OnceLock<bool>,
 }
 

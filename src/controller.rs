@@ -9,10 +9,13 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    expiry::{self, ExpiryPolicy, KeyDeadline, Lifetime},
+    entry::Entry,
+    error::Error,
+    expiry::{self, ExpiryPolicy, Lifetime},
     export::{escape_js, json_script},
-    state::{Entry, RequestState},
-    Error, Keyed, Namespace,
+    keyed::{Keyed, Namespace},
+    state::RequestState,
+    stored,
 };
 
 /// An extractor that opens namespaces of the visitor's session by key.
@@ -153,17 +156,8 @@ impl SessionControllers {
         key: &str,
         policy: ExpiryPolicy,
     ) -> Result<SessionController, Error> {
-        let policy = policy.validate(key)?;
-        let entry = self.request.entry(key).await?;
-        {
-            let mut slot = entry.lock();
-            if slot.checked_out {
-                return Err(Error::NamespaceInUse {
-                    namespace: key.to_owned(),
-                });
-            }
-            slot.access(key, policy, self.request.now);
-        }
+        let entry = self.request.open(key, policy).await?;
+        entry.open(policy, self.request.now)?;
         Ok(SessionController {
             entry,
             budget: self.request.budget,
@@ -218,15 +212,9 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionControllers {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let request = parts
-            .extensions
-            .get::<Arc<RequestState>>()
-            .cloned()
-            .ok_or(Error::MissingLayer)?;
-        if request.session.is_none() {
-            return Err(Error::MissingSessionManager);
-        }
-        Ok(Self { request })
+        Ok(Self {
+            request: RequestState::of(parts)?,
+        })
     }
 }
 
@@ -265,7 +253,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn key(&self) -> &str {
-        &self.entry.key
+        self.entry.namespace()
     }
 
     /// The expiry policy this controller was opened with: what a write does to the deadline.
@@ -327,17 +315,18 @@ impl SessionController {
     ///
     /// [`Error::Deserialize`] if the stored value does not deserialize into `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        let mut slot = self.entry.lock();
-        let Some(value) = slot.map(self.key()).get(key) else {
-            return Ok(None);
-        };
-        T::deserialize(value)
-            .map(Some)
-            .map_err(|source| Error::Deserialize {
-                namespace: self.key().to_owned(),
-                key: key.to_owned(),
-                source,
-            })
+        self.entry.read(|map| {
+            let Some(value) = map.get(key) else {
+                return Ok(None);
+            };
+            T::deserialize(value)
+                .map(Some)
+                .map_err(|source| Error::Deserialize {
+                    namespace: self.key().to_owned(),
+                    key: key.to_owned(),
+                    source,
+                })
+        })
     }
 
     /// Stores `value` under `key`; the stamp moves as the [policy](Self::policy) says (by default
@@ -361,7 +350,7 @@ impl SessionController {
     ///
     /// On error nothing is written.
     pub fn insert(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
-        if expiry::is_reserved(key) {
+        if stored::is_reserved(key) {
             return Err(Error::ReservedKey {
                 key: key.to_owned(),
             });
@@ -371,15 +360,14 @@ impl SessionController {
             key: Some(key.to_owned()),
             source,
         })?;
-        self.entry.lock().insert(
-            self.key(),
+        self.entry.insert(
             key.to_owned(),
             value,
             self.request.now,
             self.policy,
             self.budget,
         )?;
-        self.request.warn_if_flushed(self.key(), "changed");
+        self.request.warn_if_responded(self.key(), "changed");
         Ok(())
     }
 
@@ -407,7 +395,7 @@ impl SessionController {
     /// - [`Error::ReservedKey`] for the reserved keys.
     /// - [`Error::InvalidExpiry`] for a duration that is zero or negative.
     pub fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Result<(), Error> {
-        if expiry::is_reserved(key) {
+        if stored::is_reserved(key) {
             return Err(Error::ReservedKey {
                 key: key.to_owned(),
             });
@@ -420,10 +408,9 @@ impl SessionController {
                 });
             }
         }
-        self.request.warn_if_flushed(self.key(), "changed");
+        self.request.warn_if_responded(self.key(), "changed");
         self.entry
-            .lock()
-            .set_lifetime(key, KeyDeadline::new(lifetime, self.request.now));
+            .set_lifetime(key, lifetime.deadline(self.request.now));
         Ok(())
     }
 
@@ -461,8 +448,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let removed = self.entry.lock().remove(self.key(), key)?;
-        self.request.warn_if_flushed(self.key(), "changed");
+        let removed = self.entry.remove(key)?;
+        self.request.warn_if_responded(self.key(), "changed");
         Some(removed)
     }
 
@@ -478,8 +465,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn purge(&mut self) {
-        self.request.warn_if_flushed(self.key(), "purged");
-        self.entry.lock().purge();
+        self.request.warn_if_responded(self.key(), "purged");
+        self.entry.purge();
     }
 
     /// Whether the namespace holds any of the user's keys.
@@ -490,7 +477,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn has_data(&self) -> bool {
-        !self.entry.lock().map(self.key()).is_empty()
+        !self.entry.read(Map::is_empty)
     }
 
     /// The number of the user's keys.
@@ -504,7 +491,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn len(&self) -> usize {
-        self.entry.lock().map(self.key()).len()
+        self.entry.read(Map::len)
     }
 
     /// Whether the namespace holds none of the user's keys: `!has_data()`.
@@ -529,7 +516,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn contains_key(&self, key: &str) -> bool {
-        self.entry.lock().map(self.key()).contains_key(key)
+        self.entry.read(|map| map.contains_key(key))
     }
 
     /// The user's keys, in the map's order (sorted).
@@ -543,7 +530,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn keys(&self) -> Vec<String> {
-        self.entry.lock().map(self.key()).keys().cloned().collect()
+        self.entry.read(|map| map.keys().cloned().collect())
     }
 
     /// A copy of the user's keys and values (never the stamp): the seed's `data`.
@@ -556,7 +543,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn data(&self) -> Map<String, Value> {
-        self.entry.lock().map(self.key()).clone()
+        self.entry.read(Map::clone)
     }
 
     /// True unless the namespace holds a stamp still in the future (the seed's rule): a
@@ -573,11 +560,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn is_expired(&self) -> bool {
-        if self.policy.has_stamp() {
-            expiry::is_expired(self.expires_at(), self.request.now)
-        } else {
-            !self.has_data()
-        }
+        self.policy
+            .is_expired(self.expires_at(), self.has_data(), self.request.now)
     }
 
     /// The instant the namespace expires (the seed's `timeout_datestamp`), if it holds a stamp.
@@ -591,7 +575,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.entry.lock().deadline.stamp
+        self.entry.deadline().stamp
     }
 
     /// The user's keys and values as a JSON object, never the stamp.
@@ -604,8 +588,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn to_json(&self) -> String {
-        let mut slot = self.entry.lock();
-        map_to_json(slot.map(self.key()))
+        self.entry.read(map_to_json)
     }
 
     /// [`to_json`](Self::to_json) through [`escape_js`]: the seed's template tag, safe only
@@ -651,14 +634,12 @@ fn map_to_json(map: &Map<String, Value>) -> String {
 
 impl fmt::Debug for SessionController {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut slot = self.entry.lock();
-        let stamp = slot.deadline.stamp;
         f.debug_struct("SessionController")
-            .field("key", &self.entry.key)
+            .field("key", &self.key())
             .field("policy", &self.policy)
             .field("budget", &self.budget)
-            .field("expires_at", &stamp)
-            .field("data", slot.map(&self.entry.key))
+            .field("expires_at", &self.expires_at())
+            .field("data", &self.data())
             .finish()
     }
 }

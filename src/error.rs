@@ -32,9 +32,12 @@ pub enum Error {
     /// [`SessionControllerLayer`](crate::SessionControllerLayer) found no `tower_sessions::Session`
     /// on the request: it is not inside `SessionManagerLayer`.
     MissingSessionManager,
-    /// The session store failed while the session was loaded.
+    /// The session store failed: while a namespace was loaded, or while the flush wrote the
+    /// request's changes into the session (which loads it first if nothing else has).
     Store(tower_sessions::session::Error),
-    /// A user key collides with a key the namespace keeps for itself.
+    /// A user key collides with a key the namespace keeps for its bookkeeping
+    /// ([`STAMP_KEY`](crate::STAMP_KEY), [`HOPS_KEY`](crate::HOPS_KEY),
+    /// [`LIFETIMES_KEY`](crate::LIFETIMES_KEY)).
     ReservedKey {
         /// The refused key.
         key: String,
@@ -91,23 +94,31 @@ pub enum Error {
     },
 }
 
+/// How to put the two layers in order, both ways of adding layers.
+const LAYER_ORDER: &str = "In one `tower::ServiceBuilder`, add \
+    `SessionManagerLayer::new(store)` first and `SessionControllerLayer::new()` after it; with \
+    separate `Router::layer` calls, call `.layer(SessionControllerLayer::new())` first and \
+    `.layer(SessionManagerLayer::new(store))` after it (the last layer added runs first)";
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MissingLayer => f.write_str(
+            Self::MissingLayer => write!(
+                f,
                 "session controllers are not available on this route: add \
-                 `SessionControllerLayer::new()` to the router, inside (added before) \
-                 `SessionManagerLayer`",
+                 `SessionControllerLayer::new()` to the router, inside `SessionManagerLayer`. \
+                 {LAYER_ORDER}"
             ),
-            Self::MissingSessionManager => f.write_str(
+            Self::MissingSessionManager => write!(
+                f,
                 "SessionControllerLayer found no session on the request: it must run inside \
-                 tower_sessions::SessionManagerLayer, so call `.layer(SessionControllerLayer::new())` \
-                 before `.layer(SessionManagerLayer::new(store))`",
+                 tower_sessions::SessionManagerLayer. {LAYER_ORDER}"
             ),
             Self::Store(err) => write!(f, "the session store failed: {err}"),
             Self::ReservedKey { key } => write!(
                 f,
-                "the key {key:?} is reserved for the namespace's expiry stamp; choose another key"
+                "the key {key:?} is reserved for the namespace's bookkeeping (its expiry stamp, \
+                 request count and keys' lifetimes); choose another key"
             ),
             Self::Serialize {
                 namespace,

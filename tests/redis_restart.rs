@@ -6,12 +6,13 @@
 //! theirs answers `200` before the stop and once the app serves again, a clear `500` while Redis
 //! is down, and one or the other in between.
 //!
-//! The test stops the machine's Redis (`redis-cli -h 127.0.0.1 -p 6379 shutdown nosave`) and
-//! starts it again with the machine's own command (`redis-server --daemonize yes ...`); a guard
-//! starts it again on drop, so a failing test leaves Redis running. It is the only test of this
-//! binary, so nothing else here uses Redis while it is down; the downtime is a few seconds. Redis
-//! keeps nothing on disk, so sessions are lost with the restart: the test checks failures and
-//! recovery, not persistence.
+//! The test leaves the machine's Redis alone: it starts a `redis-server` of its own on a free
+//! port, with its own temporary directory and no persistence (`--save "" --appendonly no`),
+//! stops that instance in the middle of the run (`SHUTDOWN NOSAVE` sent to its port), starts it
+//! again on the same port, and always stops it and removes its directory at the end, also when
+//! the test fails (a guard does it on drop). On Linux the instance also dies with the test's
+//! thread, so a killed test run leaves no server behind. The instance keeps nothing on disk, so
+//! sessions are lost with the restart: the test checks failures and recovery, not persistence.
 //!
 //! The pool is built as a service that must outlive a Redis restart builds it
 //! (`PoolKind::Resilient`: fred reconnects every 100 ms, and a command gives up after 500 ms
@@ -20,9 +21,8 @@
 //! after the restart, seen here, its first command fails with "Connection closed" and every
 //! later one waits for ever, so requests hang instead of failing, even once Redis is back.
 //!
-//! Without Redis at 127.0.0.1:6379 the test prints `SKIPPED ...` and passes, unless
-//! `REQUIRE_SERVICES=1`; with `REDIS_URL` set to another server it is skipped (it can only
-//! restart the machine's own Redis).
+//! Without a `redis-server` on the `PATH` the test prints `SKIPPED ...` and passes, unless
+//! `REQUIRE_SERVICES=1`.
 
 #[path = "faults/fault_store.rs"]
 mod fault_store;
@@ -31,8 +31,11 @@ mod services;
 mod support;
 
 use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
     panic::AssertUnwindSafe,
-    process::Command,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
@@ -49,7 +52,7 @@ use axum::{
 use futures::FutureExt;
 use serde_json::{json, Value};
 use time::Duration;
-use tower_sessions::{session::Expiry, SessionManagerLayer, SessionStore};
+use tower_sessions::{session::Expiry, SessionManagerLayer};
 use tower_sessions_controller::{
     Error, ManualClock, MergingStore, SessionControllerLayer, SessionControllers,
 };
@@ -63,27 +66,6 @@ use services::PoolKind;
 use support::{send, Logs, Reply, START};
 
 const HOST: &str = "127.0.0.1";
-const PORT: &str = "6379";
-/// The machine's command that starts Redis (quoted for `sh`; the quotes are removed when it is
-/// run directly).
-const START_COMMAND: [&str; 16] = [
-    "redis-server",
-    "--daemonize",
-    "yes",
-    "--bind",
-    "127.0.0.1",
-    "-::1",
-    "--port",
-    PORT,
-    "--save",
-    "''",
-    "--appendonly",
-    "no",
-    "--dir",
-    "/var/lib/redis",
-    "--logfile",
-    "/var/log/redis/ci.log",
-];
 /// How long a command waits on the resilient pool.
 const COMMAND_TIMEOUT: StdDuration = StdDuration::from_millis(500);
 /// The longest a request may take while Redis is down.
@@ -92,97 +74,220 @@ const ANSWER_WITHIN: StdDuration = StdDuration::from_secs(5);
 const RECOVER_WITHIN: StdDuration = StdDuration::from_secs(10);
 
 // ---------------------------------------------------------------------------------------------
-// Stopping and starting the machine's Redis
+// A Redis of the test's own
 // ---------------------------------------------------------------------------------------------
 
-fn ping() -> bool {
-    Command::new("redis-cli")
-        .args(["-h", HOST, "-p", PORT, "ping"])
-        .output()
-        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "PONG")
+/// Sends one inline command to the Redis on `port` and returns its reply lines until `done`
+/// says enough, or `None` when nothing answers (`SHUTDOWN` closes the connection without a
+/// reply).
+fn command(port: u16, command: &str, done: impl Fn(&str) -> bool) -> Option<Vec<String>> {
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&address, StdDuration::from_millis(200)).ok()?;
+    stream
+        .set_read_timeout(Some(StdDuration::from_millis(500)))
+        .ok()?;
+    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.ok()?;
+        let enough = done(&line);
+        lines.push(line);
+        if enough {
+            break;
+        }
+    }
+    Some(lines)
 }
 
-fn wait_for(up: bool, within: StdDuration) -> bool {
+fn ping(port: u16) -> bool {
+    command(port, "PING", |_| true).is_some_and(|reply| reply == ["+PONG"])
+}
+
+/// The process id of the Redis that answers on `port`: the test shuts down only a server it
+/// knows to be its own.
+fn server_pid(port: u16) -> Option<u32> {
+    let reply = command(port, "INFO server", |line| line.starts_with("process_id:"))?;
+    reply
+        .iter()
+        .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
+}
+
+fn wait_for(port: u16, up: bool, within: StdDuration) -> bool {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
-        if ping() == up {
+        if ping(port) == up {
             return true;
         }
         std::thread::sleep(StdDuration::from_millis(50));
     }
-    ping() == up
+    ping(port) == up
 }
 
-/// Starts Redis again when dropped if it is not answering, whatever happened in between.
-struct RedisGuard {
-    /// While this file exists, the safety net of the current stop is armed.
-    armed: std::path::PathBuf,
+/// A port no one listens on now (the kernel's pick for port 0).
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind((HOST, 0))?.local_addr()?.port())
 }
 
-impl RedisGuard {
-    fn new() -> Self {
+/// A `redis-server` this test started: on its own port, with its own directory. Dropping it
+/// stops the server and removes the directory, whatever happened in between.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    server: Option<Child>,
+}
+
+impl OwnRedis {
+    /// Starts an instance on a free port, or says why it cannot.
+    fn start() -> Result<Self, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
-        Self {
-            armed: std::env::temp_dir()
-                .join(format!("redis_restart_net_{}_{nanos}", std::process::id())),
-        }
-    }
-
-    fn stop(&self) {
-        // A safety net outside this process: if this process has not started Redis again within
-        // 20 s (it was killed, say), the net starts it. Starting Redis disarms it, so a net never
-        // starts Redis during a later run's stop.
-        std::fs::write(&self.armed, b"armed").expect("arm the safety net");
-        let armed = self.armed.display();
-        let net = format!(
-            "sleep 20; if [ -e '{armed}' ]; then rm -f '{armed}'; redis-cli -h {HOST} -p {PORT} \
-             ping >/dev/null 2>&1 || {}; fi",
-            START_COMMAND.join(" ")
-        );
-        // `setsid --fork` returns at once, leaving the net running on its own.
-        Command::new("setsid")
-            .args(["--fork", "sh", "-c", &net])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .expect("the safety net starts");
-        let out = Command::new("redis-cli")
-            .args(["-h", HOST, "-p", PORT, "shutdown", "nosave"])
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            wait_for(false, StdDuration::from_secs(5)),
-            "Redis still answers after shutdown: {out:?}"
-        );
-    }
-
-    fn start(&self) {
-        let _ = std::fs::remove_file(&self.armed);
-        let out = Command::new(START_COMMAND[0])
-            .args(START_COMMAND[1..].iter().map(|arg| arg.trim_matches('\'')))
-            .output()
-            .expect("redis-server runs");
-        assert!(
-            wait_for(true, StdDuration::from_secs(10)),
-            "Redis does not answer after start: {out:?}"
-        );
-    }
-}
-
-impl Drop for RedisGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.armed);
-        if !ping() {
-            eprintln!("redis_restart: starting Redis again");
-            if let Err(panic) = std::panic::catch_unwind(|| self.start()) {
-                eprintln!("redis_restart: Redis did not start again: {panic:?}");
+        let dir = std::env::temp_dir().join(format!(
+            "tower_sessions_controller_redis_{}_{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|err| format!("creating {dir:?}: {err}"))?;
+        let mut redis = Self {
+            port: 0,
+            dir,
+            server: None,
+        };
+        // Another process may take the free port before the server binds it: try a few.
+        let mut tried = Vec::new();
+        for _ in 0..3 {
+            redis.port = free_port().map_err(|err| format!("no free port: {err}"))?;
+            match redis.spawn() {
+                Ok(()) => return Ok(redis),
+                Err(err) => tried.push(err),
             }
         }
+        Err(tried.join("; "))
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{HOST}:{}", self.port)
+    }
+
+    /// Starts the server on the instance's port and directory, and waits until it answers.
+    fn spawn(&mut self) -> Result<(), String> {
+        let port = self.port.to_string();
+        let log = self.dir.join("redis.log");
+        let mut command = Command::new("redis-server");
+        command
+            .args([
+                "--bind",
+                HOST,
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        die_with_this_thread(&mut command);
+        let server = command
+            .spawn()
+            .map_err(|err| format!("redis-server cannot be started: {err}"))?;
+        let pid = server.id();
+        self.server = Some(server);
+        let deadline = Instant::now() + StdDuration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.exited() {
+                break;
+            }
+            // Another server may hold the port: only this process's answer counts.
+            if server_pid(self.port) == Some(pid) {
+                return Ok(());
+            }
+            std::thread::sleep(StdDuration::from_millis(50));
+        }
+        self.kill();
+        Err(format!(
+            "redis-server on port {port} did not answer; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ))
+    }
+
+    /// Whether the server process has ended.
+    fn exited(&mut self) -> bool {
+        self.server
+            .as_mut()
+            .is_none_or(|server| !matches!(server.try_wait(), Ok(None)))
+    }
+
+    /// Stops this instance as an operator would: `SHUTDOWN NOSAVE` on its own port.
+    fn stop(&mut self) {
+        let pid = self.server.as_ref().map(Child::id);
+        assert!(
+            pid.is_some() && server_pid(self.port) == pid,
+            "the server on port {} is not the test's own",
+            self.port
+        );
+        let reply = command(self.port, "SHUTDOWN NOSAVE", |_| true);
+        let deadline = Instant::now() + StdDuration::from_secs(5);
+        while !self.exited() && Instant::now() < deadline {
+            std::thread::sleep(StdDuration::from_millis(20));
+        }
+        assert!(
+            self.exited(),
+            "the test's Redis still runs after SHUTDOWN NOSAVE (reply {reply:?})"
+        );
+        self.server = None;
+        assert!(
+            wait_for(self.port, false, StdDuration::from_secs(5)),
+            "the test's Redis still answers after SHUTDOWN NOSAVE"
+        );
+    }
+
+    /// Starts this instance again, on the same port.
+    fn restart(&mut self) {
+        if let Err(err) = self.spawn() {
+            panic!("the test's Redis did not start again: {err}");
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
     }
 }
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Has the kernel kill the server when the thread that started it ends: a test run killed
+/// before the guard's drop leaves no server behind.
+#[cfg(target_os = "linux")]
+fn die_with_this_thread(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: between fork and exec the closure calls only `prctl`, which is async-signal-safe,
+    // and allocates nothing.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_this_thread(_command: &mut Command) {}
 
 // ---------------------------------------------------------------------------------------------
 // The app
@@ -241,9 +346,8 @@ impl<'a> Visitor<'a> {
     }
 }
 
-/// What must never reach a response body: the store's own words.
-const STORE_WORDS: [&str; 7] = [
-    "6379",
+/// What must never reach a response body: the store's own words, its port among them.
+const STORE_WORDS: [&str; 6] = [
     "127.0.0.1",
     "refused",
     "Redis",
@@ -252,7 +356,7 @@ const STORE_WORDS: [&str; 7] = [
     "Canceled",
 ];
 
-fn assert_clear_failure(reply: &Reply, took: StdDuration, what: &str) {
+fn assert_clear_failure(reply: &Reply, took: StdDuration, what: &str, port: u16) {
     assert_eq!(
         reply.status,
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -263,7 +367,7 @@ fn assert_clear_failure(reply: &Reply, took: StdDuration, what: &str) {
         "{what}: body {:?}",
         reply.body
     );
-    for word in STORE_WORDS {
+    for word in STORE_WORDS.into_iter().chain([port.to_string().as_str()]) {
         assert!(!reply.body.contains(word), "{what}: body {:?}", reply.body);
     }
     assert_eq!(
@@ -364,7 +468,7 @@ async fn background(app: Router, phase: Clock, n: usize) -> Vec<Seen> {
 /// Checks what the background visitors saw, phase by phase (a request that started in one
 /// phase and was answered in another, such as one in flight when Redis stopped, may succeed or
 /// fail clearly); returns the counts per starting phase.
-fn check_background(seen: &[Seen]) -> Vec<(Phase, usize, usize)> {
+fn check_background(seen: &[Seen], port: u16) -> Vec<(Phase, usize, usize)> {
     for s in seen {
         let what = format!("background {} from {:?} to {:?}", s.uri, s.phase, s.until);
         let phase = if s.phase == s.until {
@@ -376,10 +480,10 @@ fn check_background(seen: &[Seen]) -> Vec<(Phase, usize, usize)> {
             Phase::Up | Phase::Serving => {
                 assert_eq!(s.reply.status, StatusCode::OK, "{what}: {:?}", s.reply);
             }
-            Phase::Down => assert_clear_failure(&s.reply, s.took, &what),
+            Phase::Down => assert_clear_failure(&s.reply, s.took, &what, port),
             Phase::Stopping | Phase::Back | Phase::Stop => {
                 if s.reply.status != StatusCode::OK {
-                    assert_clear_failure(&s.reply, s.took, &what);
+                    assert_clear_failure(&s.reply, s.took, &what, port);
                 }
             }
         }
@@ -406,10 +510,10 @@ fn check_background(seen: &[Seen]) -> Vec<(Phase, usize, usize)> {
     counts
 }
 
-/// One app through Redis' stop and start. Returns the longest answer while
-/// Redis was down and how long the app took to serve again.
+/// One app through the stop and start of `redis`. Returns the longest answer while Redis was
+/// down and how long the app took to serve again.
 async fn through_a_restart(
-    guard: &RedisGuard,
+    redis: &mut OwnRedis,
     store: RedisStore<Pool>,
 ) -> (StdDuration, StdDuration) {
     let store = FaultStore::new(store);
@@ -427,7 +531,7 @@ async fn through_a_restart(
 
     tokio::time::sleep(StdDuration::from_millis(100)).await;
     phase.set(Phase::Stopping);
-    guard.stop();
+    redis.stop();
     phase.set(Phase::Down);
     let (logs, log_guard) = Logs::capture();
     let mut slowest = StdDuration::ZERO;
@@ -442,7 +546,7 @@ async fn through_a_restart(
         } else {
             visitor.send(method, uri).await
         };
-        assert_clear_failure(&reply, took, &what);
+        assert_clear_failure(&reply, took, &what, redis.port);
         slowest = slowest.max(took);
     }
     // Requests that do not need the store answer as usual.
@@ -464,7 +568,7 @@ async fn through_a_restart(
     );
     drop(log_guard);
 
-    guard.start();
+    redis.restart();
     phase.set(Phase::Back);
     let started = Instant::now();
     // The same app, store and pool: the first request that succeeds after the restart.
@@ -505,12 +609,8 @@ async fn through_a_restart(
     for loader in loaders {
         seen.extend(loader.await.expect("a background visitor panicked"));
     }
-    let counts = check_background(&seen);
+    let counts = check_background(&seen, redis.port);
     eprintln!("background requests (phase, 200, 500): {counts:?}");
-
-    for id in store.ids() {
-        let _ = store.inner.delete(&id).await;
-    }
     (slowest, recovered)
 }
 
@@ -518,27 +618,23 @@ async fn through_a_restart(
 async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts() {
     const TEST: &str =
         "redis_restart::requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts";
-    if services::redis_url() != format!("redis://{HOST}:{PORT}") {
-        eprintln!(
-            "SKIPPED {TEST}: REDIS_URL is {}, and this test can only restart the machine's Redis \
-             at {HOST}:{PORT}",
-            services::redis_url()
-        );
-        return;
-    }
+    let mut redis = match OwnRedis::start() {
+        Ok(redis) => redis,
+        Err(why) => return services::missing(TEST, &why),
+    };
     let kind = PoolKind::Resilient {
         command_timeout: COMMAND_TIMEOUT,
     };
-    let Some((store, pool)) = services::redis(TEST, kind).await else {
-        return;
-    };
-    let guard = RedisGuard::new();
-    let outcome = AssertUnwindSafe(through_a_restart(&guard, store))
+    let (store, pool) = services::connect_to(&redis.url(), kind)
+        .await
+        .unwrap_or_else(|err| panic!("{TEST}: the test's own Redis cannot be reached: {err}"));
+    let outcome = AssertUnwindSafe(through_a_restart(&mut redis, store))
         .catch_unwind()
         .await;
-    // Redis answers again before the clean-up, whatever happened.
-    drop(guard);
-    let _ = pool.quit().await;
+    let _ = tokio::time::timeout(StdDuration::from_secs(2), pool.quit()).await;
+    // The test's Redis is stopped and its directory removed, whatever happened.
+    let (port, dir) = (redis.port, redis.dir.clone());
+    drop(redis);
     match outcome {
         Ok((slowest, recovered)) => eprintln!(
             "slowest answer while Redis was down: {slowest:?}; serving again {recovered:?} after \
@@ -546,5 +642,6 @@ async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts
         ),
         Err(panic) => std::panic::resume_unwind(panic),
     }
-    assert!(ping(), "Redis is running again");
+    assert!(!ping(port), "the test's Redis still answers");
+    assert!(!dir.exists(), "the test's Redis left {dir:?}");
 }

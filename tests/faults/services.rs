@@ -24,18 +24,20 @@ pub fn services_required() -> bool {
     env::var("REQUIRE_SERVICES").is_ok_and(|value| value == "1")
 }
 
+/// Something `test` needs is missing (`why` says what): a failure under `REQUIRE_SERVICES=1`,
+/// otherwise a skip that says so.
+pub fn missing(test: &str, why: &str) {
+    if services_required() {
+        panic!("{test}: {why} (REQUIRE_SERVICES=1: a missing service fails the test)");
+    }
+    eprintln!("SKIPPED {test}: {why} (set REQUIRE_SERVICES=1 to make this a failure)");
+}
+
 /// Redis cannot be reached: a failure under `REQUIRE_SERVICES=1`, otherwise a skip that says so.
 pub fn unreachable(test: &str, err: &str) {
-    let url = redis_url();
-    if services_required() {
-        panic!(
-            "{test}: Redis at {url} cannot be reached: {err} (REQUIRE_SERVICES=1: a missing \
-             service fails the test)"
-        );
-    }
-    eprintln!(
-        "SKIPPED {test}: Redis at {url} cannot be reached: {err} (set REQUIRE_SERVICES=1 to make \
-         this a failure)"
+    missing(
+        test,
+        &format!("Redis at {} cannot be reached: {err}", redis_url()),
     );
 }
 
@@ -50,9 +52,14 @@ pub enum PoolKind {
     Resilient { command_timeout: Duration },
 }
 
-/// A Redis store on a pool of its own, or why not.
+/// A Redis store on a pool of its own, on the Redis at `REDIS_URL`, or why not.
 pub async fn connect(kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
-    let config = Config::from_url(&redis_url()).map_err(|err| err.to_string())?;
+    connect_to(&redis_url(), kind).await
+}
+
+/// A Redis store on a pool of its own, on the Redis at `url`, or why not.
+pub async fn connect_to(url: &str, kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
+    let config = Config::from_url(url).map_err(|err| err.to_string())?;
     let pool = match kind {
         PoolKind::Plain => Pool::new(config, None, None, None, 4),
         PoolKind::Resilient { command_timeout } => Pool::new(

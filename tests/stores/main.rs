@@ -24,6 +24,7 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     path::PathBuf,
+    pin::Pin,
     str::FromStr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -385,6 +386,18 @@ impl<S> Tracked<S> {
     fn ids(&self) -> Vec<Id> {
         self.ids.lock().expect("ids").iter().copied().collect()
     }
+
+    /// Deletes every record written through this wrapper (or a clone), straight in the store.
+    async fn delete_written(&self)
+    where
+        S: SessionStore,
+    {
+        for id in self.ids() {
+            if let Err(err) = self.inner.delete(&id).await {
+                eprintln!("clean-up: deleting session {id} failed: {err}");
+            }
+        }
+    }
 }
 
 impl<S> fmt::Debug for Tracked<S> {
@@ -522,6 +535,8 @@ pub async fn connect_postgres(table: &str) -> Result<(PostgresStore, PgPool), St
 /// What to remove when the test is over.
 enum Teardown {
     Nothing,
+    /// Deletes the records written beneath the store under test (a `MergingStore`'s locks).
+    Records(Pin<Box<dyn Future<Output = ()>>>),
     Redis(Pool),
     /// Drops the table if `drop_table`, then closes the pool.
     Postgres {
@@ -552,11 +567,7 @@ impl<S: SessionStore + Clone> Fixture<S> {
     /// Deletes every session the test wrote, then drops its table or file and closes its
     /// clients.
     async fn teardown(self) {
-        for id in self.store.ids() {
-            if let Err(err) = self.store.inner.delete(&id).await {
-                eprintln!("clean-up: deleting session {id} failed: {err}");
-            }
-        }
+        self.store.delete_written().await;
         for teardown in self.teardowns {
             teardown.run().await;
         }
@@ -567,6 +578,7 @@ impl Teardown {
     async fn run(self) {
         match self {
             Self::Nothing => {}
+            Self::Records(delete) => delete.await,
             Self::Redis(pool) => {
                 let _ = pool.quit().await;
             }
@@ -669,28 +681,43 @@ pub async fn cached_redis(
 
 /// The same stores behind `MergingStore` (with its store lock), as a multi-instance deployment
 /// runs them: the behaviour must not change.
-pub async fn merging_memory(test: &'static str) -> Option<Fixture<MergingStore<MemoryStore>>> {
+pub async fn merging_memory(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<Tracked<MemoryStore>>>> {
     merging(memory(test).await)
 }
 
-pub async fn merging_redis(test: &'static str) -> Option<Fixture<MergingStore<RedisStore<Pool>>>> {
+pub async fn merging_redis(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<Tracked<RedisStore<Pool>>>>> {
     merging(redis(test).await)
 }
 
-pub async fn merging_postgres(test: &'static str) -> Option<Fixture<MergingStore<PostgresStore>>> {
+pub async fn merging_postgres(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<Tracked<PostgresStore>>>> {
     merging(postgres(test).await)
 }
 
-pub async fn merging_sqlite(test: &'static str) -> Option<Fixture<MergingStore<SqliteStore>>> {
+pub async fn merging_sqlite(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<Tracked<SqliteStore>>>> {
     merging(sqlite(test).await)
 }
 
-fn merging<S: SessionStore + Clone>(
+/// The merge writes records of its own (its store locks) through the fixture's store, which
+/// remembers them: the clean-up deletes them too, even a lock whose release failed.
+fn merging<S: SessionStore + Clone + 'static>(
     fixture: Option<Fixture<S>>,
-) -> Option<Fixture<MergingStore<S>>> {
-    let fixture = fixture?;
+) -> Option<Fixture<MergingStore<Tracked<S>>>> {
+    let mut fixture = fixture?;
+    let beneath = fixture.store.clone();
+    fixture.teardowns.insert(
+        0,
+        Teardown::Records(Box::pin(async move { beneath.delete_written().await })),
+    );
     Some(Fixture {
-        store: Tracked::new(MergingStore::new(fixture.store.inner.clone()).with_store_lock()),
+        store: Tracked::new(MergingStore::new(fixture.store).with_store_lock()),
         teardowns: fixture.teardowns,
     })
 }

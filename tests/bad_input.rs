@@ -967,12 +967,12 @@ async fn a_keyed_changed_in_a_spawned_task_after_the_response_is_not_stored_and_
 async fn a_garbage_session_cookie_gives_a_fresh_empty_session() {
     let mut app = seeded_app().await;
     assert_eq!(app.post("/apples").await.status, StatusCode::OK);
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let typed = app.get("/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -989,12 +989,12 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
     assert_eq!(owner.post("/apples").await.status, StatusCode::OK);
     let forged = format!("id={}", Id::default());
     let mut app = owner.visitor();
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
     let typed = app.get("/cart").await;
-    app.cookie = Some(forged);
+    app.visitor.cookie = Some(forged);
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -1010,7 +1010,7 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
 async fn a_write_under_a_forged_session_id_is_stored_under_a_new_id() {
     let mut app = TestApp::new(routes());
     let forged = Id::default();
-    app.cookie = Some(format!("id={forged}"));
+    app.visitor.cookie = Some(format!("id={forged}"));
 
     let reply = app.post("/write/cart").await;
 

@@ -1458,7 +1458,7 @@ async fn two_visitors_never_see_each_others_namespaces() {
 
     let bob_reads = read_ns(&mut bob, "ns").await;
     assert_eq!(bob_reads["data"], json!({}));
-    assert!(bob.cookie.is_none(), "reading gave bob no session");
+    assert!(bob.visitor.cookie.is_none(), "reading gave bob no session");
 
     insert_value(&mut bob, "ns", "who", "\"bob\"").await;
     assert_eq!(
@@ -1526,7 +1526,7 @@ async fn flushing_the_session_removes_every_namespace() {
 
     let cookie = reply.set_cookie.expect("a removal cookie");
     assert!(cookie.contains("Max-Age=0"), "{cookie}");
-    assert!(app.cookie.is_none());
+    assert!(app.visitor.cookie.is_none());
     assert_eq!(load_by_id(&app, &old_id).await, None);
     assert_eq!(
         app.store.take_calls(),
@@ -1555,7 +1555,11 @@ async fn namespace_written_before_a_flush_in_the_same_request_does_not_survive_i
 
     // The flush came last: the session is gone, and so is its cookie.
     assert_eq!(load_by_id(&app, &old_id).await, None);
-    assert!(app.cookie.is_none(), "Set-Cookie: {:?}", reply.set_cookie);
+    assert!(
+        app.visitor.cookie.is_none(),
+        "Set-Cookie: {:?}",
+        reply.set_cookie
+    );
     assert_eq!(
         app.store.take_calls(),
         Calls {

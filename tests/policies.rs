@@ -149,12 +149,7 @@ fn app_with(layer: impl FnOnce(SessionControllerLayer) -> SessionControllerLayer
             SessionControllerLayer::new().with_clock(clock.clone()),
         ))
         .layer(SessionManagerLayer::new(store.clone()).with_secure(false));
-    TestApp {
-        router,
-        store,
-        clock,
-        cookie: None,
-    }
+    TestApp::assemble(router, store, clock)
 }
 
 fn app() -> TestApp {
@@ -783,12 +778,7 @@ async fn hops_and_lifetimes_hold_behind_a_merging_store() {
     let router = routes(&clock)
         .layer(SessionControllerLayer::new().with_clock(clock.clone()))
         .layer(SessionManagerLayer::new(MergingStore::new(store.clone())).with_secure(false));
-    let mut app = TestApp {
-        router,
-        store,
-        clock,
-        cookie: None,
-    };
+    let mut app = TestApp::assemble(router, store, clock);
     call(
         &mut app,
         "/ns/write:600?set=keep=1,code=7&flash=notice=1&life_after=code=s:30",

@@ -24,12 +24,6 @@
 //! Without a `redis-server` on the `PATH` the test prints `SKIPPED ...` and passes, unless
 //! `REQUIRE_SERVICES=1`.
 
-#[path = "faults/fault_store.rs"]
-mod fault_store;
-#[path = "faults/services.rs"]
-mod services;
-mod support;
-
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpListener, TcpStream},
@@ -44,26 +38,24 @@ use std::{
 };
 
 use axum::{
-    extract::Path,
     http::{Method, StatusCode},
-    routing::{get, post},
-    Json, Router,
+    Router,
 };
 use futures::FutureExt;
-use serde_json::{json, Value};
-use time::Duration;
-use tower_sessions::{session::Expiry, SessionManagerLayer};
-use tower_sessions_controller::{
-    Error, ManualClock, MergingStore, SessionControllerLayer, SessionControllers,
-};
+use serde_json::json;
+use tower_sessions_controller::ManualClock;
 use tower_sessions_redis_store::{
     fred::prelude::{ClientLike, Pool},
     RedisStore,
 };
 
-use fault_store::FaultStore;
-use services::PoolKind;
-use support::{send, Logs, Reply, START};
+use crate::{
+    app,
+    fault_store::FaultStore,
+    services::{self, PoolKind},
+    support::{Logs, Reply, Visitor, START},
+    Stack,
+};
 
 const HOST: &str = "127.0.0.1";
 /// How long a command waits on the resilient pool.
@@ -293,57 +285,16 @@ fn die_with_this_thread(_command: &mut Command) {}
 // The app
 // ---------------------------------------------------------------------------------------------
 
-/// GET /ns/{ns}
-async fn ns_read(
-    Path(ns): Path<String>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    Ok(Json(Value::Object(controllers.open(&ns).await?.data())))
-}
-
-/// POST /ns/{ns}/{key}/{value}
-async fn ns_put(
-    Path((ns, key, value)): Path<(String, String, String)>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    let mut namespace = controllers.open(&ns).await?;
-    namespace.insert(&key, value)?;
-    Ok(Json(Value::Object(namespace.data())))
-}
-
-fn app(store: &FaultStore<RedisStore<Pool>>) -> Router {
-    Router::new()
-        .route("/ns/{ns}", get(ns_read))
-        .route("/ns/{ns}/{key}/{value}", post(ns_put))
-        .route("/plain", get(|| async { "plain" }))
-        .layer(SessionControllerLayer::new().with_clock(ManualClock::new(START)))
-        .layer(
-            SessionManagerLayer::new(MergingStore::new(store.clone()).with_store_lock())
-                .with_secure(false)
-                .with_expiry(Expiry::OnInactivity(Duration::hours(1))),
-        )
-}
-
-/// A visitor of one app: sends with its cookie, keeps the one it is given.
-struct Visitor<'a> {
-    app: &'a Router,
-    cookie: Option<String>,
-}
-
-impl<'a> Visitor<'a> {
-    fn new(app: &'a Router) -> Self {
-        Self { app, cookie: None }
-    }
-
-    /// The reply, and how long it took.
-    async fn send(&mut self, method: Method, uri: &str) -> (Reply, StdDuration) {
-        let started = Instant::now();
-        let reply = send(self.app, self.cookie.as_deref(), method, uri).await;
-        if let Some(set_cookie) = &reply.set_cookie {
-            self.cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
-        }
-        (reply, started.elapsed())
-    }
+/// The reply, and how long it took.
+async fn timed(
+    visitor: &mut Visitor,
+    app: &Router,
+    method: Method,
+    uri: &str,
+) -> (Reply, StdDuration) {
+    let started = Instant::now();
+    let reply = visitor.send(app, method, uri).await;
+    (reply, started.elapsed())
 }
 
 /// What must never reach a response body: the store's own words, its port among them.
@@ -357,23 +308,9 @@ const STORE_WORDS: [&str; 6] = [
 ];
 
 fn assert_clear_failure(reply: &Reply, took: StdDuration, what: &str, port: u16) {
-    assert_eq!(
-        reply.status,
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "{what}: {reply:?}"
-    );
-    assert!(
-        reply.body == "session store unavailable" || reply.body.is_empty(),
-        "{what}: body {:?}",
-        reply.body
-    );
-    for word in STORE_WORDS.into_iter().chain([port.to_string().as_str()]) {
-        assert!(!reply.body.contains(word), "{what}: body {:?}", reply.body);
-    }
-    assert_eq!(
-        reply.set_cookie, None,
-        "{what}: a failed request set a cookie"
-    );
+    let port = port.to_string();
+    let words: Vec<&str> = STORE_WORDS.into_iter().chain([port.as_str()]).collect();
+    crate::assert_store_failure(reply, what, &words);
     assert!(took < ANSWER_WITHIN, "{what}: took {took:?}");
 }
 
@@ -436,7 +373,7 @@ struct Seen {
 
 /// A visitor sending a write or a read every 10 ms until the phase is `Stop`.
 async fn background(app: Router, phase: Clock, n: usize) -> Vec<Seen> {
-    let mut cookie: Option<String> = None;
+    let mut visitor = Visitor::default();
     let mut seen = Vec::new();
     for i in 1.. {
         let at = phase.get();
@@ -448,17 +385,13 @@ async fn background(app: Router, phase: Clock, n: usize) -> Vec<Seen> {
         } else {
             (Method::GET, "/ns/load".to_owned())
         };
-        let started = Instant::now();
-        let reply = send(&app, cookie.as_deref(), method, &uri).await;
-        if let Some(set_cookie) = &reply.set_cookie {
-            cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
-        }
+        let (reply, took) = timed(&mut visitor, &app, method, &uri).await;
         seen.push(Seen {
             phase: at,
             until: phase.get(),
             uri,
             reply,
-            took: started.elapsed(),
+            took,
         });
         tokio::time::sleep(StdDuration::from_millis(10)).await;
     }
@@ -516,17 +449,22 @@ async fn through_a_restart(
     redis: &mut OwnRedis,
     store: RedisStore<Pool>,
 ) -> (StdDuration, StdDuration) {
-    let store = FaultStore::new(store);
-    let app = app(&store);
+    // The crate's layers as a multi-instance deployment runs them; the fault store injects
+    // nothing here: Redis itself goes away.
+    let app = app(
+        &FaultStore::new(store),
+        Stack::MergingLock,
+        &ManualClock::new(START),
+    );
     let label = "resilient pool";
     let phase = Clock::default();
     let loaders: Vec<_> = (0..4)
         .map(|n| tokio::spawn(background(app.clone(), phase.clone(), n)))
         .collect();
-    let mut visitor = Visitor::new(&app);
-    let (reply, _) = visitor.send(Method::POST, "/ns/cart/a/1").await;
+    let mut visitor = Visitor::default();
+    let (reply, _) = timed(&mut visitor, &app, Method::POST, "/ns/cart/a/1").await;
     assert_eq!(reply.status, StatusCode::OK, "{label}: before: {reply:?}");
-    let (reply, _) = visitor.send(Method::GET, "/ns/cart").await;
+    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"a": "1"}), "{label}: before");
 
     tokio::time::sleep(StdDuration::from_millis(100)).await;
@@ -542,21 +480,21 @@ async fn through_a_restart(
     ] {
         let what = format!("{label}: Redis down: {method} {uri} (anonymous: {anonymous})");
         let (reply, took) = if anonymous {
-            Visitor::new(&app).send(method, uri).await
+            timed(&mut Visitor::default(), &app, method, uri).await
         } else {
-            visitor.send(method, uri).await
+            timed(&mut visitor, &app, method, uri).await
         };
         assert_clear_failure(&reply, took, &what, redis.port);
         slowest = slowest.max(took);
     }
     // Requests that do not need the store answer as usual.
-    let (reply, took) = Visitor::new(&app).send(Method::GET, "/plain").await;
+    let (reply, took) = timed(&mut Visitor::default(), &app, Method::GET, "/plain").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
         (StatusCode::OK, "plain")
     );
     assert!(took < StdDuration::from_millis(500), "/plain took {took:?}");
-    let (reply, _) = Visitor::new(&app).send(Method::GET, "/ns/cart").await;
+    let (reply, _) = timed(&mut Visitor::default(), &app, Method::GET, "/ns/cart").await;
     assert_eq!((reply.status, reply.json()), (StatusCode::OK, json!({})));
     let errors = logs.lines_at("ERROR");
     assert!(
@@ -572,9 +510,9 @@ async fn through_a_restart(
     phase.set(Phase::Back);
     let started = Instant::now();
     // The same app, store and pool: the first request that succeeds after the restart.
-    let mut newcomer = Visitor::new(&app);
+    let mut newcomer = Visitor::default();
     loop {
-        let (reply, _) = newcomer.send(Method::POST, "/ns/cart/c/3").await;
+        let (reply, _) = timed(&mut newcomer, &app, Method::POST, "/ns/cart/c/3").await;
         if reply.status == StatusCode::OK {
             break;
         }
@@ -588,19 +526,19 @@ async fn through_a_restart(
     }
     let recovered = started.elapsed();
     phase.set(Phase::Serving);
-    let (reply, _) = newcomer.send(Method::GET, "/ns/cart").await;
+    let (reply, _) = timed(&mut newcomer, &app, Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"c": "3"}), "{label}: after");
 
     // The old visitor's session went with Redis' memory: it starts afresh, and writes again.
-    let (reply, _) = visitor.send(Method::GET, "/ns/cart").await;
+    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
     assert_eq!(
         (reply.status, reply.json()),
         (StatusCode::OK, json!({})),
         "{label}"
     );
-    let (reply, _) = visitor.send(Method::POST, "/ns/cart/d/4").await;
+    let (reply, _) = timed(&mut visitor, &app, Method::POST, "/ns/cart/d/4").await;
     assert_eq!(reply.status, StatusCode::OK, "{label}: after: {reply:?}");
-    let (reply, _) = visitor.send(Method::GET, "/ns/cart").await;
+    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"d": "4"}), "{label}: after");
 
     tokio::time::sleep(StdDuration::from_millis(300)).await;
@@ -617,7 +555,7 @@ async fn through_a_restart(
 #[tokio::test]
 async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts() {
     const TEST: &str =
-        "redis_restart::requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts";
+        "faults::redis_restart::requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts";
     let mut redis = match OwnRedis::start() {
         Ok(redis) => redis,
         Err(why) => return services::missing(TEST, &why),
@@ -625,7 +563,7 @@ async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts
     let kind = PoolKind::Resilient {
         command_timeout: COMMAND_TIMEOUT,
     };
-    let (store, pool) = services::connect_to(&redis.url(), kind)
+    let (store, pool) = services::connect_redis(&redis.url(), kind)
         .await
         .unwrap_or_else(|err| panic!("{TEST}: the test's own Redis cannot be reached: {err}"));
     let outcome = AssertUnwindSafe(through_a_restart(&mut redis, store))

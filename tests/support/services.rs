@@ -1,9 +1,13 @@
-//! The local Redis for the fault tests: where it is (`REDIS_URL`, default
-//! `redis://127.0.0.1:6379`), and what a test does when it cannot be reached: prints
-//! `SKIPPED <test>: ...` and passes, or fails under `REQUIRE_SERVICES=1` (as in `tests/stores/`).
+//! The machine's servers for the tests that use them: where they are (`REDIS_URL`, default
+//! `redis://127.0.0.1:6379`; `DATABASE_URL`, default `postgres://postgres@127.0.0.1:5432/test`),
+//! how a test connects to Redis, and what a test does when a server cannot be reached: prints
+//! `SKIPPED <test>: ...` and passes, or fails under `REQUIRE_SERVICES=1`.
+//!
+//! Included with `#[path]` by the files that use a server (`faults.rs`, `soak.rs`,
+//! `stores/main.rs`), not by `mod.rs`, so that the other tests do not link the Redis client.
 #![allow(dead_code)]
 
-use std::{env, time::Duration};
+use std::{env, fmt, time::Duration};
 
 use tower_sessions_redis_store::{
     fred::{
@@ -13,11 +17,16 @@ use tower_sessions_redis_store::{
     RedisStore,
 };
 
-/// How long a test waits for Redis to answer before calling it unreachable.
+/// How long a test waits for a server to answer before calling it unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn redis_url() -> String {
     env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+pub fn database_url() -> String {
+    env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
 }
 
 pub fn services_required() -> bool {
@@ -33,18 +42,34 @@ pub fn missing(test: &str, why: &str) {
     eprintln!("SKIPPED {test}: {why} (set REQUIRE_SERVICES=1 to make this a failure)");
 }
 
-/// Redis cannot be reached: a failure under `REQUIRE_SERVICES=1`, otherwise a skip that says so.
-pub fn unreachable(test: &str, err: &str) {
+/// The server `service` at `url` cannot be reached: a failure under `REQUIRE_SERVICES=1`,
+/// otherwise a skip that says so.
+pub fn unreachable(test: &str, service: &str, url: &str, err: &dyn fmt::Display) {
     missing(
         test,
-        &format!("Redis at {} cannot be reached: {err}", redis_url()),
+        &format!("{service} at {} cannot be reached: {err}", redact(url)),
     );
 }
 
-/// How the pool is built.
+/// `url` with its password, if any, replaced by `***`: the URLs are printed.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// How the Redis pool is built.
 #[derive(Debug, Clone, Copy)]
 pub enum PoolKind {
-    /// As `tests/stores/` builds it: fred's defaults, no reconnect policy.
+    /// As `tests/stores/` and the example build it: fred's defaults, no reconnect policy.
     Plain,
     /// As a service that must outlive a Redis restart builds it: reconnect every 100 ms for ever,
     /// and give up on a command after `command_timeout` instead of queueing it until Redis is
@@ -52,13 +77,8 @@ pub enum PoolKind {
     Resilient { command_timeout: Duration },
 }
 
-/// A Redis store on a pool of its own, on the Redis at `REDIS_URL`, or why not.
-pub async fn connect(kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
-    connect_to(&redis_url(), kind).await
-}
-
 /// A Redis store on a pool of its own, on the Redis at `url`, or why not.
-pub async fn connect_to(url: &str, kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
+pub async fn connect_redis(url: &str, kind: PoolKind) -> Result<(RedisStore<Pool>, Pool), String> {
     let config = Config::from_url(url).map_err(|err| err.to_string())?;
     let pool = match kind {
         PoolKind::Plain => Pool::new(config, None, None, None, 4),
@@ -86,12 +106,13 @@ pub async fn connect_to(url: &str, kind: PoolKind) -> Result<(RedisStore<Pool>, 
     }
 }
 
-/// A Redis store for `test`, or `None` after reporting the skip.
+/// A Redis store at `REDIS_URL` for `test`, or `None` after reporting the skip.
 pub async fn redis(test: &str, kind: PoolKind) -> Option<(RedisStore<Pool>, Pool)> {
-    match connect(kind).await {
+    let url = redis_url();
+    match connect_redis(&url, kind).await {
         Ok(connected) => Some(connected),
         Err(err) => {
-            unreachable(test, &err);
+            unreachable(test, "Redis", &url, &err);
             None
         }
     }

@@ -21,7 +21,7 @@ use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
 };
 
-use support::{CountingStore, Logs, Reply, TestApp, START};
+use support::{routes, CountingStore, Logs, Reply, TestApp, START};
 
 // ---------------------------------------------------------------------------------------------
 // Namespaces and handlers
@@ -105,10 +105,6 @@ async fn seed(controllers: SessionControllers) -> Result<String, Error> {
     let mut other = controllers.open("other").await?;
     other.insert("keep", true)?;
     Ok(other.to_json())
-}
-
-async fn read(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
-    Ok(controllers.open(&ns).await?.to_json())
 }
 
 async fn write(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
@@ -225,7 +221,7 @@ async fn read_hostile_user_keys(controllers: SessionControllers) -> Result<Strin
 fn routes() -> Router {
     Router::new()
         .route("/seed", post(seed))
-        .route("/read/{ns}", get(read))
+        .route("/read/{ns}", get(routes::namespace_json))
         .route("/write/{ns}", post(write))
         .route("/cart", get(read_cart).post(add_to_cart))
         .route("/cart/then-map", get(read_cart_then_map))
@@ -252,7 +248,7 @@ fn late_routes(late: Late) -> Router {
 /// The routes a misconfigured router is built from: one per extractor.
 fn extractor_routes() -> Router {
     Router::new()
-        .route("/controllers", get(read).post(write))
+        .route("/controllers", get(routes::namespace_json).post(write))
         .route("/keyed", get(read_cart).post(add_to_cart))
 }
 

@@ -38,7 +38,10 @@
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the Redis tests print
 //! `SKIPPED ...` and pass, unless `REQUIRE_SERVICES=1`. Every Redis record a test wrote is
-//! deleted at its end.
+//! deleted at its end, and nothing else on that server is touched.
+//!
+//! `faults/redis_restart.rs`: Redis stopped and started again under a running app, on a
+//! `redis-server` the test starts for itself.
 
 #[path = "faults/fault_store.rs"]
 mod fault_store;

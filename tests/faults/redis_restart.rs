@@ -21,6 +21,10 @@
 //! after the restart, seen here, its first command fails with "Connection closed" and every
 //! later one waits for ever, so requests hang instead of failing, even once Redis is back.
 //!
+//! The app is the fault tests' own (`crate::app` on `Stack::MergingLock`, its fault store
+//! injecting nothing: Redis itself goes away), and the test runs beside them in their binary: the
+//! server it stops is its own, so no other test sees Redis go down.
+//!
 //! Without a `redis-server` on the `PATH` the test prints `SKIPPED ...` and passes, unless
 //! `REQUIRE_SERVICES=1`.
 

@@ -24,6 +24,8 @@ mod stored_layout;
 #[path = "../support/mod.rs"]
 mod support;
 
+use std::collections::HashMap;
+
 use axum::{
     extract::{Path, Request},
     http::StatusCode,
@@ -354,6 +356,16 @@ async fn insert_value_for(
         .await;
     reply.assert_ok();
     reply
+}
+
+/// An app whose visitor has a stored session holding only the namespace `other`, with the
+/// session's stored data, and the store's counters reset.
+async fn app_with_another_namespace() -> (TestApp, HashMap<String, Value>) {
+    let mut app = app();
+    insert_value(&mut app, "other", "a", "1").await;
+    let before = app.record().await.expect("session stored").data;
+    app.store.take_calls();
+    (app, before)
 }
 
 async fn read_ns(app: &mut TestApp, key: &str) -> Value {

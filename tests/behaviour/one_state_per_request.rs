@@ -2,7 +2,7 @@
 //! reach the handler, and a `Keyed<T>` alive beside another controller of its namespace is
 //! `Error::NamespaceInUse` instead of a second copy that would diverge.
 
-use axum::{http::StatusCode, middleware};
+use axum::middleware;
 use serde_json::json;
 use tower_sessions_controller::{Namespace, DEFAULT_EXPIRY, STAMP_KEY};
 
@@ -56,8 +56,7 @@ async fn opening_a_key_while_its_keyed_is_alive_is_namespace_in_use() {
 
     let reply = app.post("/keyed_then_open").await;
 
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(reply.body.contains("already open"), "body: {}", reply.body);
+    reply.assert_error("already open");
     assert_eq!(app.stored(Cart::KEY).await, before);
 }
 
@@ -67,8 +66,7 @@ async fn extracting_keyed_while_a_controller_for_its_key_is_alive_is_namespace_i
 
     let reply = app.post("/open_then_keyed").await;
 
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(reply.body.contains("already open"), "body: {}", reply.body);
+    reply.assert_error("already open");
     assert!(reply.set_cookie.is_none());
     app.assert_calls(Calls::NONE);
 }
@@ -79,8 +77,7 @@ async fn extracting_the_same_keyed_twice_is_namespace_in_use() {
 
     let reply = app.get("/keyed_twice").await;
 
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(reply.body.contains("already open"), "body: {}", reply.body);
+    reply.assert_error("already open");
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use time::Duration;
 use tower_sessions_controller::{DEFAULT_EXPIRY, STAMP_KEY};
 
 use crate::{
-    app, insert_value,
+    app, app_with_another_namespace, insert_value,
     support::{instant, seconds, Calls, START},
 };
 
@@ -68,10 +68,7 @@ async fn removing_a_missing_key_is_a_no_op_without_a_save() {
 
 #[tokio::test]
 async fn removing_from_an_absent_namespace_is_a_no_op_without_a_save() {
-    let mut app = app();
-    insert_value(&mut app, "other", "a", "1").await;
-    let before = app.record().await.expect("session stored").data;
-    app.store.take_calls();
+    let (mut app, before) = app_with_another_namespace().await;
 
     let reply = app.post("/remove/ghost/a").await;
     reply.assert_ok();
@@ -83,10 +80,7 @@ async fn removing_from_an_absent_namespace_is_a_no_op_without_a_save() {
 
 #[tokio::test]
 async fn purging_an_absent_namespace_is_a_no_op_without_a_save() {
-    let mut app = app();
-    insert_value(&mut app, "other", "a", "1").await;
-    let before = app.record().await.expect("session stored").data;
-    app.store.take_calls();
+    let (mut app, before) = app_with_another_namespace().await;
 
     let reply = app.post("/purge/ghost").await;
     reply.assert_ok();

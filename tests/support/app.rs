@@ -36,6 +36,12 @@ impl Reply {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
     }
 
+    /// Checks the request failed with a `500` whose body says `words`.
+    pub fn assert_error(&self, words: &str) {
+        assert_eq!(self.status, StatusCode::INTERNAL_SERVER_ERROR, "{self:?}");
+        assert!(self.body.contains(words), "body: {}", self.body);
+    }
+
     /// Checks the response set no cookie: no session was created, changed or removed.
     pub fn assert_no_cookie(&self) {
         assert!(self.set_cookie.is_none(), "{:?}", self.set_cookie);

@@ -466,9 +466,9 @@ async fn through_a_restart(
         .map(|n| tokio::spawn(background(app.clone(), phase.clone(), n)))
         .collect();
     let mut visitor = Visitor::default();
-    let (reply, _) = timed(&mut visitor, &app, Method::POST, "/ns/cart/a/1").await;
+    let reply = visitor.post(&app, "/ns/cart/a/1").await;
     assert_eq!(reply.status, StatusCode::OK, "{label}: before: {reply:?}");
-    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
+    let reply = visitor.get(&app, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"a": "1"}), "{label}: before");
 
     tokio::time::sleep(StdDuration::from_millis(100)).await;
@@ -498,7 +498,7 @@ async fn through_a_restart(
         (StatusCode::OK, "plain")
     );
     assert!(took < StdDuration::from_millis(500), "/plain took {took:?}");
-    let (reply, _) = timed(&mut Visitor::default(), &app, Method::GET, "/ns/cart").await;
+    let reply = Visitor::default().get(&app, "/ns/cart").await;
     assert_eq!((reply.status, reply.json()), (StatusCode::OK, json!({})));
     let errors = logs.lines_at("ERROR");
     assert!(
@@ -516,7 +516,7 @@ async fn through_a_restart(
     // The same app, store and pool: the first request that succeeds after the restart.
     let mut newcomer = Visitor::default();
     loop {
-        let (reply, _) = timed(&mut newcomer, &app, Method::POST, "/ns/cart/c/3").await;
+        let reply = newcomer.post(&app, "/ns/cart/c/3").await;
         if reply.status == StatusCode::OK {
             break;
         }
@@ -530,19 +530,19 @@ async fn through_a_restart(
     }
     let recovered = started.elapsed();
     phase.set(Phase::Serving);
-    let (reply, _) = timed(&mut newcomer, &app, Method::GET, "/ns/cart").await;
+    let reply = newcomer.get(&app, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"c": "3"}), "{label}: after");
 
     // The old visitor's session went with Redis' memory: it starts afresh, and writes again.
-    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
+    let reply = visitor.get(&app, "/ns/cart").await;
     assert_eq!(
         (reply.status, reply.json()),
         (StatusCode::OK, json!({})),
         "{label}"
     );
-    let (reply, _) = timed(&mut visitor, &app, Method::POST, "/ns/cart/d/4").await;
+    let reply = visitor.post(&app, "/ns/cart/d/4").await;
     assert_eq!(reply.status, StatusCode::OK, "{label}: after: {reply:?}");
-    let (reply, _) = timed(&mut visitor, &app, Method::GET, "/ns/cart").await;
+    let reply = visitor.get(&app, "/ns/cart").await;
     assert_eq!(reply.json(), json!({"d": "4"}), "{label}: after");
 
     tokio::time::sleep(StdDuration::from_millis(300)).await;

@@ -21,7 +21,7 @@ use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
 };
 
-use support::{CountingStore, Logs, Reply, TestApp, START};
+use support::{routes, CountingStore, Logs, Reply, TestApp, START};
 
 // ---------------------------------------------------------------------------------------------
 // Namespaces and handlers
@@ -105,10 +105,6 @@ async fn seed(controllers: SessionControllers) -> Result<String, Error> {
     let mut other = controllers.open("other").await?;
     other.insert("keep", true)?;
     Ok(other.to_json())
-}
-
-async fn read(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
-    Ok(controllers.open(&ns).await?.to_json())
 }
 
 async fn write(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
@@ -225,7 +221,7 @@ async fn read_hostile_user_keys(controllers: SessionControllers) -> Result<Strin
 fn routes() -> Router {
     Router::new()
         .route("/seed", post(seed))
-        .route("/read/{ns}", get(read))
+        .route("/read/{ns}", get(routes::namespace_json))
         .route("/write/{ns}", post(write))
         .route("/cart", get(read_cart).post(add_to_cart))
         .route("/cart/then-map", get(read_cart_then_map))
@@ -252,7 +248,7 @@ fn late_routes(late: Late) -> Router {
 /// The routes a misconfigured router is built from: one per extractor.
 fn extractor_routes() -> Router {
     Router::new()
-        .route("/controllers", get(read).post(write))
+        .route("/controllers", get(routes::namespace_json).post(write))
         .route("/keyed", get(read_cart).post(add_to_cart))
 }
 
@@ -967,12 +963,12 @@ async fn a_keyed_changed_in_a_spawned_task_after_the_response_is_not_stored_and_
 async fn a_garbage_session_cookie_gives_a_fresh_empty_session() {
     let mut app = seeded_app().await;
     assert_eq!(app.post("/apples").await.status, StatusCode::OK);
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let typed = app.get("/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -989,12 +985,12 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
     assert_eq!(owner.post("/apples").await.status, StatusCode::OK);
     let forged = format!("id={}", Id::default());
     let mut app = owner.visitor();
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
     let typed = app.get("/cart").await;
-    app.cookie = Some(forged);
+    app.visitor.cookie = Some(forged);
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -1010,7 +1006,7 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
 async fn a_write_under_a_forged_session_id_is_stored_under_a_new_id() {
     let mut app = TestApp::new(routes());
     let forged = Id::default();
-    app.cookie = Some(format!("id={forged}"));
+    app.visitor.cookie = Some(format!("id={forged}"));
 
     let reply = app.post("/write/cart").await;
 

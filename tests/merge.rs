@@ -14,7 +14,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{Calls, CountingStore, TestApp};
+use support::{routes, Calls, CountingStore, TestApp};
 use tokio::sync::Barrier;
 use tower_sessions::{
     session::{Id, Record},
@@ -126,10 +126,6 @@ async fn purge(
     Ok(())
 }
 
-async fn read(Path(ns): Path<String>, controllers: SessionControllers) -> Result<String, Error> {
-    Ok(controllers.open(&ns).await?.to_json())
-}
-
 /// A write that does not wait: sets up the session before the overlapping pair.
 async fn seed(Path(ns): Path<String>, controllers: SessionControllers) -> Result<(), Error> {
     controllers.open(&ns).await?.insert("seed", true)?;
@@ -145,7 +141,7 @@ fn routes(parties: usize) -> Router {
         .route("/profile-then-read/{value}", post(set_name_then_read))
         .route("/seed-profile", post(seed_profile))
         .route("/purge/{ns}", post(purge))
-        .route("/read/{ns}", get(read))
+        .route("/read/{ns}", get(routes::namespace_json))
         .route("/seed/{ns}", post(seed))
         .layer(Extension(Arc::new(Barrier::new(parties))))
 }
@@ -274,13 +270,7 @@ async fn under_merging_a_read_only_request_loads_once_and_saves_nothing() {
     let mut app = merging_app().await;
     app.store.take_calls();
     assert_eq!(app.get("/read/cart").await.body, r#"{"seed":true}"#);
-    assert_eq!(
-        app.store.take_calls(),
-        Calls {
-            load: 1,
-            ..Calls::default()
-        }
-    );
+    app.assert_calls(Calls::LOAD);
 }
 
 #[tokio::test]
@@ -289,14 +279,10 @@ async fn under_merging_a_write_costs_one_extra_load() {
     assert_eq!(app.post("/seed/cart").await.status, 200);
     app.store.take_calls();
     assert_eq!(app.post("/insert/cart/a").await.status, 200);
-    assert_eq!(
-        app.store.take_calls(),
-        Calls {
-            load: 2,
-            save: 1,
-            ..Calls::default()
-        }
-    );
+    app.assert_calls(Calls {
+        load: 2,
+        ..Calls::LOAD_SAVE
+    });
 }
 
 #[tokio::test]
@@ -305,7 +291,7 @@ async fn under_merging_a_first_visit_that_only_reads_costs_no_store_call() {
     let reply = app.get("/read/cart").await;
     assert_eq!(reply.body, "{}");
     assert_eq!(reply.set_cookie, None);
-    assert_eq!(app.store.take_calls(), Calls::default());
+    app.assert_calls(Calls::NONE);
 }
 
 /// A shared store that yields before every call, as a network store would: it opens the window

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
+    budget,
     entry::Entry,
     error::Error,
     expiry::{self, ExpiryPolicy, Lifetime},
@@ -160,7 +161,7 @@ impl SessionControllers {
         entry.open(policy, self.request.now)?;
         Ok(SessionController {
             entry,
-            budget: self.request.budget,
+            budget: self.request.limits.budget,
             request: Arc::clone(&self.request),
             policy,
         })
@@ -268,17 +269,19 @@ impl SessionController {
         self.policy
     }
 
-    /// Sets the budget of inserts through this controller, in bytes of the namespace's user data
-    /// serialized as JSON, instead of the layer's
+    /// Sets the budget of writes through this controller, in bytes of the namespace as stored
+    /// (its user data and its stamp, counts and keys' lifetimes, serialized as JSON), instead of
+    /// the layer's
     /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget)).
     ///
     /// ```
     /// # use tower_sessions_controller::Error;
     /// # tower_sessions_controller::__doc_controller(|cart| {
-    /// let mut cart = cart.with_budget(32);
-    /// cart.insert("apples", 3)?; // {"apples":3} is 12 bytes
+    /// let mut cart = cart.with_budget(64);
+    /// // {"apples":3,"_timeout_datestamp":1795629985.363972}: about 52 bytes
+    /// cart.insert("apples", 3)?;
     /// let err = cart.insert("note", "a note far too long for the budget").unwrap_err();
-    /// assert!(matches!(err, Error::OverBudget { limit: 32, .. }));
+    /// assert!(matches!(err, Error::OverBudget { limit: 64, .. }));
     /// assert!(!cart.contains_key("note"));
     /// # Ok::<(), Error>(())
     /// # });
@@ -350,6 +353,16 @@ impl SessionController {
     ///
     /// On error nothing is written.
     pub fn insert(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
+        self.insert_for(key, value, None)
+    }
+
+    /// [`insert`](Self::insert), giving the key its own `lifetime` in the same step.
+    fn insert_for(
+        &mut self,
+        key: &str,
+        value: impl Serialize,
+        lifetime: Option<Lifetime>,
+    ) -> Result<(), Error> {
         if stored::is_reserved(key) {
             return Err(Error::ReservedKey {
                 key: key.to_owned(),
@@ -360,10 +373,20 @@ impl SessionController {
             key: Some(key.to_owned()),
             source,
         })?;
+        let max_depth = self.request.limits.max_depth;
+        if budget::is_deeper_than(&value, max_depth) {
+            return Err(Error::TooDeep {
+                namespace: self.key().to_owned(),
+                key: Some(key.to_owned()),
+                limit: max_depth,
+            });
+        }
+        let now = self.request.now;
         self.entry.insert(
             key.to_owned(),
             value,
-            self.request.now,
+            lifetime.map(|lifetime| lifetime.deadline(now)),
+            now,
             self.policy,
             self.budget,
         )?;
@@ -408,9 +431,9 @@ impl SessionController {
                 });
             }
         }
-        self.request.warn_if_responded(self.key(), "changed");
         self.entry
-            .set_lifetime(key, lifetime.deadline(self.request.now));
+            .set_lifetime(key, lifetime.deadline(self.request.now), self.budget)?;
+        self.request.warn_if_responded(self.key(), "changed");
         Ok(())
     }
 
@@ -430,8 +453,7 @@ impl SessionController {
     ///
     /// As [`insert`](Self::insert); on error nothing is written.
     pub fn flash(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
-        self.insert(key, value)?;
-        self.set_lifetime(key, Lifetime::Hops(NonZeroU32::MIN))
+        self.insert_for(key, value, Some(Lifetime::Hops(NonZeroU32::MIN)))
     }
 
     /// Removes `key` (and its lifetime) and returns its value; `None` (and no change) if it was

@@ -38,16 +38,26 @@ pub(crate) struct Entry {
     slot: Mutex<Slot>,
 }
 
+/// What a write must fit in: the namespace's budget in bytes, and how deep its values may nest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) budget: usize,
+    pub(crate) max_depth: usize,
+}
+
 /// What an entry holds, behind its lock.
 struct Slot {
     /// The namespace as the request sees it: the user's keys, the deadline and the keys'
     /// lifetimes. While a typed value stands for the namespace, the map holds what the namespace
-    /// was before that value (empty if it was lent).
+    /// was before that value (empty if it went with a loan).
     contents: Stored,
     /// Where the namespace's data is: see [`Form`].
     form: Form,
-    /// The budget a `Keyed` write must fit in; checked when the flush serializes it.
-    typed_budget: Option<usize>,
+    /// The limits a `Keyed` write must fit in; checked when the flush serializes it.
+    typed_limits: Option<Limits>,
+    /// A typed value that could not be turned back into a map when a runtime controller needed
+    /// it: the flush fails with this error instead of writing anything.
+    failure: Option<Error>,
     /// The serialized size of the map in bytes, once an insert has needed it.
     size: Option<Size>,
     /// An opening in this request has applied the policy's effect of opening.
@@ -68,17 +78,46 @@ enum Form {
     /// The map is the namespace.
     Map,
     /// A `Keyed` holds the namespace now. `written`: what it was lent holds a write the map does
-    /// not; `map_lent`: the map went with the loan (the session still holds it as loaded).
-    Lent { written: bool, map_lent: bool },
+    /// not.
+    Lent { written: bool, base: Base },
     /// A `Keyed` gave back a value that stands for the namespace.
     Typed {
         value: Box<dyn TypedContent>,
         written: bool,
-        map_lent: bool,
+        base: Base,
     },
-    /// The map went with a loan that gave back nothing standing for the namespace (its type
-    /// could not read it): it must be read again from the session before use.
+    /// The map went with a loan that gave back nothing standing for the namespace: it must be
+    /// read again from the session before use.
     MapLent,
+}
+
+/// What a namespace held when it was lent, which a typed write is compared with for a merge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Base {
+    /// A map its type read; `lent`: the map went with the loan (the session still holds it as
+    /// loaded).
+    Map { lent: bool },
+    /// Nothing: a write is compared with its type's default.
+    Empty,
+    /// Data its type could not read (`lent` as for `Map`): a write replaces it.
+    Unreadable { lent: bool },
+}
+
+impl Base {
+    fn lent(self) -> bool {
+        matches!(
+            self,
+            Self::Map { lent: true } | Self::Unreadable { lent: true }
+        )
+    }
+
+    fn reloaded(self) -> Self {
+        match self {
+            Self::Map { .. } => Self::Map { lent: false },
+            Self::Unreadable { .. } => Self::Unreadable { lent: false },
+            Self::Empty => Self::Empty,
+        }
+    }
 }
 
 /// Whether an entry's map must be read again from the session, and when.
@@ -114,8 +153,8 @@ pub(crate) struct Return<T> {
     pub(crate) stands: bool,
     /// It was purged at some point: the namespace starts afresh.
     pub(crate) purged: bool,
-    /// Its write, and the budget the write must fit in.
-    pub(crate) write: Option<(Write, usize)>,
+    /// Its write, and the limits the write must fit in.
+    pub(crate) write: Option<(Write, Limits)>,
 }
 
 /// The values a namespace can be lent as: a [`Namespace`](crate::Namespace) type.
@@ -129,13 +168,19 @@ impl<T: Serialize + DeserializeOwned + Default + Send + Sync + 'static> Lendable
 /// A typed value with its type erased, so the flush can serialize it.
 trait TypedContent: Send + Sync {
     fn to_value(&self) -> Result<Value, serde_json::Error>;
+    /// The type's default, serialized: what a first write is compared with.
+    fn default_value(&self) -> Result<Value, serde_json::Error>;
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
 
-impl<T: Serialize + Send + Sync + 'static> TypedContent for T {
+impl<T: Lendable> TypedContent for T {
     fn to_value(&self) -> Result<Value, serde_json::Error> {
         serde_json::to_value(self)
+    }
+
+    fn default_value(&self) -> Result<Value, serde_json::Error> {
+        serde_json::to_value(T::default())
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -160,7 +205,8 @@ impl Entry {
         let mut slot = Slot {
             contents: Stored::default(),
             form: Form::Map,
-            typed_budget: None,
+            typed_limits: None,
+            failure: None,
             size: None,
             opened: false,
             written_past_deadline: false,
@@ -304,16 +350,17 @@ impl Entry {
         self.lock().contents.deadline
     }
 
-    /// Stores `value` under `key` and applies `policy`'s write.
+    /// Stores `value` under `key`, with its own `lifetime` if given, and applies `policy`'s write.
     ///
     /// # Errors
     ///
-    /// [`Error::OverBudget`] if the namespace would serialize to more than `budget` bytes; then
-    /// nothing changes.
+    /// [`Error::OverBudget`] if the namespace as stored would be larger than `budget` bytes;
+    /// then nothing changes.
     pub(crate) fn insert(
         &self,
         key: String,
         value: Value,
+        lifetime: Option<KeyDeadline>,
         now: OffsetDateTime,
         policy: ExpiryPolicy,
         budget: usize,
@@ -321,37 +368,85 @@ impl Entry {
         let mut slot = self.lock();
         let slot = &mut *slot;
         self.map(slot);
-        let map = &slot.contents.map;
-        let mut size = slot.size.unwrap_or_else(|| budget::bounds(map));
-        let mut after = budget::with_entry(size, map, &key, &value);
-        if after.high > budget && !size.is_exact() {
-            // Close to the budget: the bounds cannot tell, so count.
-            size = budget::exact(map);
-            after = budget::with_entry(size, map, &key, &value);
-        }
-        slot.size = Some(size);
-        if after.low > budget {
-            return Err(Error::OverBudget {
-                namespace: self.namespace.clone(),
-                key: Some(key),
-                size: after.low,
-                limit: budget,
-            });
-        }
+        let write = policy.write(slot.contents.deadline, now);
+        let lifetimes = lifetimes_with(&slot.contents.lifetimes, &key, lifetime);
+        let extra = budget::bookkeeping(write.deadline, lifetimes, |held| {
+            held == key || slot.contents.map.contains_key(held)
+        });
+        let size = self.fit(slot, Some(&key), budget, extra, |size, map| {
+            budget::with_entry(size, map, &key, &value)
+        })?;
         slot.contents.map.insert(key.clone(), value);
-        slot.size = Some(after);
+        slot.size = Some(size);
+        if let Some(lifetime) = lifetime {
+            slot.contents.lifetimes.insert(key.clone(), lifetime);
+        }
         slot.ops.touched.insert(key);
-        slot.apply_write(policy.write(slot.contents.deadline, now));
+        slot.ops.budget = Some(budget);
+        slot.apply_write(write);
         Ok(())
     }
 
     /// Gives `key` its own lifetime, whether or not it holds a value yet: set before the value,
     /// it applies to the value inserted later in the request.
-    pub(crate) fn set_lifetime(&self, key: &str, deadline: KeyDeadline) {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OverBudget`] if the namespace as stored would be larger than `budget` bytes;
+    /// then nothing changes.
+    pub(crate) fn set_lifetime(
+        &self,
+        key: &str,
+        deadline: KeyDeadline,
+        budget: usize,
+    ) -> Result<(), Error> {
         let mut slot = self.lock();
+        let slot = &mut *slot;
+        if self.map(slot).contains_key(key) {
+            // Only the lifetime of a key that holds a value is stored.
+            let lifetimes = lifetimes_with(&slot.contents.lifetimes, key, Some(deadline));
+            let extra = budget::bookkeeping(slot.contents.deadline, lifetimes, |held| {
+                slot.contents.map.contains_key(held)
+            });
+            let size = self.fit(slot, Some(key), budget, extra, |size, _| size)?;
+            slot.size = Some(size);
+            slot.ops.budget = Some(budget);
+        }
         slot.contents.lifetimes.insert(key.to_owned(), deadline);
         slot.ops.touched.insert(key.to_owned());
         slot.changed = true;
+        Ok(())
+    }
+
+    /// The size of the user data after a change (`after`, from the size measured so far and the
+    /// map before the change), if it and `extra` bytes of bookkeeping fit in `budget`. The bounds
+    /// decide when they can; near the budget the map is counted exactly.
+    fn fit(
+        &self,
+        slot: &mut Slot,
+        key: Option<&str>,
+        budget: usize,
+        extra: usize,
+        after: impl Fn(Size, &Map<String, Value>) -> Size,
+    ) -> Result<Size, Error> {
+        let map = &slot.contents.map;
+        let mut size = slot.size.unwrap_or_else(|| budget::bounds(map));
+        let mut changed = after(size, map);
+        if changed.high.saturating_add(extra) > budget && !size.is_exact() {
+            size = budget::exact(map);
+            changed = after(size, map);
+        }
+        slot.size = Some(size);
+        let total = changed.low.saturating_add(extra);
+        if total > budget {
+            return Err(Error::OverBudget {
+                namespace: self.namespace.clone(),
+                key: key.map(str::to_owned),
+                size: total,
+                limit: budget,
+            });
+        }
+        Ok(changed)
     }
 
     /// Removes `key` and its lifetime; removing the last key removes the deadline too.
@@ -373,20 +468,21 @@ impl Entry {
         self.lock().purge();
     }
 
-    /// Lends the namespace as a `T`: the stored value of a `T` given back earlier, or the map
-    /// read as a `T`, or `T::default()` for an empty or unreadable namespace (then `stands` is
-    /// false).
+    /// Lends the namespace as a `T`: the value of a `T` given back earlier, or the map read as a
+    /// `T`, or `T::default()` for an empty or unreadable namespace (then it does not stand for the
+    /// namespace).
     ///
-    /// The map is moved into `T` unless the namespace is to be written back anyway (it slid on
-    /// access, or keys expired): a failed read must not lose what the flush writes.
+    /// The map goes with the loan (moved into `T`) unless the namespace is to be written back
+    /// anyway (it slid on access, or keys expired): a failed read must not lose what the flush
+    /// writes.
     fn lend<T: Lendable>(&self, slot: &mut Slot) -> (T, bool) {
         match mem::replace(&mut slot.form, Form::Map) {
             Form::Typed {
                 value,
                 written,
-                map_lent,
+                base,
             } if value.as_any().is::<T>() => {
-                slot.form = Form::Lent { written, map_lent };
+                slot.form = Form::Lent { written, base };
                 return match value.into_any().downcast::<T>() {
                     Ok(value) => (*value, true),
                     Err(_) => (T::default(), false),
@@ -396,25 +492,22 @@ impl Entry {
         }
         // Another type with the same key left a value: go through the map.
         self.map(slot);
-        slot.form = Form::Lent {
-            written: false,
-            map_lent: false,
-        };
         if slot.contents.map.is_empty() {
-            return (T::default(), false);
-        }
-        let read = if slot.changed {
-            T::deserialize(&slot.contents.map)
-        } else {
-            slot.size = None;
             slot.form = Form::Lent {
                 written: false,
-                map_lent: true,
+                base: Base::Empty,
             };
+            return (T::default(), false);
+        }
+        let lent = !slot.changed;
+        let read = if lent {
+            slot.size = None;
             serde_json::from_value(Value::Object(mem::take(&mut slot.contents.map)))
+        } else {
+            T::deserialize(&slot.contents.map)
         };
-        match read {
-            Ok(value) => (value, true),
+        let (value, base) = match read {
+            Ok(value) => (Some(value), Base::Map { lent }),
             Err(err) => {
                 tracing::warn!(
                     namespace = self.namespace,
@@ -422,38 +515,48 @@ impl Entry {
                     "stored namespace does not deserialize into its type: treating it as \
                      empty; the next write replaces it"
                 );
-                (T::default(), false)
+                (None, Base::Unreadable { lent })
             }
+        };
+        slot.form = Form::Lent {
+            written: false,
+            base,
+        };
+        match value {
+            Some(value) => (value, true),
+            None => (T::default(), false),
         }
     }
 
     /// Takes back what a `Keyed` was lent.
     pub(crate) fn take_back<T: Lendable>(&self, returned: Return<T>) {
         let mut slot = self.lock();
-        let (mut written, mut map_lent) = match slot.form {
-            Form::Lent { written, map_lent } => (written, map_lent),
-            _ => (false, false),
+        let (mut written, mut base) = match slot.form {
+            Form::Lent { written, base } => (written, base),
+            _ => (false, Base::Empty),
         };
         if returned.purged {
             slot.purge();
-            (written, map_lent) = (false, false);
+            (written, base) = (false, Base::Empty);
         }
-        slot.form = if let Some((write, budget)) = returned.write {
+        slot.form = if let Some((write, limits)) = returned.write {
             slot.apply_write(write);
-            slot.typed_budget = Some(budget);
+            slot.typed_limits = Some(limits);
+            slot.ops.typed = true;
+            slot.ops.budget = Some(limits.budget);
             Form::Typed {
                 value: Box::new(returned.value),
                 written: true,
-                map_lent,
+                base,
             }
         } else if returned.stands && !returned.purged {
             // Unchanged: keep the value so a later `Keyed<T>` need not deserialize again.
             Form::Typed {
                 value: Box::new(returned.value),
                 written,
-                map_lent,
+                base,
             }
-        } else if map_lent {
+        } else if base.lent() {
             Form::MapLent
         } else {
             Form::Map
@@ -466,7 +569,7 @@ impl Entry {
             Form::MapLent => MapNeed::Yes,
             Form::Typed {
                 written: true,
-                map_lent: true,
+                base: Base::Map { lent: true },
                 ..
             } => MapNeed::IfMerging,
             _ => MapNeed::No,
@@ -482,14 +585,18 @@ impl Entry {
             .unwrap_or_default();
         let mut slot = self.lock();
         slot.form = match mem::replace(&mut slot.form, Form::Map) {
-            Form::Typed { value, written, .. } => Form::Typed {
+            Form::Typed {
                 value,
                 written,
-                map_lent: false,
-            },
-            Form::Lent { written, .. } => Form::Lent {
+                base,
+            } => Form::Typed {
+                value,
                 written,
-                map_lent: false,
+                base: base.reloaded(),
+            },
+            Form::Lent { written, base } => Form::Lent {
+                written,
+                base: base.reloaded(),
             },
             Form::Map | Form::MapLent => Form::Map,
         };
@@ -507,30 +614,35 @@ impl Entry {
     ///
     /// # Errors
     ///
-    /// A typed value that does not serialize to an object, holds a reserved key, or is over its
-    /// budget.
+    /// A typed value that does not serialize to an object, holds a reserved key, nests too deep,
+    /// or is over its budget.
     pub(crate) fn take_change(&self, keep: bool, track: bool) -> Result<(Change, Ops), Error> {
         let mut slot = self.lock();
         if !slot.changed || matches!(slot.form, Form::Lent { .. }) {
             // (A `Keyed` moved past the response: the flush has warned about it.)
             return Ok((Change::Nothing, Ops::default()));
         }
+        if let Some(failure) = slot.failure.take() {
+            return Err(failure);
+        }
         self.settle(&mut slot, track)?;
-        if let Some(limit) = slot.typed_budget.take() {
-            let map = &slot.contents.map;
-            if budget::bounds(map).high > limit {
-                let size = budget::exact(map).low;
-                if size > limit {
-                    return Err(Error::OverBudget {
-                        namespace: self.namespace.clone(),
-                        key: None,
-                        size,
-                        limit,
-                    });
-                }
+        let slot = &mut *slot;
+        let limits = slot.typed_limits.take();
+        if let Some(limits) = limits {
+            if let Some(key) = slot
+                .contents
+                .map
+                .iter()
+                .find(|(_, value)| budget::is_deeper_than(value, limits.max_depth))
+                .map(|(key, _)| key.clone())
+            {
+                return Err(Error::TooDeep {
+                    namespace: self.namespace.clone(),
+                    key: Some(key),
+                    limit: limits.max_depth,
+                });
             }
         }
-        let slot = &mut *slot;
         if expiry::end_request(&mut slot.contents, slot.written_past_deadline) {
             slot.ops.purged = true;
         }
@@ -543,20 +655,37 @@ impl Entry {
             deadline: slot.contents.deadline,
             lifetimes: slot.contents.lifetimes.clone(),
         };
-        slot.changed = false;
         let change = match stored.encode() {
             Some(value) => Change::Write(value),
             None if slot.in_session => Change::Remove,
             None => Change::Nothing,
         };
+        if let (Some(limits), Change::Write(Value::Object(map))) = (limits, &change) {
+            let size = budget::exact(map).low;
+            if size > limits.budget {
+                return Err(Error::OverBudget {
+                    namespace: self.namespace.clone(),
+                    key: None,
+                    size,
+                    limit: limits.budget,
+                });
+            }
+        }
+        slot.changed = false;
         Ok((change, mem::take(&mut slot.ops)))
     }
 
     /// The user's keys, turning a typed value back into a map if one stands for the namespace.
+    /// A typed value that cannot be turned into a map leaves the map as it was, and fails the
+    /// flush.
     fn map<'s>(&self, slot: &'s mut Slot) -> &'s mut Map<String, Value> {
         if let Err(err) = self.settle(slot, true) {
-            tracing::error!(namespace = self.namespace, error = %err, "typed namespace read as empty");
-            slot.contents.map = Map::new();
+            tracing::error!(
+                namespace = self.namespace,
+                error = %err,
+                "a typed namespace cannot be read as a map: the response fails when it is produced"
+            );
+            slot.failure = Some(err);
         }
         &mut slot.contents.map
     }
@@ -567,33 +696,46 @@ impl Entry {
         if !matches!(slot.form, Form::Typed { .. }) {
             return Ok(());
         }
-        let (value, written) = match mem::replace(&mut slot.form, Form::Map) {
-            Form::Typed { value, written, .. } => (value, written),
+        let (value, written, base) = match mem::replace(&mut slot.form, Form::Map) {
+            Form::Typed {
+                value,
+                written,
+                base,
+            } => (value, written, base),
             other => {
                 slot.form = other;
                 return Ok(());
             }
         };
-        let map = match value.to_value() {
-            Ok(Value::Object(map)) => map,
-            Ok(_) => {
-                return Err(Error::NotAnObject {
-                    namespace: self.namespace.clone(),
-                })
-            }
-            Err(source) => {
-                return Err(Error::Serialize {
-                    namespace: self.namespace.clone(),
-                    key: None,
-                    source,
-                })
-            }
+        let serialize = |result: Result<Value, serde_json::Error>| match result {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(Error::NotAnObject {
+                namespace: self.namespace.clone(),
+            }),
+            Err(source) => Err(Error::Serialize {
+                namespace: self.namespace.clone(),
+                key: None,
+                source,
+            }),
         };
+        let map = serialize(value.to_value())?;
         if let Some(key) = map.keys().find(|key| stored::is_reserved(key)) {
             return Err(Error::ReservedKey { key: key.clone() });
         }
         if written && track {
-            let old = &slot.contents.map;
+            // What the write changed, against what the namespace held when it was lent.
+            let default;
+            let old = match base {
+                Base::Map { .. } => &slot.contents.map,
+                Base::Empty => {
+                    default = serialize(value.default_value())?;
+                    &default
+                }
+                Base::Unreadable { .. } => {
+                    slot.ops.purged = true;
+                    &Map::new()
+                }
+            };
             let changed = old
                 .keys()
                 .chain(map.keys())
@@ -604,6 +746,20 @@ impl Entry {
         slot.size = None;
         Ok(())
     }
+}
+
+/// The keys' lifetimes once `key` gets `lifetime` (if it does).
+fn lifetimes_with<'a>(
+    lifetimes: &'a std::collections::BTreeMap<String, KeyDeadline>,
+    key: &'a str,
+    lifetime: Option<KeyDeadline>,
+) -> impl Iterator<Item = (&'a str, KeyDeadline)> {
+    let replaced = lifetime.is_some();
+    lifetimes
+        .iter()
+        .filter(move |(held, _)| !(replaced && held.as_str() == key))
+        .map(|(held, deadline)| (held.as_str(), *deadline))
+        .chain(lifetime.map(|lifetime| (key, lifetime)))
 }
 
 impl Slot {
@@ -618,7 +774,8 @@ impl Slot {
     fn purge(&mut self) {
         self.contents = Stored::default();
         self.form = Form::Map;
-        self.typed_budget = None;
+        self.typed_limits = None;
+        self.failure = None;
         self.size = None;
         self.changed = true;
         self.ops = Ops {
@@ -644,6 +801,10 @@ mod tests {
 
     const NOW: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
     const POLICY: ExpiryPolicy = ExpiryPolicy::SlidingOnWrite(Duration::minutes(5));
+    const UNLIMITED: Limits = Limits {
+        budget: usize::MAX,
+        max_depth: usize::MAX,
+    };
 
     #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
     struct Cart {
@@ -685,7 +846,7 @@ mod tests {
     fn an_insert_over_the_budget_changes_nothing() {
         let entry = entry(None);
         let err = entry
-            .insert("a".into(), json!("far too long"), NOW, POLICY, 8)
+            .insert("a".into(), json!("far too long"), None, NOW, POLICY, 8)
             .unwrap_err();
         assert!(matches!(err, Error::OverBudget { limit: 8, .. }));
         assert!(!entry.is_changed());
@@ -696,7 +857,7 @@ mod tests {
     fn an_insert_slides_the_stamp_and_is_written_with_its_operation() {
         let entry = entry(Some(alive(json!({ "a": 1 }))));
         entry
-            .insert("b".into(), json!(2), NOW, POLICY, usize::MAX)
+            .insert("b".into(), json!(2), None, NOW, POLICY, usize::MAX)
             .unwrap();
         let (change, ops) = entry.take_change(false, true).unwrap();
         let stamp = stored::stamp_after(NOW, Duration::minutes(5));
@@ -811,7 +972,7 @@ mod tests {
             value: loan.value,
             stands: true,
             purged: false,
-            write: Some((POLICY.write(loan.deadline, NOW), usize::MAX)),
+            write: Some((POLICY.write(loan.deadline, NOW), UNLIMITED)),
         });
         assert_eq!(entry.map_need(), MapNeed::IfMerging);
         entry.reload_map(Some(alive(json!({ "items": ["a"], "note": "x" }))), NOW);
@@ -833,7 +994,7 @@ mod tests {
             value: loan.value,
             stands: false,
             purged: false,
-            write: Some((POLICY.write(loan.deadline, NOW), usize::MAX)),
+            write: Some((POLICY.write(loan.deadline, NOW), UNLIMITED)),
         });
         assert!(matches!(
             entry.take_change(false, true),
@@ -850,7 +1011,13 @@ mod tests {
             value: loan.value,
             stands: true,
             purged: false,
-            write: Some((POLICY.write(loan.deadline, NOW), 10)),
+            write: Some((
+                POLICY.write(loan.deadline, NOW),
+                Limits {
+                    budget: 10,
+                    ..UNLIMITED
+                },
+            )),
         });
         assert!(matches!(
             entry.take_change(false, true),
@@ -876,12 +1043,165 @@ mod tests {
         let entry = entry(Some(alive(json!({
             "a": 1, stored::LIFETIMES_KEY: { "a": { "hops": 2 } },
         }))));
-        entry.set_lifetime("b", Lifetime::Hops(NonZeroU32::MIN).deadline(NOW));
+        entry
+            .set_lifetime(
+                "b",
+                Lifetime::Hops(NonZeroU32::MIN).deadline(NOW),
+                usize::MAX,
+            )
+            .unwrap();
         let (change, ops) = entry.take_change(false, true).unwrap();
         assert_eq!(
             written(&change)[stored::LIFETIMES_KEY]["a"],
             json!({ "hops": 1 })
         );
         assert!(ops.touched.contains("a"));
+    }
+
+    fn stored_len(change: &Change) -> usize {
+        serde_json::to_string(written(change)).unwrap().len()
+    }
+
+    #[test]
+    fn the_budget_counts_the_namespace_as_stored_bookkeeping_included() {
+        let probe = entry(None);
+        probe
+            .insert("a".into(), json!(1), None, NOW, POLICY, usize::MAX)
+            .unwrap();
+        let exact = stored_len(&probe.take_change(false, false).unwrap().0);
+        assert!(exact > r#"{"a":1}"#.len(), "the stamp counts");
+
+        let fits = entry(None);
+        fits.insert("a".into(), json!(1), None, NOW, POLICY, exact)
+            .unwrap();
+        let over = entry(None);
+        let err = over
+            .insert("a".into(), json!(1), None, NOW, POLICY, exact - 1)
+            .unwrap_err();
+        assert!(matches!(err, Error::OverBudget { size, .. } if size == exact));
+    }
+
+    #[test]
+    fn a_lifetime_that_would_cross_the_budget_is_refused_and_changes_nothing() {
+        let entry = entry(None);
+        entry
+            .insert("a".into(), json!(1), None, NOW, POLICY, usize::MAX)
+            .unwrap();
+        let before = entry.lock().size.map(|size| size.low);
+        let flash = Lifetime::Hops(NonZeroU32::MIN).deadline(NOW);
+        assert!(matches!(
+            entry.set_lifetime("a", flash, 40),
+            Err(Error::OverBudget { .. })
+        ));
+        assert!(entry.lock().contents.lifetimes.is_empty());
+        assert_eq!(entry.lock().size.map(|size| size.low), before);
+        let (change, _) = entry.take_change(false, false).unwrap();
+        assert!(written(&change).get(stored::LIFETIMES_KEY).is_none());
+    }
+
+    #[test]
+    fn an_insert_with_a_lifetime_is_measured_with_it() {
+        let flash = Lifetime::Hops(NonZeroU32::MIN).deadline(NOW);
+        let probe = entry(None);
+        probe
+            .insert("a".into(), json!(1), Some(flash), NOW, POLICY, usize::MAX)
+            .unwrap();
+        let exact = stored_len(&probe.take_change(false, false).unwrap().0);
+        let over = entry(None);
+        assert!(over
+            .insert("a".into(), json!(1), Some(flash), NOW, POLICY, exact - 1)
+            .is_err());
+        assert!(over.read(Map::is_empty));
+        assert!(over.lock().contents.lifetimes.is_empty());
+    }
+
+    #[test]
+    fn a_first_typed_write_touches_only_the_fields_it_changed_from_the_default() {
+        #[derive(Default, Serialize, Deserialize)]
+        struct Pair {
+            a: Option<u32>,
+            b: Option<u32>,
+        }
+        let entry = entry(None);
+        let mut loan = entry.open_lent::<Pair>(POLICY, NOW, false).unwrap();
+        assert!(!loan.stands);
+        loan.value.a = Some(1);
+        entry.take_back(Return {
+            value: loan.value,
+            stands: false,
+            purged: false,
+            write: Some((POLICY.write(loan.deadline, NOW), UNLIMITED)),
+        });
+        let (change, ops) = entry.take_change(false, true).unwrap();
+        assert_eq!(written(&change)["b"], Value::Null);
+        assert_eq!(ops.touched.iter().collect::<Vec<_>>(), ["a"]);
+        assert!(ops.typed && !ops.purged);
+    }
+
+    #[test]
+    fn a_typed_write_over_unreadable_data_replaces_it() {
+        let entry = entry(Some(alive(json!({ "items": 3, "stray": 1 }))));
+        let mut loan = entry.open_lent::<Cart>(POLICY, NOW, false).unwrap();
+        loan.value.items.push("a".into());
+        entry.take_back(Return {
+            value: loan.value,
+            stands: false,
+            purged: false,
+            write: Some((POLICY.write(loan.deadline, NOW), UNLIMITED)),
+        });
+        let (change, ops) = entry.take_change(false, true).unwrap();
+        assert_eq!(written(&change).get("stray"), None);
+        assert!(ops.purged && ops.typed);
+    }
+
+    #[test]
+    fn a_typed_value_too_deep_fails_the_flush() {
+        #[derive(Default, Serialize, Deserialize)]
+        struct Nested {
+            deep: Vec<Vec<Vec<u8>>>,
+        }
+        let entry = entry(None);
+        let mut loan = entry.open_lent::<Nested>(POLICY, NOW, false).unwrap();
+        loan.value.deep = vec![vec![vec![1]]];
+        entry.take_back(Return {
+            value: loan.value,
+            stands: false,
+            purged: false,
+            write: Some((
+                POLICY.write(loan.deadline, NOW),
+                Limits {
+                    max_depth: 2,
+                    ..UNLIMITED
+                },
+            )),
+        });
+        assert!(matches!(
+            entry.take_change(false, true),
+            Err(Error::TooDeep { limit: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn a_typed_value_a_runtime_controller_cannot_read_fails_the_flush_and_keeps_the_stored_map() {
+        #[derive(Default, Serialize, Deserialize)]
+        struct Sneaky {
+            #[serde(rename = "_timeout_datestamp")]
+            stamp: u32,
+        }
+        let entry = entry(Some(alive(json!({ "kept": 1 }))));
+        let loan = entry.open_lent::<Sneaky>(POLICY, NOW, false).unwrap();
+        entry.take_back(Return {
+            value: loan.value,
+            stands: false,
+            purged: false,
+            write: Some((POLICY.write(loan.deadline, NOW), UNLIMITED)),
+        });
+        entry.reload_map(Some(alive(json!({ "kept": 1 }))), NOW);
+        entry.open(POLICY, NOW).unwrap();
+        assert!(entry.read(|map| map.contains_key("kept")));
+        assert!(matches!(
+            entry.take_change(false, false),
+            Err(Error::ReservedKey { .. })
+        ));
     }
 }

@@ -12,7 +12,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    entry::{Entry, Return},
+    entry::{Entry, Limits, Return},
     error::Error,
     expiry::{self, ExpiryPolicy, Write},
     export::json_script,
@@ -74,7 +74,7 @@ pub trait Namespace: Serialize + DeserializeOwned + Default + Send + Sync + 'sta
     /// }
     /// ```
     const EXPIRY_POLICY: ExpiryPolicy = ExpiryPolicy::SlidingOnWrite(Self::EXPIRY);
-    /// The namespace's budget in bytes of its fields serialized as JSON; the layer's
+    /// The namespace's budget in bytes of its fields and its stamp serialized as JSON; the layer's
     /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget))
     /// unless set. A `Keyed<T>` is serialized when the response is produced, so a write past the
     /// budget turns the response into an [`Error::OverBudget`] (a `500`), and the session keeps
@@ -282,12 +282,15 @@ impl<T: Namespace> DerefMut for Keyed<T> {
 
 impl<T: Namespace> Drop for Keyed<T> {
     fn drop(&mut self) {
-        let budget = T::BUDGET.unwrap_or(self.request.budget);
+        let limits = Limits {
+            budget: T::BUDGET.unwrap_or(self.request.limits.budget),
+            ..self.request.limits
+        };
         self.entry.take_back(Return {
             value: std::mem::take(&mut self.value),
             stands: self.stands,
             purged: self.purged,
-            write: self.write.map(|write| (write, budget)),
+            write: self.write.map(|write| (write, limits)),
         });
     }
 }

@@ -144,7 +144,10 @@ pub use error::Error;
 pub use expiry::{ExpiryPolicy, Lifetime, DEFAULT_EXPIRY};
 pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
-pub use layer::{ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET};
+pub use layer::{
+    ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET,
+    DEFAULT_MAX_DEPTH,
+};
 pub use merge::MergingStore;
 pub use stored::{HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
 
@@ -160,14 +163,17 @@ pub fn __doc_controllers() -> SessionControllers {
     SessionControllers::from_state(std::sync::Arc::new(state::RequestState::new(
         Some(session),
         time::OffsetDateTime::now_utc(),
-        DEFAULT_BUDGET,
+        entry::Limits {
+            budget: DEFAULT_BUDGET,
+            max_depth: DEFAULT_MAX_DEPTH,
+        },
     )))
 }
 
-/// Runs `f` on a controller for the namespace `shopping_cart` from [`__doc_controllers`]. Not
-/// part of the API.
+/// Runs `f` on a controller for the namespace `shopping_cart` from [`__doc_controllers`], and
+/// fails if the example did. Not part of the API.
 #[doc(hidden)]
-pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
+pub fn __doc_controller<R: __DocOutcome>(f: impl FnOnce(SessionController) -> R) {
     use std::{
         future::Future,
         task::{Context, Poll, Waker},
@@ -177,7 +183,27 @@ pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
     // A session without an id never reaches the store, so opening completes at once.
     let open = std::pin::pin!(controllers.open("shopping_cart"));
     match open.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(controller)) => f(controller),
+        Poll::Ready(Ok(controller)) => f(controller).check(),
         _ => panic!("opening a namespace of a fresh session did not complete at once"),
+    }
+}
+
+/// What a doc example run by [`__doc_controller`] ends with: nothing, or a result that must be
+/// `Ok`. Not part of the API.
+#[doc(hidden)]
+pub trait __DocOutcome {
+    /// Panics if the example failed.
+    fn check(self);
+}
+
+impl __DocOutcome for () {
+    fn check(self) {}
+}
+
+impl<E: std::fmt::Debug> __DocOutcome for Result<(), E> {
+    fn check(self) {
+        if let Err(err) = self {
+            panic!("the example failed: {err:?}");
+        }
     }
 }

@@ -21,18 +21,39 @@ use time::OffsetDateTime;
 use tower_sessions::Session;
 
 use crate::{
-    entry::{Change, Entry, MapNeed},
+    entry::{Change, Entry, Limits, MapNeed},
     error::Error,
     expiry::ExpiryPolicy,
     merge::{self, Journal},
 };
+
+/// The longest key a namespace may have, in bytes.
+pub(crate) const MAX_NAMESPACE_LEN: usize = 128;
+
+/// Refuses keys a namespace may not have: the top-level keys this crate keeps for itself, and
+/// keys longer than [`MAX_NAMESPACE_LEN`] (a key can be anything a visitor sent).
+fn validate(namespace: &str) -> Result<(), Error> {
+    let reason = if namespace.starts_with(merge::RESERVED_PREFIX) {
+        "keys beginning with `tower_sessions_controller.` are reserved for the crate's own \
+         bookkeeping"
+    } else if namespace.len() > MAX_NAMESPACE_LEN {
+        "a namespace key is at most 128 bytes long"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidNamespace {
+        namespace: namespace.to_owned(),
+        reason,
+    })
+}
 
 /// One request's namespaces, its "now", its default budget, and whether its response has been
 /// produced.
 pub(crate) struct RequestState {
     pub(crate) session: Option<Session>,
     pub(crate) now: OffsetDateTime,
-    pub(crate) budget: usize,
+    /// The layer's budget and nesting limit.
+    pub(crate) limits: Limits,
     /// The response has been produced: changes from now on are not saved.
     responded: AtomicBool,
     /// The namespaces opened so far. A request opens one or two, so a list beats a hash map.
@@ -43,11 +64,11 @@ pub(crate) struct RequestState {
 }
 
 impl RequestState {
-    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime, budget: usize) -> Self {
+    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime, limits: Limits) -> Self {
         Self {
             session,
             now,
-            budget,
+            limits,
             responded: AtomicBool::new(false),
             entries: Mutex::new(Vec::new()),
             merging: OnceLock::new(),
@@ -90,6 +111,7 @@ impl RequestState {
         namespace: &str,
         policy: ExpiryPolicy,
     ) -> Result<Arc<Entry>, Error> {
+        validate(namespace)?;
         policy.validate(namespace)?;
         self.warn_if_responded(namespace, "opened");
         let found = self.find(namespace);

@@ -73,9 +73,16 @@ impl Namespace for Instant {
 
 /// Keys no one would choose, and that must still come back exactly as written.
 fn hostile_keys() -> Vec<String> {
+    let mut keys = hostile_namespace_keys();
+    keys.push("k".repeat(10 * 1024));
+    keys
+}
+
+/// The hostile keys a namespace may have: a namespace key is at most 128 bytes long.
+fn hostile_namespace_keys() -> Vec<String> {
     vec![
         String::new(),
-        "k".repeat(10 * 1024),
+        "k".repeat(128),
         "\u{0}\u{1}\u{7}\u{8}\t\n\r\u{b}\u{c}\u{1b}\u{7f}".to_owned(),
         r#""'`\"\\'"#.to_owned(),
         "</script><script>alert(1)</script>".to_owned(),
@@ -192,7 +199,7 @@ async fn push_after_response(State(late): State<Late>, mut cart: Keyed<Cart>) ->
 }
 
 async fn write_hostile_namespaces(controllers: SessionControllers) -> Result<String, Error> {
-    for (i, key) in hostile_keys().iter().enumerate() {
+    for (i, key) in hostile_namespace_keys().iter().enumerate() {
         controllers.open(key).await?.insert("i", i)?;
     }
     Ok("written".into())
@@ -200,7 +207,7 @@ async fn write_hostile_namespaces(controllers: SessionControllers) -> Result<Str
 
 async fn read_hostile_namespaces(controllers: SessionControllers) -> Result<String, Error> {
     let mut found = Vec::new();
-    for key in hostile_keys() {
+    for key in hostile_namespace_keys() {
         found.push(controllers.open(&key).await?.get::<usize>("i")?);
     }
     Ok(serde_json::to_string(&found).expect("numbers serialize"))
@@ -1025,9 +1032,31 @@ async fn a_write_under_a_forged_session_id_is_stored_under_a_new_id() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn namespace_keys_too_long_or_reserved_are_refused_with_the_key_cut_short() {
+    let mut app = TestApp::new(routes());
+    for key in [
+        "k".repeat(129),
+        "k".repeat(10 * 1024),
+        "tower_sessions_controller.versions".to_owned(),
+        "tower_sessions_controller.ops".to_owned(),
+    ] {
+        let reply = app.post(&format!("/write/{key}")).await;
+
+        reply.assert_error("a namespace cannot be opened under the key");
+        assert!(
+            reply.body.len() < 500,
+            "the key is cut short: {}",
+            reply.body
+        );
+        reply.assert_no_cookie();
+    }
+    assert!(app.record().await.is_none());
+}
+
+#[tokio::test]
 async fn hostile_namespace_keys_round_trip_exactly_through_the_store() {
     let mut app = TestApp::new(routes());
-    let keys = hostile_keys();
+    let keys = hostile_namespace_keys();
 
     let written = app.post("/hostile/namespaces").await;
     let read = app.get("/hostile/namespaces").await;

@@ -605,8 +605,8 @@ async fn corrupt_bookkeeping_reads_as_an_empty_namespace() {
 
 #[tokio::test]
 async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
-    // {"a":"xx"} is 10 bytes.
-    let mut app = app_with(|layer| layer.with_budget(10));
+    // {"a":"xx","_timeout_datestamp":1795608060.0} is 44 bytes: the budget counts the stamp.
+    let mut app = app_with(|layer| layer.with_budget(44));
     call(&mut app, "/ns/write:60?set=a=%22xx%22").await;
 
     let reply = app.post("/ns/write:60?set=a=%22xxx%22").await;
@@ -615,7 +615,7 @@ async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
     assert!(
         reply
             .body
-            .contains(r#"inserting "a" would make namespace "ns" 11 bytes, over its budget of 10"#),
+            .contains(r#"inserting "a" would make namespace "ns" 45 bytes, over its budget of 44"#),
         "{}",
         reply.body
     );
@@ -629,8 +629,9 @@ async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
 
 #[tokio::test]
 async fn the_budget_counts_the_whole_namespace_and_a_smaller_value_fits_again() {
-    // {"a":"xx","b":1} is 16 bytes; with "c":1 it would be 22; {"a":"","b":1,"c":1} is 20.
-    let mut app = app_with(|layer| layer.with_budget(20));
+    // {"a":"xx","b":1} is 16 bytes; with "c":1 it would be 22; {"a":"","b":1,"c":1} is 20; the
+    // stamp adds 34.
+    let mut app = app_with(|layer| layer.with_budget(54));
     call(&mut app, "/ns/write:60?set=a=%22xx%22,b=1").await;
     let over = app.post("/ns/write:60?set=c=1").await;
     assert_eq!(over.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -671,7 +672,7 @@ struct Notes {
 
 impl Namespace for Notes {
     const KEY: &'static str = "notes";
-    const BUDGET: Option<usize> = Some(24);
+    const BUDGET: Option<usize> = Some(56);
 }
 
 async fn add_note(mut notes: Keyed<Notes>, Path(line): Path<String>) -> Json<Value> {
@@ -682,14 +683,14 @@ async fn add_note(mut notes: Keyed<Notes>, Path(line): Path<String>) -> Json<Val
 #[tokio::test]
 async fn a_typed_namespace_over_its_budget_fails_the_response_and_keeps_what_was_stored() {
     let mut app = TestApp::new(Router::new().route("/notes/{line}", post(add_note)));
-    // {"lines":["abc"]} is 17 bytes.
+    // {"lines":["abc"]} is 17 bytes, 51 with its stamp; with "defgh" it would be 59.
     assert_eq!(app.post("/notes/abc").await.status, StatusCode::OK);
 
     let reply = app.post("/notes/defgh").await;
 
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
-        reply.body.contains("over its budget of 24"),
+        reply.body.contains("over its budget of 56"),
         "{}",
         reply.body
     );

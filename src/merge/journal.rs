@@ -2,13 +2,25 @@
 //! the flush leaves in the session for the save, and the record's versions, which
 //! [`MergingStore`](super::MergingStore) keeps in the stored record. Both live under top-level
 //! session keys of their own, read and written here only.
+//!
+//! A stored record is untrusted input: what it carries under these keys never acts as an
+//! instruction. A load through `MergingStore` drops any stored journal and marks the versions
+//! with this process's load mark; the flush leaves a journal only in a session whose versions
+//! carry that mark, so an app whose store is not merging never writes bookkeeping, whatever the
+//! record it loaded holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::OnceLock,
+};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
-use tower_sessions::{session::Record, Session};
+use tower_sessions::{
+    session::{Id, Record},
+    Session,
+};
 
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
@@ -17,8 +29,19 @@ pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
 /// It never reaches the store.
 pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
 
-/// Whether a [`MergingStore`](super::MergingStore) is underneath `session`: it marks the records
-/// it loads with their versions.
+/// The beginning of the top-level keys this crate keeps for itself: a namespace may not be opened
+/// under one.
+pub(crate) const RESERVED_PREFIX: &str = "tower_sessions_controller.";
+
+/// The mark a load through a `MergingStore` of this process leaves in a record's versions: random
+/// per process, so no stored record carries it.
+fn load_mark() -> &'static str {
+    static MARK: OnceLock<String> = OnceLock::new();
+    MARK.get_or_init(|| Id::default().to_string())
+}
+
+/// Whether a [`MergingStore`](super::MergingStore) is underneath `session`: its record was loaded
+/// through one of this process.
 ///
 /// # Errors
 ///
@@ -26,13 +49,57 @@ pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<bool, tower_sessions::session::Error> {
-    Ok(session.get_value(VERSIONS_KEY).await?.is_some())
+    let versions = session.get_value(VERSIONS_KEY).await?;
+    Ok(versions
+        .as_ref()
+        .and_then(|versions| versions.get("loaded"))
+        .and_then(Value::as_str)
+        == Some(load_mark()))
+}
+
+/// Readies a record loaded from the store for a request: a stored journal is dropped (a journal
+/// is applied only by the save of the request that wrote it), and the versions get this
+/// process's load mark.
+pub(super) fn mark_loaded(record: &mut Record) {
+    record.data.remove(JOURNAL_KEY);
+    let mark = Value::from(load_mark());
+    match record.data.get_mut(VERSIONS_KEY) {
+        Some(Value::Object(versions)) => {
+            versions.insert("loaded".to_owned(), mark);
+        }
+        _ => {
+            let versions = Versions {
+                loaded: Some(load_mark().to_owned()),
+                ..Versions::default()
+            };
+            record
+                .data
+                .insert(VERSIONS_KEY.to_owned(), versions.to_value());
+        }
+    }
+}
+
+/// Readies a record for the store as it is, without a merge (a new session, or one whose id was
+/// just cycled): no journal, and versions without a load mark.
+pub(super) fn unmark(record: &mut Record) {
+    record.data.remove(JOURNAL_KEY);
+    match record.data.get_mut(VERSIONS_KEY) {
+        Some(Value::Object(versions)) => {
+            versions.remove("loaded");
+        }
+        _ => {
+            record
+                .data
+                .insert(VERSIONS_KEY.to_owned(), Versions::default().to_value());
+        }
+    }
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
 /// or removed since (their final values and lifetimes are in the namespace the flush writes),
 /// whether it wrote (so its stamp stands), and whether it counted a request against the
-/// namespace's hops (so its count stands).
+/// namespace's hops (so its count stands). A typed write also says so (its value must never be
+/// stored in part), and a write gives the budget the merged namespace must fit in.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(crate) struct Ops {
@@ -40,6 +107,10 @@ pub(crate) struct Ops {
     pub(crate) touched: BTreeSet<String>,
     pub(crate) wrote: bool,
     pub(crate) counted: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) typed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) budget: Option<usize>,
 }
 
 /// What one request did to the namespaces it changed, and the instant it judged expiry by.
@@ -109,17 +180,39 @@ impl Journal {
 }
 
 /// A record's versions: how many merged saves it has had, and which save last changed each key.
+/// In memory, a record loaded through a `MergingStore` also carries the load mark.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct Versions {
     pub(super) counter: u64,
     pub(super) keys: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loaded: Option<String>,
 }
 
 impl Versions {
-    /// Reads stored versions; unreadable ones count as none.
+    /// Reads versions; unreadable ones count as none, and are logged.
     pub(super) fn read(value: &Value) -> Self {
-        Self::deserialize(value).unwrap_or_default()
+        Self::deserialize(value).unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "unreadable versions in a session record: counting from zero");
+            Self::default()
+        })
+    }
+
+    /// The versions of a save that follows `counter`: no key changed yet. A counter at its end is
+    /// corrupt: counting starts again, which at worst lets a direct write of this request win
+    /// over one it did not see.
+    pub(super) fn after(counter: u64) -> Self {
+        Self {
+            counter: counter.checked_add(1).unwrap_or(1),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the record was loaded through a `MergingStore` of this process: the session was
+    /// in the store when the request began.
+    pub(super) fn is_loaded(&self) -> bool {
+        self.loaded.as_deref() == Some(load_mark())
     }
 
     pub(super) fn to_value(&self) -> Value {
@@ -150,6 +243,8 @@ mod tests {
                 touched: ["a".to_owned(), "b".to_owned()].into(),
                 wrote: true,
                 counted: false,
+                typed: true,
+                budget: Some(300),
             },
         );
         let value = serde_json::to_value(&journal).unwrap();

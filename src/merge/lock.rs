@@ -36,9 +36,11 @@ pub(super) struct SaveLocks {
 }
 
 /// A session's save lock, held while one save merges. The in-process part is released on drop;
-/// the store part by [`SaveLocks::release`].
-pub(super) struct SaveLock<'a> {
+/// the store part by [`release`](Self::release), or, if the save is dropped before it gets
+/// there (a client that went away, a timeout), by a task of its own.
+pub(super) struct SaveLock<'a, S: SessionStore> {
     locks: &'a SaveLocks,
+    store: Arc<S>,
     id: Id,
     guard: Option<OwnedMutexGuard<()>>,
     store_locked: bool,
@@ -56,9 +58,9 @@ impl SaveLocks {
     /// Takes the session's in-process lock, and its store lock if configured.
     pub(super) async fn acquire<S: SessionStore>(
         &self,
-        store: &S,
+        store: &Arc<S>,
         id: Id,
-    ) -> session_store::Result<SaveLock<'_>> {
+    ) -> session_store::Result<SaveLock<'_, S>> {
         let mutex = Arc::clone(
             self.sessions
                 .lock()
@@ -69,12 +71,13 @@ impl SaveLocks {
         let guard = mutex.lock_owned().await;
         let mut held = SaveLock {
             locks: self,
+            store: Arc::clone(store),
             id,
             guard: Some(guard),
             store_locked: false,
         };
         if self.store_lock {
-            self.acquire_in_store(store, id).await?;
+            self.acquire_in_store(&**store, id).await?;
             held.store_locked = true;
         }
         Ok(held)
@@ -85,7 +88,7 @@ impl SaveLocks {
         store: &S,
         id: Id,
     ) -> session_store::Result<()> {
-        let lock_id = Id(id.0 ^ STORE_LOCK_MASK);
+        let lock_id = lock_id(id);
         let deadline = tokio::time::Instant::now() + STORE_LOCK_WAIT;
         let mut pause = std::time::Duration::from_millis(1);
         loop {
@@ -121,30 +124,50 @@ impl SaveLocks {
             pause = (pause * 2).min(std::time::Duration::from_millis(50));
         }
     }
+}
 
-    /// Releases the store lock, if held. A failure is logged: the lock expires by itself.
-    pub(super) async fn release<S: SessionStore>(&self, store: &S, held: &mut SaveLock<'_>) {
-        if !std::mem::take(&mut held.store_locked) {
-            return;
-        }
-        if let Err(err) = store.delete(&Id(held.id.0 ^ STORE_LOCK_MASK)).await {
-            tracing::warn!(
-                session = %held.id,
-                error = %err,
-                "could not release the session's store lock; it expires by itself, and the next \
-                 save clears it"
-            );
+/// The id of a session's lock record.
+fn lock_id(id: Id) -> Id {
+    Id(id.0 ^ STORE_LOCK_MASK)
+}
+
+/// Removes a store lock. A failure is logged: the lock expires by itself, and this instance's
+/// next save of the session clears it.
+async fn release_in_store<S: SessionStore>(store: &S, id: Id) {
+    if let Err(err) = store.delete(&lock_id(id)).await {
+        tracing::warn!(
+            session = %id,
+            error = %err,
+            "could not release the session's store lock; it expires by itself, and the next \
+             save clears it"
+        );
+    }
+}
+
+impl<S: SessionStore> SaveLock<'_, S> {
+    /// Releases the store lock, if held.
+    pub(super) async fn release(&mut self) {
+        if std::mem::take(&mut self.store_locked) {
+            release_in_store(&*self.store, self.id).await;
         }
     }
 }
 
-impl Drop for SaveLock<'_> {
+impl<S: SessionStore> Drop for SaveLock<'_, S> {
     fn drop(&mut self) {
-        if self.store_locked {
-            tracing::warn!(
-                session = %self.id,
-                "a session's store lock was not released; it expires by itself"
-            );
+        if std::mem::take(&mut self.store_locked) {
+            // The save was dropped while it held the lock: release it from a task of its own.
+            let (store, id) = (Arc::clone(&self.store), self.id);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move { release_in_store(&*store, id).await });
+                }
+                Err(_) => tracing::warn!(
+                    session = %id,
+                    "a session's store lock was left outside a runtime; it expires by itself, \
+                     and the next save clears it"
+                ),
+            }
         }
         drop(self.guard.take());
         let mut sessions = self

@@ -11,7 +11,7 @@ mod journal;
 mod lock;
 mod rebuild;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use async_trait::async_trait;
 use tower_sessions::{
@@ -19,8 +19,7 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-pub(crate) use journal::{is_underneath, Journal, Ops};
-use journal::{Versions, JOURNAL_KEY, VERSIONS_KEY};
+pub(crate) use journal::{is_underneath, Journal, Ops, RESERVED_PREFIX};
 use lock::SaveLocks;
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
@@ -64,7 +63,7 @@ use lock::SaveLocks;
 /// ```
 #[derive(Clone)]
 pub struct MergingStore<S> {
-    inner: S,
+    inner: Arc<S>,
     locks: SaveLocks,
 }
 
@@ -72,7 +71,7 @@ impl<S> MergingStore<S> {
     /// Wraps `inner`. Saves of one session are merged one at a time within this process.
     pub fn new(inner: S) -> Self {
         Self {
-            inner,
+            inner: Arc::new(inner),
             locks: SaveLocks::new(),
         }
     }
@@ -134,11 +133,7 @@ impl<S: fmt::Debug> fmt::Debug for MergingStore<S> {
 impl<S: SessionStore> SessionStore for MergingStore<S> {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         // A new session, or one whose id was just cycled: nobody else can have saved it.
-        record.data.remove(JOURNAL_KEY);
-        record
-            .data
-            .entry(VERSIONS_KEY.to_owned())
-            .or_insert_with(|| Versions::default().to_value());
+        journal::unmark(record);
         self.inner.create(record).await
     }
 
@@ -146,22 +141,23 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
         let mut held = self.locks.acquire(&self.inner, record.id).await?;
         let result = async {
             let latest = self.inner.load(&record.id).await?;
-            self.inner.save(&rebuild::merge(record, latest)).await
+            let merged = rebuild::merge(record, latest).map_err(|refusal| {
+                tracing::warn!(session = %record.id, "{refusal}: nothing of this request is saved");
+                session_store::Error::Backend(refusal.to_string())
+            })?;
+            self.inner.save(&merged).await
         }
         .await;
         // The save's outcome is the request's: a lock that outlives it only delays the next save.
-        self.locks.release(&self.inner, &mut held).await;
+        held.release().await;
         result
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let mut record = self.inner.load(id).await?;
         if let Some(record) = &mut record {
-            // The mark that makes the flush leave its operations, and this load's versions.
-            record
-                .data
-                .entry(VERSIONS_KEY.to_owned())
-                .or_insert_with(|| Versions::default().to_value());
+            // This load's versions, with the mark that makes the flush leave its journal.
+            journal::mark_loaded(record);
         }
         Ok(record)
     }

@@ -43,6 +43,13 @@ use lock::SaveLocks;
 ///   latest stored form; every other key keeps its latest stored value unless this request
 ///   changed it through `Session` directly and nobody else changed it meanwhile (the versions
 ///   tell).
+/// - A session that was in the store when the request loaded it and is gone when it saves (a
+///   logout, an id cycled at login, an expiry) is never written back: the save is refused, and
+///   the request answers `500`. So is a save whose merged namespace would cross the budget of
+///   the write that changed it.
+///
+/// The record is untrusted input: a journal or load mark found in a stored record is dropped when
+/// it is loaded, so only a request's own operations are ever applied.
 ///
 /// A request that changed nothing saves nothing, so it costs nothing extra; a request that
 /// changed something costs one extra load. The per-session lock is in-process; with

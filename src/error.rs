@@ -10,10 +10,11 @@ use time::Duration;
 
 /// The errors of this crate.
 ///
-/// Every variant is a fault of the server, not of the visitor, so as an axum rejection or a
-/// handler error it answers `500 Internal Server Error`. Misconfiguration and misuse answer with a
-/// message that names the fix; a store failure answers with a generic message and logs the
-/// details. Every response is also logged with `tracing` at `error` level.
+/// Every variant but one is a fault of the server, not of the visitor, so as an axum rejection or
+/// a handler error it answers `500 Internal Server Error`. Misconfiguration and misuse answer with
+/// a message that names the fix; a store failure answers with a generic message and logs the
+/// details. Every such response is also logged with `tracing` at `error` level. The exception is
+/// [`Error::SessionEnded`]: `409 Conflict`, logged at `warn`.
 ///
 /// # Example
 ///
@@ -101,6 +102,14 @@ pub enum Error {
         /// Why it was refused.
         reason: &'static str,
     },
+    /// The session ended while the request ran: another request logged out (`Session::flush`),
+    /// cycled its id at a login, or it expired, between this request's load and its save. Nothing
+    /// of the request was saved, and its session cookie is removed. Answers `409 Conflict` (not a
+    /// fault of the server: the visitor's session changed under the request).
+    ///
+    /// Only a merging store can tell ([`MergingStore`](crate::MergingStore) and
+    /// [`stores`](crate::stores)); with another store, the ended session is written back.
+    SessionEnded,
     /// A value nests arrays and objects deeper than the layer allows
     /// ([`SessionControllerLayer::with_max_depth`](crate::SessionControllerLayer::with_max_depth)).
     /// Nothing was written.
@@ -225,6 +234,10 @@ impl fmt::Display for Error {
                      SessionController::with_budget or Namespace::BUDGET)"
                 )
             }
+            Self::SessionEnded => f.write_str(
+                "the session ended while this request ran (another request logged out or signed \
+                 in anew): nothing of this request was saved",
+            ),
             Self::InvalidNamespace { namespace, reason } => write!(
                 f,
                 "a namespace cannot be opened under the key {}: {reason}",
@@ -263,12 +276,20 @@ impl std::error::Error for Error {
 
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
-        tracing::error!(error = %self, "session controller error");
+        if matches!(self, Self::SessionEnded) {
+            tracing::warn!(error = %self, "session controller error");
+        } else {
+            tracing::error!(error = %self, "session controller error");
+        }
+        let status = match self {
+            Self::SessionEnded => StatusCode::CONFLICT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         let body = match self {
             // Store errors can carry connection details: keep them in the log.
             Self::Store(_) => "session store unavailable".to_owned(),
             other => other.to_string(),
         };
-        (StatusCode::INTERNAL_SERVER_ERROR, body).into_response()
+        (status, body).into_response()
     }
 }

@@ -277,8 +277,9 @@ where
             return Poll::Ready(Ok(response));
         }
         let state = Arc::clone(this.state);
+        let server_error = response.status().is_server_error();
         let flush = this.flush.insert(Box::pin(async move {
-            match state.flush(changed).await {
+            match state.flush(changed, server_error).await {
                 Ok(()) => response,
                 // A server error: SessionManagerLayer saves nothing for it, so the session keeps
                 // what it had before this request and no namespace is half written.

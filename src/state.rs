@@ -24,7 +24,7 @@ use crate::{
     entry::{Change, Entry, Limits, MapNeed},
     error::Error,
     expiry::ExpiryPolicy,
-    merge::{self, Journal},
+    merge::{self, Journal, Refusal},
 };
 
 /// The longest key a namespace may have, in bytes.
@@ -207,13 +207,22 @@ impl RequestState {
     }
 
     /// Writes the namespaces that [`finish`](Self::finish) returned back into the session. Under
-    /// a [`MergingStore`](crate::MergingStore), also leaves the request's journal for it.
+    /// a merging store ([`MergingStore`](crate::MergingStore), or one of
+    /// [`stores`](crate::stores)), also leaves the request's journal for it and, unless the
+    /// response is a server error (which saves nothing), saves the session itself, to answer for
+    /// a save the store refuses (see `merge::flushed`).
     ///
     /// # Errors
     ///
     /// A typed namespace that does not serialize to an object (or holds a reserved key, or is
-    /// over its budget), or a store failure.
-    pub(crate) async fn flush(&self, changed: Vec<Arc<Entry>>) -> Result<(), Error> {
+    /// over its budget), a store failure, or a refused save: [`Error::SessionEnded`] when the
+    /// session ended while the request ran (the session is then flushed, so its cookie goes), or
+    /// [`Error::OverBudget`] when the merged namespace would cross its budget.
+    pub(crate) async fn flush(
+        &self,
+        changed: Vec<Arc<Entry>>,
+        server_error: bool,
+    ) -> Result<(), Error> {
         let Some(session) = &self.session else {
             // Nothing can be opened without a session.
             return Ok(());
@@ -264,9 +273,45 @@ impl RequestState {
                 journal.record(namespace.to_owned(), ops);
             }
         }
-        if let Some(journal) = journal {
-            journal.leave_in(session).await.map_err(Error::Store)?;
+        let Some(journal) = journal else {
+            return Ok(());
+        };
+        let left = journal.leave_in(session).await.map_err(Error::Store)?;
+        if !left || server_error || session.is_empty().await {
+            // Nothing to merge, or nothing the session manager would save.
+            return Ok(());
         }
-        Ok(())
+        let request = journal.request();
+        match session.save().await {
+            Ok(()) => merge::mark_flushed(session, request)
+                .await
+                .map_err(Error::Store),
+            Err(err) => {
+                let refusal = session.id().and_then(|id| merge::take_refusal(id, request));
+                match refusal {
+                    Some(Refusal::Ended) => {
+                        // Its cookie names a session that is gone: flushed, the session is empty,
+                        // so the session manager removes the cookie and saves nothing. (The store
+                        // holds nothing under the id to delete; a failure to say so changes
+                        // nothing.)
+                        if let Err(err) = session.flush().await {
+                            tracing::warn!(error = %err, "could not flush an ended session");
+                        }
+                        Err(Error::SessionEnded)
+                    }
+                    Some(Refusal::OverBudget {
+                        namespace,
+                        size,
+                        budget,
+                    }) => Err(Error::OverBudget {
+                        namespace,
+                        key: None,
+                        size,
+                        limit: budget,
+                    }),
+                    None => Err(Error::Store(err)),
+                }
+            }
+        }
     }
 }

@@ -486,9 +486,19 @@ async fn a_logout_while_a_write_runs_sticks_and_the_write_is_not_answered_as_sav
         let (write, logout) = both(&app, "/insert/cart/late", "/logout").await;
 
         assert_eq!(logout.status, 200, "{logout:?}");
-        assert_ne!(
-            write.status, 200,
-            "the write was answered as saved: {write:?}"
+        assert_eq!(write.status, StatusCode::CONFLICT, "{write:?}");
+        assert!(
+            write
+                .body
+                .contains("the session ended while this request ran"),
+            "{write:?}"
+        );
+        assert!(
+            write
+                .set_cookie
+                .as_deref()
+                .is_some_and(|cookie| cookie.contains("Max-Age=0")),
+            "the cookie of the ended session is removed: {write:?}"
         );
         assert!(
             app.record_by_id(&old).await.is_none(),
@@ -509,9 +519,12 @@ async fn a_login_that_cycles_the_id_while_a_write_runs_never_brings_the_old_id_b
             tokio::join!(writer.post("/insert/cart/late"), login.post("/login"));
 
         assert_eq!(logged_in.status, 200, "{logged_in:?}");
-        assert_ne!(
-            write.status, 200,
-            "the write was answered as saved: {write:?}"
+        assert_eq!(write.status, StatusCode::CONFLICT, "{write:?}");
+        assert!(
+            write
+                .body
+                .contains("the session ended while this request ran"),
+            "{write:?}"
         );
         assert!(
             app.record_by_id(&old).await.is_none(),
@@ -727,4 +740,58 @@ async fn a_save_cancelled_while_it_holds_the_store_lock_does_not_block_the_sessi
     app.router = instance();
     let next = app.post("/insert/cart/b").await;
     assert_eq!(next.status, 200, "{next:?}");
+}
+
+/// A middleware between the session manager and the controller layer, writing to the session
+/// after the flush (as a flash-message layer would).
+async fn write_after(
+    session: Session,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    session
+        .insert_value("after_flush", json!(path))
+        .await
+        .expect("session write");
+    response
+}
+
+/// `routes` behind the session manager on `store`, `write_after`, and the controller layer.
+fn with_a_late_middleware<S: SessionStore + Clone>(store: S) -> Router {
+    routes(1).layer(
+        tower::ServiceBuilder::new()
+            .layer(SessionManagerLayer::new(store).with_secure(false))
+            .layer(axum::middleware::from_fn(write_after))
+            .layer(SessionControllerLayer::new()),
+    )
+}
+
+#[tokio::test]
+async fn a_write_to_the_session_after_the_flush_is_saved_too() {
+    let merging = MemoryStore::default();
+    let atomic = tower_sessions_controller::stores::MemoryStore::default();
+    let apps: [(Router, Arc<dyn SessionStore>); 2] = [
+        (
+            with_a_late_middleware(MergingStore::new(merging.clone())),
+            Arc::new(merging),
+        ),
+        (with_a_late_middleware(atomic.clone()), Arc::new(atomic)),
+    ];
+    for (router, records) in apps {
+        let mut app = TestApp::atomic(Router::new());
+        app.router = router;
+        app.records = records;
+        assert_eq!(app.post("/seed/cart").await.status, 200);
+        assert_eq!(app.post("/insert/cart/a").await.status, 200);
+
+        let record = app.record().await.expect("record");
+        assert_eq!(
+            record.data["after_flush"], "/insert/cart/a",
+            "{:?}",
+            record.data
+        );
+        assert_eq!(record.data["cart"]["a"], true, "{:?}", record.data);
+    }
 }

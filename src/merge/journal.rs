@@ -124,6 +124,51 @@ pub(crate) struct Journal {
     #[serde(rename = "now_nanos")]
     nanos: u32,
     namespaces: BTreeMap<String, Ops>,
+    /// A random number naming the request, for the flush's own save (see `flushed`).
+    #[serde(default)]
+    request: u64,
+}
+
+/// What replaces the journal once the flush saved the session itself: the request's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Flushed {
+    flushed: u64,
+}
+
+/// Marks `session` as saved by its flush, as request `request`: the session manager's save that
+/// follows then stores nothing unless something changed since.
+///
+/// # Errors
+///
+/// A store failure, if the session had to be loaded (it never has, after a save).
+pub(crate) async fn mark_flushed(
+    session: &Session,
+    request: u64,
+) -> Result<(), tower_sessions::session::Error> {
+    let mark = serde_json::to_value(Flushed { flushed: request }).unwrap_or(Value::Null);
+    session.insert_value(JOURNAL_KEY, mark).await?;
+    Ok(())
+}
+
+/// The request whose flush saved `record`, if the flush did.
+pub(super) fn flushed(record: &Record) -> Option<u64> {
+    Flushed::deserialize(record.data.get(JOURNAL_KEY)?)
+        .ok()
+        .map(|mark| mark.flushed)
+}
+
+/// Replaces the digests of the versions `record` carries: what a save compares the record with
+/// to tell what its request changed.
+pub(super) fn set_digests(record: &mut Record, digests: BTreeMap<String, u64>) {
+    let mut versions = record
+        .data
+        .get(VERSIONS_KEY)
+        .map(Versions::read)
+        .unwrap_or_default();
+    versions.digests = Some(digests);
+    record
+        .data
+        .insert(VERSIONS_KEY.to_owned(), versions.to_value());
 }
 
 impl Journal {
@@ -132,31 +177,38 @@ impl Journal {
             seconds: now.unix_timestamp(),
             nanos: now.nanosecond(),
             namespaces: BTreeMap::new(),
+            // Random: the low half of a fresh session id.
+            request: Id::default().0 as u64,
         }
+    }
+
+    /// The number naming the request.
+    pub(crate) fn request(&self) -> u64 {
+        self.request
     }
 
     pub(crate) fn record(&mut self, namespace: String, ops: Ops) {
         self.namespaces.insert(namespace, ops);
     }
 
-    /// Leaves the journal in `session` for the save. Only a modified session is saved; an
-    /// unmodified one (changes that cancelled out) needs no journal, and writing one would
-    /// cause the save.
+    /// Leaves the journal in `session` for the save, and says whether it did. Only a modified
+    /// session is saved; an unmodified one (changes that cancelled out) needs no journal, and
+    /// writing one would cause the save.
     ///
     /// # Errors
     ///
     /// A store failure, if the session had to be loaded.
     pub(crate) async fn leave_in(
-        self,
+        &self,
         session: &Session,
-    ) -> Result<(), tower_sessions::session::Error> {
+    ) -> Result<bool, tower_sessions::session::Error> {
         if self.namespaces.is_empty() || !session.is_modified() {
-            return Ok(());
+            return Ok(false);
         }
-        // Serializing maps of strings and booleans cannot fail.
-        let value = serde_json::to_value(&self).unwrap_or(Value::Null);
+        // Serializing maps of strings and numbers cannot fail.
+        let value = serde_json::to_value(self).unwrap_or(Value::Null);
         session.insert_value(JOURNAL_KEY, value).await?;
-        Ok(())
+        Ok(true)
     }
 
     /// The journal a record carries, if it is readable: one whose instant is out of the

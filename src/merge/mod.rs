@@ -3,16 +3,18 @@
 //!
 //! [`MergingStore`] is the store wrapper; the locks that make a session's saves one at a time are
 //! in `lock`, the bookkeeping (the journal of a request's operations and the record's versions)
-//! in `journal`, and the rebuild of a record from a save and the latest stored record in
-//! `rebuild`. The flush reaches this module only through [`is_underneath`], [`Journal`] and
-//! [`Ops`].
+//! in `journal`, the rebuild of a record from a save and the latest stored record in `rebuild`,
+//! and the flush's own save in `flushed`. The flush reaches this module only through
+//! [`is_underneath`], [`Journal`], [`Ops`], [`mark_flushed`] and [`take_refusal`]; the crate's
+//! own stores through [`prepare`], [`merge`] and the outcomes they note.
 
 mod digest;
+mod flushed;
 mod journal;
 mod lock;
 mod rebuild;
 
-use std::{fmt, sync::Arc};
+use std::{borrow::Cow, fmt, sync::Arc};
 
 use async_trait::async_trait;
 use tower_sessions::{
@@ -20,10 +22,12 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-pub(crate) use journal::{is_underneath, mark_loaded, seen, Journal, Ops, RESERVED_PREFIX};
+pub(crate) use flushed::take_refusal;
+pub(crate) use journal::{
+    is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, RESERVED_PREFIX,
+};
 use lock::SaveLocks;
-use rebuild::Refusal;
-pub(crate) use rebuild::{as_stored, merge};
+pub(crate) use rebuild::{as_stored, merge, Refusal};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
@@ -146,20 +150,27 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
         let mut stored = rebuild::as_stored(record);
         self.inner.create(&mut stored).await?;
         record.id = stored.id;
+        saved(record);
         Ok(())
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let mut held = self.locks.acquire(&self.inner, record.id).await?;
+        let Prepared::Save(ours) = prepare(record) else {
+            return Ok(());
+        };
+        let mut held = self.locks.acquire(&self.inner, ours.id).await?;
         let result = async {
-            let latest = self.inner.load(&record.id).await?;
+            let latest = self.inner.load(&ours.id).await?;
             let merged =
-                rebuild::merge(record, latest).map_err(|refusal| refused(record.id, refusal))?;
+                rebuild::merge(&ours, latest).map_err(|refusal| refused(&ours, refusal))?;
             self.inner.save(&merged).await
         }
         .await;
         // The save's outcome is the request's: a lock that outlives it only delays the next save.
         held.release().await;
+        if result.is_ok() {
+            saved(&ours);
+        }
         result
     }
 
@@ -177,8 +188,53 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
     }
 }
 
-/// The store error a refused save answers with, logged with the session it names.
-pub(crate) fn refused(id: Id, refusal: Refusal) -> session_store::Error {
-    tracing::warn!(session = %id, "{refusal}: nothing of this request is saved");
-    session_store::Error::Backend(refusal.to_string())
+/// What a merging store's save of a record must do.
+pub(crate) enum Prepared<'a> {
+    /// Nothing: the flush saved this record, and nothing changed since.
+    Nothing,
+    /// Merge and store this record.
+    Save(Cow<'a, Record>),
+}
+
+/// The first step of every merging store's save (see `flushed`): the session manager's save after
+/// the flush's own is nothing when the record did not change since, and otherwise merges only
+/// what changed since.
+pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
+    let Some(request) = journal::flushed(ours) else {
+        return Prepared::Save(Cow::Borrowed(ours));
+    };
+    let Some(at_flush) = flushed::take_saved(ours, request) else {
+        return Prepared::Save(Cow::Borrowed(ours));
+    };
+    let now = flushed::digests(data(ours));
+    if now == at_flush {
+        return Prepared::Nothing;
+    }
+    let mut ours = ours.clone();
+    journal::set_digests(&mut ours, at_flush);
+    Prepared::Save(Cow::Owned(ours))
+}
+
+/// The last step of a merging store's successful save of `ours` (under its final id): a flush's
+/// save notes what it stored, for the session manager's save that follows.
+pub(crate) fn saved(ours: &Record) {
+    if let Some(journal) = Journal::read(ours) {
+        flushed::note_saved(ours.id, journal.request(), flushed::digests(data(ours)));
+    }
+}
+
+/// The store error a refused save of `ours` answers with, logged with the session it names; a
+/// flush's save also notes the refusal, for the flush to answer with.
+pub(crate) fn refused(ours: &Record, refusal: Refusal) -> session_store::Error {
+    tracing::warn!(session = %ours.id, "{refusal}: nothing of this request is saved");
+    let error = session_store::Error::Backend(refusal.to_string());
+    if let Some(journal) = Journal::read(ours) {
+        flushed::note_refused(ours.id, journal.request(), refusal);
+    }
+    error
+}
+
+/// The session data of `record`: its keys without the merge's bookkeeping.
+fn data(record: &Record) -> impl Iterator<Item = (&String, &serde_json::Value)> {
+    record.data.iter().filter(|(key, _)| rebuild::is_data(key))
 }

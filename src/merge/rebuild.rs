@@ -10,7 +10,7 @@ use super::journal::{Journal, Ops, Versions, JOURNAL_KEY, VERSIONS_KEY};
 use crate::{budget, expiry, stored::Stored};
 
 /// Why a save is refused: nothing of it is stored.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refusal {
     /// The session was in the store when the request loaded it, and is gone now: deleted (a
     /// logout), its id cycled away, expired or evicted. Writing it back would undo that.
@@ -43,7 +43,7 @@ impl fmt::Display for Refusal {
 }
 
 /// Whether a top-level key holds session data, not the merge's bookkeeping.
-fn is_data(key: &str) -> bool {
+pub(super) fn is_data(key: &str) -> bool {
     key != JOURNAL_KEY && key != VERSIONS_KEY
 }
 

@@ -67,17 +67,26 @@ pub(crate) async fn load<S: CompareAndSet>(
 
 /// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
 /// try for each save that came first.
-pub(crate) async fn save<S: CompareAndSet>(store: &S, ours: &Record) -> session_store::Result<()> {
-    let mut seen = merge::seen(ours);
-    let mut next = merge::as_stored(ours);
+pub(crate) async fn save<S: CompareAndSet>(
+    store: &S,
+    record: &Record,
+) -> session_store::Result<()> {
+    let merge::Prepared::Save(ours) = merge::prepare(record) else {
+        return Ok(());
+    };
+    let mut seen = merge::seen(&ours);
+    let mut next = merge::as_stored(&ours);
     for _ in 0..MAX_ATTEMPTS {
         match store.replace(&next, seen.as_deref()).await? {
-            Replaced::Done => return Ok(()),
+            Replaced::Done => {
+                merge::saved(&ours);
+                return Ok(());
+            }
             Replaced::Changed(latest) => {
                 let (latest, token) =
                     latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
-                next = merge::merge(ours, latest)
-                    .map_err(|refusal| merge::refused(ours.id, refusal))?;
+                next = merge::merge(&ours, latest)
+                    .map_err(|refusal| merge::refused(&ours, refusal))?;
                 seen = token;
             }
         }
@@ -102,6 +111,7 @@ pub(crate) async fn create<S: CompareAndSet>(
         stored.id = Id::default();
     }
     record.id = stored.id;
+    merge::saved(record);
     Ok(())
 }
 

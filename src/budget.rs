@@ -128,12 +128,37 @@ fn stamp_len(stamp: time::OffsetDateTime) -> usize {
 }
 
 /// Whether `value` nests arrays and objects more than `limit` levels deep (`[1]` is one level).
-/// Walked without recursion, so no depth can exhaust the stack.
+/// No depth of `value` can exhaust the stack: the walk recurses at most `limit` levels, and for a
+/// limit past [`RECURSION`] it keeps its own stack.
 pub(crate) fn is_deeper_than(value: &Value, limit: usize) -> bool {
-    fn is_container(value: &Value) -> bool {
-        matches!(value, Value::Array(_) | Value::Object(_))
+    if limit <= RECURSION {
+        deeper(value, limit)
+    } else {
+        deeper_without_recursion(value, limit)
     }
+}
 
+/// The deepest limit checked by recursion: a few kilobytes of stack.
+const RECURSION: usize = 128;
+
+fn is_container(value: &Value) -> bool {
+    matches!(value, Value::Array(_) | Value::Object(_))
+}
+
+/// Whether `value` nests more than `levels` levels, by recursion at most that deep.
+fn deeper(value: &Value, levels: usize) -> bool {
+    let Some(below) = levels.checked_sub(1) else {
+        return is_container(value);
+    };
+    let nested = |inner: &Value| is_container(inner) && deeper(inner, below);
+    match value {
+        Value::Array(items) => items.iter().any(nested),
+        Value::Object(map) => map.values().any(nested),
+        _ => false,
+    }
+}
+
+fn deeper_without_recursion(value: &Value, limit: usize) -> bool {
     if !is_container(value) {
         return false;
     }
@@ -351,7 +376,22 @@ mod tests {
             deep = Value::Array(vec![deep]);
         }
         assert!(is_deeper_than(&deep, 64));
+        assert!(is_deeper_than(&deep, 99_999));
         assert!(!is_deeper_than(&deep, 100_000));
+        for limit in [0, 1, 2, 127, 128, 129] {
+            let mut nested = json!(1);
+            for _ in 0..limit {
+                nested = json!([nested]);
+            }
+            assert!(
+                !is_deeper_than(&nested, limit),
+                "{limit} levels fit {limit}"
+            );
+            assert!(
+                is_deeper_than(&json!({ "a": nested }), limit),
+                "{limit} + 1 levels"
+            );
+        }
         // Take it apart without recursion: dropping it whole would recurse as deep.
         while let Value::Array(mut items) = deep {
             deep = items.pop().unwrap_or(Value::Null);

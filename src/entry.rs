@@ -661,7 +661,11 @@ impl Entry {
             None => Change::Nothing,
         };
         if let (Some(limits), Change::Write(Value::Object(map))) = (limits, &change) {
-            let size = budget::exact(map).low;
+            // The bounds settle most writes; only near the budget is every byte counted.
+            let size = match budget::bounds(map) {
+                bounds if bounds.high <= limits.budget => bounds.high,
+                _ => budget::exact(map).low,
+            };
             if size > limits.budget {
                 return Err(Error::OverBudget {
                     namespace: self.namespace.clone(),

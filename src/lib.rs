@@ -165,3 +165,8 @@ pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
         _ => panic!("opening a namespace of a fresh session did not complete at once"),
     }
 }
+
+/// The README's Rust blocks, run as doc tests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

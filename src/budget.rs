@@ -1,5 +1,5 @@
-//! Budgets: how many bytes a namespace's user data takes serialized as JSON (serde_json's compact
-//! form), measured without building the text.
+//! Budgets: how many bytes a namespace takes serialized as JSON (serde_json's compact form), its
+//! user data and its bookkeeping, measured without building the text; and how deep a value nests.
 //!
 //! Every insert checks its namespace against the budget, so the measure must be cheap. Escapes
 //! are the only part of the length that needs every byte of every string: without them, a string
@@ -7,9 +7,12 @@
 //! (each string between its length and six times its length, plus quotes), which walks the values
 //! but not the bytes. Only when the bounds cannot settle whether an insert fits (the namespace is
 //! close to its budget) is the **exact** length counted, and from then on kept exact by adding
-//! and subtracting the entries an insert changes.
+//! and subtracting the entries an insert changes. The bookkeeping (stamp, counts, keys'
+//! lifetimes) is small, and always counted exactly.
 
 use serde_json::{Map, Number, Value};
+
+use crate::stored::{self, Deadline, KeyDeadline, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
 
 /// A namespace's serialized length, between `low` and `high` bytes; `exact` when they are equal
 /// because every string was scanned for escapes.
@@ -81,6 +84,81 @@ fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
             .plus(Size::of_len(1, false))
             .plus(value_bounds(value))
     }
+}
+
+/// The bytes a namespace's bookkeeping adds to its user data when stored (each reserved entry
+/// and the comma before it): its `deadline`, and the `lifetimes` of the keys it holds (`holds`).
+/// The user data is not empty: an empty namespace is not stored at all.
+pub(crate) fn bookkeeping<'a>(
+    deadline: Deadline,
+    lifetimes: impl Iterator<Item = (&'a str, KeyDeadline)>,
+    holds: impl Fn(&str) -> bool,
+) -> usize {
+    // A comma, the key and its colon, then the value.
+    let entry = |key: &str, value: usize| 1 + exact_string_len(key) + 1 + value;
+    let mut len = 0;
+    if let Some(stamp) = deadline.stamp {
+        len += entry(STAMP_KEY, stamp_len(stamp));
+    }
+    if let Some(hops) = deadline.hops {
+        len += entry(HOPS_KEY, digits(u64::from(hops)));
+    }
+    let (mut count, mut entries) = (0, 0);
+    for (key, deadline) in lifetimes.filter(|(key, _)| holds(key)) {
+        let value = match deadline {
+            // {"until":seconds}
+            KeyDeadline::Until(until) => 10 + stamp_len(until),
+            // {"hops":count}
+            KeyDeadline::Hops(hops) => 9 + digits(u64::from(hops)),
+        };
+        count += 1;
+        entries += exact_string_len(key) + 1 + value;
+    }
+    if count > 0 {
+        len += entry(LIFETIMES_KEY, 2 + (count - 1) + entries);
+    }
+    len
+}
+
+fn stamp_len(stamp: time::OffsetDateTime) -> usize {
+    match stored::encode_stamp(stamp) {
+        Value::Number(number) => number_len(&number),
+        other => exact_value_len(&other),
+    }
+}
+
+/// Whether `value` nests arrays and objects more than `limit` levels deep (`[1]` is one level).
+/// Walked without recursion, so no depth can exhaust the stack.
+pub(crate) fn is_deeper_than(value: &Value, limit: usize) -> bool {
+    fn is_container(value: &Value) -> bool {
+        matches!(value, Value::Array(_) | Value::Object(_))
+    }
+
+    if !is_container(value) {
+        return false;
+    }
+    // The containers still to look into, with their depth.
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 1)];
+    while let Some((value, depth)) = pending.pop() {
+        if depth > limit {
+            return true;
+        }
+        match value {
+            Value::Array(items) => pending.extend(
+                items
+                    .iter()
+                    .filter(|inner| is_container(inner))
+                    .map(|inner| (inner, depth + 1)),
+            ),
+            Value::Object(map) => pending.extend(
+                map.values()
+                    .filter(|inner| is_container(inner))
+                    .map(|inner| (inner, depth + 1)),
+            ),
+            _ => {}
+        }
+    }
+    false
 }
 
 // The bounds.
@@ -173,11 +251,11 @@ const ESCAPE_EXTRA: [u8; 256] = {
     extra
 };
 
-fn number_len(number: &Number) -> usize {
-    fn digits(n: u64) -> usize {
-        n.checked_ilog10().map_or(1, |log| log as usize + 1)
-    }
+fn digits(n: u64) -> usize {
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
+}
 
+fn number_len(number: &Number) -> usize {
     if let Some(n) = number.as_u64() {
         digits(n)
     } else if let Some(n) = number.as_i64() {
@@ -209,6 +287,76 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+    use std::collections::BTreeMap;
+    use time::{macros::datetime, Duration};
+
+    #[test]
+    fn bookkeeping_is_what_the_stored_form_adds_to_the_user_data() {
+        let at = datetime!(2026-11-25 12:00:00.123_456_789 UTC);
+        let user = json!({ "a": 1, "b\"": "x" }).as_object().unwrap().clone();
+        let deadlines = [
+            Deadline::default(),
+            Deadline {
+                stamp: Some(at),
+                hops: None,
+            },
+            Deadline {
+                stamp: None,
+                hops: Some(0),
+            },
+            Deadline {
+                stamp: Some(at + Duration::days(9000)),
+                hops: Some(4_000_000_000),
+            },
+        ];
+        let lifetimes = [
+            BTreeMap::new(),
+            BTreeMap::from([("a".to_owned(), KeyDeadline::Hops(12))]),
+            BTreeMap::from([
+                ("a".to_owned(), KeyDeadline::Until(at)),
+                ("b\"".to_owned(), KeyDeadline::Hops(0)),
+                ("absent".to_owned(), KeyDeadline::Hops(1)),
+            ]),
+        ];
+        for deadline in deadlines {
+            for lifetimes in &lifetimes {
+                let stored = stored::Stored {
+                    map: user.clone(),
+                    deadline,
+                    lifetimes: lifetimes.clone(),
+                };
+                let written = serde_json::to_string(&stored.encode().unwrap())
+                    .unwrap()
+                    .len();
+                let counted = exact(&user).low
+                    + bookkeeping(
+                        deadline,
+                        lifetimes
+                            .iter()
+                            .map(|(key, deadline)| (key.as_str(), *deadline)),
+                        |key| user.contains_key(key),
+                    );
+                assert_eq!(counted, written, "{deadline:?} {lifetimes:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn depth_counts_nested_arrays_and_objects() {
+        assert!(!is_deeper_than(&json!(1), 0));
+        assert!(!is_deeper_than(&json!([1, {"a": 2}]), 2));
+        assert!(is_deeper_than(&json!([1, {"a": [2]}]), 2));
+        let mut deep = json!(0);
+        for _ in 0..100_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert!(is_deeper_than(&deep, 64));
+        assert!(!is_deeper_than(&deep, 100_000));
+        // Take it apart without recursion: dropping it whole would recurse as deep.
+        while let Value::Array(mut items) = deep {
+            deep = items.pop().unwrap_or(Value::Null);
+        }
+    }
 
     fn any_value() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![

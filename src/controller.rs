@@ -9,10 +9,14 @@ use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    expiry::{self, ExpiryPolicy, KeyDeadline, Lifetime},
+    budget,
+    entry::Entry,
+    error::Error,
+    expiry::{self, ExpiryPolicy, Lifetime},
     export::{escape_js, json_script},
-    state::{Entry, RequestState},
-    Error, Keyed, Namespace,
+    keyed::{Keyed, Namespace},
+    state::RequestState,
+    stored,
 };
 
 /// An extractor that opens namespaces of the visitor's session by key.
@@ -153,20 +157,11 @@ impl SessionControllers {
         key: &str,
         policy: ExpiryPolicy,
     ) -> Result<SessionController, Error> {
-        let policy = policy.validate(key)?;
-        let entry = self.request.entry(key).await?;
-        {
-            let mut slot = entry.lock();
-            if slot.checked_out {
-                return Err(Error::NamespaceInUse {
-                    namespace: key.to_owned(),
-                });
-            }
-            slot.access(key, policy, self.request.now);
-        }
+        let entry = self.request.open(key, policy).await?;
+        entry.open(policy, self.request.now)?;
         Ok(SessionController {
             entry,
-            budget: self.request.budget,
+            budget: self.request.limits.budget,
             request: Arc::clone(&self.request),
             policy,
         })
@@ -218,15 +213,9 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionControllers {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let request = parts
-            .extensions
-            .get::<Arc<RequestState>>()
-            .cloned()
-            .ok_or(Error::MissingLayer)?;
-        if request.session.is_none() {
-            return Err(Error::MissingSessionManager);
-        }
-        Ok(Self { request })
+        Ok(Self {
+            request: RequestState::of(parts)?,
+        })
     }
 }
 
@@ -265,7 +254,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn key(&self) -> &str {
-        &self.entry.key
+        self.entry.namespace()
     }
 
     /// The expiry policy this controller was opened with: what a write does to the deadline.
@@ -280,17 +269,19 @@ impl SessionController {
         self.policy
     }
 
-    /// Sets the budget of inserts through this controller, in bytes of the namespace's user data
-    /// serialized as JSON, instead of the layer's
+    /// Sets the budget of writes through this controller, in bytes of the namespace as stored
+    /// (its user data and its stamp, counts and keys' lifetimes, serialized as JSON), instead of
+    /// the layer's
     /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget)).
     ///
     /// ```
     /// # use tower_sessions_controller::Error;
     /// # tower_sessions_controller::__doc_controller(|cart| {
-    /// let mut cart = cart.with_budget(32);
-    /// cart.insert("apples", 3)?; // {"apples":3} is 12 bytes
+    /// let mut cart = cart.with_budget(64);
+    /// // {"apples":3,"_timeout_datestamp":1795629985.363972}: about 52 bytes
+    /// cart.insert("apples", 3)?;
     /// let err = cart.insert("note", "a note far too long for the budget").unwrap_err();
-    /// assert!(matches!(err, Error::OverBudget { limit: 32, .. }));
+    /// assert!(matches!(err, Error::OverBudget { limit: 64, .. }));
     /// assert!(!cart.contains_key("note"));
     /// # Ok::<(), Error>(())
     /// # });
@@ -327,17 +318,18 @@ impl SessionController {
     ///
     /// [`Error::Deserialize`] if the stored value does not deserialize into `T`.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Error> {
-        let mut slot = self.entry.lock();
-        let Some(value) = slot.map(self.key()).get(key) else {
-            return Ok(None);
-        };
-        T::deserialize(value)
-            .map(Some)
-            .map_err(|source| Error::Deserialize {
-                namespace: self.key().to_owned(),
-                key: key.to_owned(),
-                source,
-            })
+        self.entry.read(|map| {
+            let Some(value) = map.get(key) else {
+                return Ok(None);
+            };
+            T::deserialize(value)
+                .map(Some)
+                .map_err(|source| Error::Deserialize {
+                    namespace: self.key().to_owned(),
+                    key: key.to_owned(),
+                    source,
+                })
+        })
     }
 
     /// Stores `value` under `key`; the stamp moves as the [policy](Self::policy) says (by default
@@ -361,7 +353,17 @@ impl SessionController {
     ///
     /// On error nothing is written.
     pub fn insert(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
-        if expiry::is_reserved(key) {
+        self.insert_for(key, value, None)
+    }
+
+    /// [`insert`](Self::insert), giving the key its own `lifetime` in the same step.
+    fn insert_for(
+        &mut self,
+        key: &str,
+        value: impl Serialize,
+        lifetime: Option<Lifetime>,
+    ) -> Result<(), Error> {
+        if stored::is_reserved(key) {
             return Err(Error::ReservedKey {
                 key: key.to_owned(),
             });
@@ -371,15 +373,24 @@ impl SessionController {
             key: Some(key.to_owned()),
             source,
         })?;
-        self.entry.lock().insert(
-            self.key(),
+        let max_depth = self.request.limits.max_depth;
+        if budget::is_deeper_than(&value, max_depth) {
+            return Err(Error::TooDeep {
+                namespace: self.key().to_owned(),
+                key: Some(key.to_owned()),
+                limit: max_depth,
+            });
+        }
+        let now = self.request.now;
+        self.entry.insert(
             key.to_owned(),
             value,
-            self.request.now,
+            lifetime.map(|lifetime| lifetime.deadline(now)),
+            now,
             self.policy,
             self.budget,
         )?;
-        self.request.warn_if_flushed(self.key(), "changed");
+        self.request.warn_if_responded(self.key(), "changed");
         Ok(())
     }
 
@@ -407,7 +418,7 @@ impl SessionController {
     /// - [`Error::ReservedKey`] for the reserved keys.
     /// - [`Error::InvalidExpiry`] for a duration that is zero or negative.
     pub fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Result<(), Error> {
-        if expiry::is_reserved(key) {
+        if stored::is_reserved(key) {
             return Err(Error::ReservedKey {
                 key: key.to_owned(),
             });
@@ -420,10 +431,9 @@ impl SessionController {
                 });
             }
         }
-        self.request.warn_if_flushed(self.key(), "changed");
         self.entry
-            .lock()
-            .set_lifetime(key, KeyDeadline::new(lifetime, self.request.now));
+            .set_lifetime(key, lifetime.deadline(self.request.now), self.budget)?;
+        self.request.warn_if_responded(self.key(), "changed");
         Ok(())
     }
 
@@ -443,8 +453,7 @@ impl SessionController {
     ///
     /// As [`insert`](Self::insert); on error nothing is written.
     pub fn flash(&mut self, key: &str, value: impl Serialize) -> Result<(), Error> {
-        self.insert(key, value)?;
-        self.set_lifetime(key, Lifetime::Hops(NonZeroU32::MIN))
+        self.insert_for(key, value, Some(Lifetime::Hops(NonZeroU32::MIN)))
     }
 
     /// Removes `key` (and its lifetime) and returns its value; `None` (and no change) if it was
@@ -461,8 +470,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let removed = self.entry.lock().remove(self.key(), key)?;
-        self.request.warn_if_flushed(self.key(), "changed");
+        let removed = self.entry.remove(key)?;
+        self.request.warn_if_responded(self.key(), "changed");
         Some(removed)
     }
 
@@ -478,8 +487,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn purge(&mut self) {
-        self.request.warn_if_flushed(self.key(), "purged");
-        self.entry.lock().purge();
+        self.request.warn_if_responded(self.key(), "purged");
+        self.entry.purge();
     }
 
     /// Whether the namespace holds any of the user's keys.
@@ -490,7 +499,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn has_data(&self) -> bool {
-        !self.entry.lock().map(self.key()).is_empty()
+        !self.entry.read(Map::is_empty)
     }
 
     /// The number of the user's keys.
@@ -504,7 +513,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn len(&self) -> usize {
-        self.entry.lock().map(self.key()).len()
+        self.entry.read(Map::len)
     }
 
     /// Whether the namespace holds none of the user's keys: `!has_data()`.
@@ -529,7 +538,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn contains_key(&self, key: &str) -> bool {
-        self.entry.lock().map(self.key()).contains_key(key)
+        self.entry.read(|map| map.contains_key(key))
     }
 
     /// The user's keys, in the map's order (sorted).
@@ -543,7 +552,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn keys(&self) -> Vec<String> {
-        self.entry.lock().map(self.key()).keys().cloned().collect()
+        self.entry.read(|map| map.keys().cloned().collect())
     }
 
     /// A copy of the user's keys and values (never the stamp): the seed's `data`.
@@ -556,7 +565,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn data(&self) -> Map<String, Value> {
-        self.entry.lock().map(self.key()).clone()
+        self.entry.read(Map::clone)
     }
 
     /// True unless the namespace holds a stamp still in the future (the seed's rule): a
@@ -573,11 +582,8 @@ impl SessionController {
     /// # });
     /// ```
     pub fn is_expired(&self) -> bool {
-        if self.policy.has_stamp() {
-            expiry::is_expired(self.expires_at(), self.request.now)
-        } else {
-            !self.has_data()
-        }
+        self.policy
+            .is_expired(self.expires_at(), self.has_data(), self.request.now)
     }
 
     /// The instant the namespace expires (the seed's `timeout_datestamp`), if it holds a stamp.
@@ -591,7 +597,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn expires_at(&self) -> Option<OffsetDateTime> {
-        self.entry.lock().deadline.stamp
+        self.entry.deadline().stamp
     }
 
     /// The user's keys and values as a JSON object, never the stamp.
@@ -604,8 +610,7 @@ impl SessionController {
     /// # });
     /// ```
     pub fn to_json(&self) -> String {
-        let mut slot = self.entry.lock();
-        map_to_json(slot.map(self.key()))
+        self.entry.read(map_to_json)
     }
 
     /// [`to_json`](Self::to_json) through [`escape_js`]: the seed's template tag, safe only
@@ -651,14 +656,12 @@ fn map_to_json(map: &Map<String, Value>) -> String {
 
 impl fmt::Debug for SessionController {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut slot = self.entry.lock();
-        let stamp = slot.deadline.stamp;
         f.debug_struct("SessionController")
-            .field("key", &self.entry.key)
+            .field("key", &self.key())
             .field("policy", &self.policy)
             .field("budget", &self.budget)
-            .field("expires_at", &stamp)
-            .field("data", slot.map(&self.entry.key))
+            .field("expires_at", &self.expires_at())
+            .field("data", &self.data())
             .finish()
     }
 }

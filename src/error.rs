@@ -32,9 +32,12 @@ pub enum Error {
     /// [`SessionControllerLayer`](crate::SessionControllerLayer) found no `tower_sessions::Session`
     /// on the request: it is not inside `SessionManagerLayer`.
     MissingSessionManager,
-    /// The session store failed while the session was loaded.
+    /// The session store failed: while a namespace was loaded, or while the flush wrote the
+    /// request's changes into the session (which loads it first if nothing else has).
     Store(tower_sessions::session::Error),
-    /// A user key collides with a key the namespace keeps for itself.
+    /// A user key collides with a key the namespace keeps for its bookkeeping
+    /// ([`STAMP_KEY`](crate::STAMP_KEY), [`HOPS_KEY`](crate::HOPS_KEY),
+    /// [`LIFETIMES_KEY`](crate::LIFETIMES_KEY)).
     ReservedKey {
         /// The refused key.
         key: String,
@@ -77,8 +80,9 @@ pub enum Error {
         /// The refused expiry.
         expiry: Duration,
     },
-    /// A write would have made a namespace larger than its budget (its user data serialized as
-    /// JSON, in bytes). Nothing was written.
+    /// A write would have made a namespace larger than its budget: its JSON as stored, in bytes,
+    /// the user data and the namespace's own bookkeeping (stamp, counts, keys' lifetimes). Nothing
+    /// was written.
     OverBudget {
         /// The namespace written to.
         namespace: String,
@@ -89,25 +93,67 @@ pub enum Error {
         /// The namespace's budget, in bytes.
         limit: usize,
     },
+    /// A namespace was opened under a key it may not have: too long, or one of the top-level
+    /// keys this crate keeps for itself (they begin with `tower_sessions_controller.`).
+    InvalidNamespace {
+        /// The refused key.
+        namespace: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// A value nests arrays and objects deeper than the layer allows
+    /// ([`SessionControllerLayer::with_max_depth`](crate::SessionControllerLayer::with_max_depth)).
+    /// Nothing was written.
+    TooDeep {
+        /// The namespace written to.
+        namespace: String,
+        /// The key inserted; `None` when a whole typed namespace was written.
+        key: Option<String>,
+        /// The deepest nesting allowed.
+        limit: usize,
+    },
 }
+
+/// A namespace or key as error messages show it: quoted, and cut short past 64 characters (a key
+/// can be anything a visitor sent).
+pub(crate) struct Shown<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        match self.0.char_indices().nth(SHOWN) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
+/// How to put the two layers in order, both ways of adding layers.
+const LAYER_ORDER: &str = "In one `tower::ServiceBuilder`, add \
+    `SessionManagerLayer::new(store)` first and `SessionControllerLayer::new()` after it; with \
+    separate `Router::layer` calls, call `.layer(SessionControllerLayer::new())` first and \
+    `.layer(SessionManagerLayer::new(store))` after it (the last layer added runs first)";
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MissingLayer => f.write_str(
+            Self::MissingLayer => write!(
+                f,
                 "session controllers are not available on this route: add \
-                 `SessionControllerLayer::new()` to the router, inside (added before) \
-                 `SessionManagerLayer`",
+                 `SessionControllerLayer::new()` to the router, inside `SessionManagerLayer`. \
+                 {LAYER_ORDER}"
             ),
-            Self::MissingSessionManager => f.write_str(
+            Self::MissingSessionManager => write!(
+                f,
                 "SessionControllerLayer found no session on the request: it must run inside \
-                 tower_sessions::SessionManagerLayer, so call `.layer(SessionControllerLayer::new())` \
-                 before `.layer(SessionManagerLayer::new(store))`",
+                 tower_sessions::SessionManagerLayer. {LAYER_ORDER}"
             ),
             Self::Store(err) => write!(f, "the session store failed: {err}"),
             Self::ReservedKey { key } => write!(
                 f,
-                "the key {key:?} is reserved for the namespace's expiry stamp; choose another key"
+                "the key {} is reserved for the namespace's bookkeeping (its expiry stamp, \
+                 request count and keys' lifetimes); choose another key",
+                Shown(key)
             ),
             Self::Serialize {
                 namespace,
@@ -115,37 +161,46 @@ impl fmt::Display for Error {
                 source,
             } => write!(
                 f,
-                "the value for key {key:?} of namespace {namespace:?} cannot be serialized: {source}"
+                "the value for key {} of namespace {} cannot be serialized: {source}",
+                Shown(key),
+                Shown(namespace)
             ),
             Self::Serialize {
                 namespace,
                 key: None,
                 source,
-            } => write!(f, "namespace {namespace:?} cannot be serialized: {source}"),
+            } => write!(
+                f,
+                "namespace {} cannot be serialized: {source}",
+                Shown(namespace)
+            ),
             Self::Deserialize {
                 namespace,
                 key,
                 source,
             } => write!(
                 f,
-                "the value for key {key:?} of namespace {namespace:?} does not deserialize into the \
-                 type asked for: {source}"
+                "the value for key {} of namespace {} does not deserialize into the type asked \
+                 for: {source}",
+                Shown(key),
+                Shown(namespace)
             ),
             Self::NotAnObject { namespace } => write!(
                 f,
-                "namespace {namespace:?} did not serialize to a JSON object: a `Namespace` type must \
-                 be a struct or a map"
+                "namespace {} did not serialize to a JSON object: a `Namespace` type must be a \
+                 struct or a map",
+                Shown(namespace)
             ),
             Self::NamespaceInUse { namespace } => write!(
                 f,
-                "namespace {namespace:?} is already open in this request as a `Keyed` (or a \
-                 `Keyed` was asked for while a controller for it is open): drop one before opening \
-                 the other"
+                "namespace {} is already open in this request as a `Keyed` (or a `Keyed` was \
+                 asked for while a controller for it is open): drop one before opening the other",
+                Shown(namespace)
             ),
             Self::InvalidExpiry { namespace, expiry } => write!(
                 f,
-                "namespace {namespace:?} was opened with expiry {expiry}; an expiry must be \
-                 positive"
+                "namespace {} was opened with expiry {expiry}; an expiry must be positive",
+                Shown(namespace)
             ),
             Self::OverBudget {
                 namespace,
@@ -156,15 +211,40 @@ impl fmt::Display for Error {
                 match key {
                     Some(key) => write!(
                         f,
-                        "inserting {key:?} would make namespace {namespace:?} {size} bytes, "
+                        "inserting {} would make namespace {} {size} bytes, ",
+                        Shown(key),
+                        Shown(namespace)
                     )?,
-                    None => write!(f, "namespace {namespace:?} would be {size} bytes, ")?,
+                    None => write!(f, "namespace {} would be {size} bytes, ", Shown(namespace))?,
                 }
                 write!(
                     f,
-                    "over its budget of {limit} bytes; nothing was written (store less, or raise \
-                     the budget with SessionControllerLayer::with_budget, \
+                    "over its budget of {limit} bytes (its user data and its stamp, counts and \
+                     keys' lifetimes as stored); nothing was written (store less, or raise the \
+                     budget with SessionControllerLayer::with_budget, \
                      SessionController::with_budget or Namespace::BUDGET)"
+                )
+            }
+            Self::InvalidNamespace { namespace, reason } => write!(
+                f,
+                "a namespace cannot be opened under the key {}: {reason}",
+                Shown(namespace)
+            ),
+            Self::TooDeep {
+                namespace,
+                key,
+                limit,
+            } => {
+                match key {
+                    Some(key) => write!(f, "the value for key {}", Shown(key))?,
+                    None => f.write_str("the value")?,
+                }
+                write!(
+                    f,
+                    " of namespace {} nests arrays and objects more than {limit} levels deep; \
+                     nothing was written (flatten the value, or raise the limit with \
+                     SessionControllerLayer::with_max_depth)",
+                    Shown(namespace)
                 )
             }
         }

@@ -1,33 +1,30 @@
-//! The expiry rules of a namespace, in one place.
+//! The expiry rules of a namespace and of its keys, in one place.
 //!
-//! A namespace carries one stamp, `_timeout_datestamp`: the instant it expires, stored as seconds
-//! since the Unix epoch in a float (the seed's layout). What a write does to the stamp is the
-//! namespace's [`ExpiryPolicy`]; the rules every policy shares:
+//! A namespace carries one stamp (see [`STAMP_KEY`](crate::STAMP_KEY)): the instant it expires.
+//! What a write does to it is the namespace's [`ExpiryPolicy`]; the rules every policy shares:
 //!
 //! - under the default policy, a write sets the stamp to the request's now plus the namespace's
 //!   expiry (the timeout slides on every write; reads never move it);
 //! - a namespace is alive while its stamp is still in the future: at the stamp instant it has
 //!   expired;
-//! - a namespace whose stamp has passed is dropped when it is opened;
+//! - a namespace whose stamp has passed, or that has no requests left, is dropped when it is
+//!   opened; so are the keys whose own [`Lifetime`] is over;
+//! - opening counts one request against every count of requests the namespace and its keys hold;
+//!   when the response is produced, what was in its last request ends;
 //! - a namespace without a stamp is never dropped, and reports itself expired (the seed counts a
 //!   missing stamp as the epoch).
+//!
+//! The in-memory namespace ([`Entry`](crate::entry::Entry)) and the merge of overlapping saves
+//! apply these rules; neither makes its own.
 
 use std::num::NonZeroU32;
 
-use serde_json::Value;
 use time::{Duration, OffsetDateTime};
 
-use crate::Error;
-
-/// The reserved key under which a namespace stores its expiry stamp.
-///
-/// Inserting it as user data is an [`Error::ReservedKey`](crate::Error::ReservedKey), and
-/// [`SessionController::to_json`](crate::SessionController::to_json) never shows it.
-///
-/// ```
-/// assert_eq!(tower_sessions_controller::STAMP_KEY, "_timeout_datestamp");
-/// ```
-pub const STAMP_KEY: &str = "_timeout_datestamp";
+use crate::{
+    error::Error,
+    stored::{self, Deadline, KeyDeadline, Stored},
+};
 
 /// The expiry a namespace gets when none is given: five minutes, the seed's
 /// `seconds_till_expiry = 300`. [`SessionControllers::open`](crate::SessionControllers::open)
@@ -37,27 +34,6 @@ pub const STAMP_KEY: &str = "_timeout_datestamp";
 /// assert_eq!(tower_sessions_controller::DEFAULT_EXPIRY.whole_seconds(), 300);
 /// ```
 pub const DEFAULT_EXPIRY: Duration = Duration::minutes(5);
-
-/// The reserved key under which a namespace counted in requests ([`ExpiryPolicy::Hops`]) stores
-/// how many more requests may open it.
-///
-/// ```
-/// assert_eq!(tower_sessions_controller::HOPS_KEY, "_timeout_hops");
-/// ```
-pub const HOPS_KEY: &str = "_timeout_hops";
-
-/// The reserved key under which a namespace stores the [`Lifetime`]s of its keys: an object from
-/// key to `{"until": seconds}` or `{"hops": requests left}`.
-///
-/// ```
-/// assert_eq!(tower_sessions_controller::LIFETIMES_KEY, "_key_timeouts");
-/// ```
-pub const LIFETIMES_KEY: &str = "_key_timeouts";
-
-/// Whether `key` is reserved for the namespace's own bookkeeping.
-pub(crate) fn is_reserved(key: &str) -> bool {
-    key == STAMP_KEY || key == HOPS_KEY || key == LIFETIMES_KEY
-}
 
 /// When a namespace expires: chosen when it is opened
 /// ([`SessionControllers::open_with_policy`](crate::SessionControllers::open_with_policy)) or
@@ -110,6 +86,14 @@ impl Default for ExpiryPolicy {
     }
 }
 
+/// What a write leaves: the namespace's new deadline, and whether that deadline has already
+/// passed (only an [`ExpiryPolicy::At`] instant can be; such a write is not stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Write {
+    pub(crate) deadline: Deadline,
+    pub(crate) past_deadline: bool,
+}
+
 impl ExpiryPolicy {
     /// Refuses durations that would expire a namespace the moment it is written.
     pub(crate) fn validate(self, namespace: &str) -> Result<Self, Error> {
@@ -128,19 +112,24 @@ impl ExpiryPolicy {
         }
     }
 
-    /// The stamp and request count a write leaves, given the namespace's current (live) stamp.
-    pub(crate) fn on_write(self, stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> Deadline {
-        match self {
+    /// A write at `now` to a namespace whose (live) deadline is `current`: the one write rule of
+    /// both controllers.
+    pub(crate) fn write(self, current: Deadline, now: OffsetDateTime) -> Write {
+        let deadline = match self {
             Self::SlidingOnWrite(expiry) | Self::SlidingOnAccess(expiry) => Deadline {
-                stamp: Some(stamp_after_write(now, expiry)),
+                stamp: Some(stored::stamp_after(now, expiry)),
                 hops: None,
             },
             Self::AfterFirstWrite(expiry) => Deadline {
-                stamp: Some(stamp.unwrap_or_else(|| stamp_after_write(now, expiry))),
+                stamp: Some(
+                    current
+                        .stamp
+                        .unwrap_or_else(|| stored::stamp_after(now, expiry)),
+                ),
                 hops: None,
             },
             Self::At(at) => Deadline {
-                stamp: Some(representable(at)),
+                stamp: Some(stored::representable(at)),
                 hops: None,
             },
             Self::Hops(hops) => Deadline {
@@ -148,27 +137,39 @@ impl ExpiryPolicy {
                 hops: Some(hops.get()),
             },
             Self::Never => Deadline::default(),
+        };
+        let past_deadline =
+            matches!(self, Self::At(_)) && deadline.stamp.is_some_and(|stamp| stamp <= now);
+        Write {
+            deadline,
+            past_deadline,
         }
     }
 
-    /// Whether a write under this policy at `now` left `deadline` already passed: only an `At`
-    /// instant can, and such a write is not stored.
-    pub(crate) fn is_past(self, deadline: Deadline, now: OffsetDateTime) -> bool {
-        matches!(self, Self::At(_)) && deadline.stamp.is_some_and(|stamp| stamp <= now)
+    /// The write that opening a namespace which `holds_data` makes, once per request: only a
+    /// namespace that slides on access gets one.
+    pub(crate) fn on_open(
+        self,
+        holds_data: bool,
+        current: Deadline,
+        now: OffsetDateTime,
+    ) -> Option<Write> {
+        (matches!(self, Self::SlidingOnAccess(_)) && holds_data).then(|| self.write(current, now))
     }
 
-    /// Whether "expired" is judged by the stamp (the seed's rule: no stamp reads as expired), or,
-    /// for the policies that store none, by whether the namespace holds anything.
-    pub(crate) fn has_stamp(self) -> bool {
-        !matches!(self, Self::Hops(_) | Self::Never)
+    /// The seed's `is_expired` under this policy: by the stamp (a namespace without one reports
+    /// expired), or, for the policies that store none, by whether the namespace holds anything.
+    pub(crate) fn is_expired(
+        self,
+        stamp: Option<OffsetDateTime>,
+        holds_data: bool,
+        now: OffsetDateTime,
+    ) -> bool {
+        match self {
+            Self::Hops(_) | Self::Never => !holds_data,
+            _ => is_expired(stamp, now),
+        }
     }
-}
-
-/// What decides when a namespace ends: its stamp, or the requests it has left.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Deadline {
-    pub(crate) stamp: Option<OffsetDateTime>,
-    pub(crate) hops: Option<u32>,
 }
 
 /// How long one key of a namespace lives, set with
@@ -194,55 +195,14 @@ pub enum Lifetime {
     Hops(NonZeroU32),
 }
 
-/// A key's lifetime as stored: an instant, or the requests it has left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyDeadline {
-    Until(OffsetDateTime),
-    Hops(u32),
-}
-
-impl KeyDeadline {
-    pub(crate) fn new(lifetime: Lifetime, now: OffsetDateTime) -> Self {
-        match lifetime {
-            Lifetime::For(duration) => Self::Until(stamp_after_write(now, duration)),
-            Lifetime::Hops(hops) => Self::Hops(hops.get()),
-        }
-    }
-
-    /// Whether the key is gone for a request at `now` (judged when the namespace is opened).
-    pub(crate) fn is_over(self, now: OffsetDateTime) -> bool {
+impl Lifetime {
+    /// The deadline a key gets when this lifetime is set at `now`.
+    pub(crate) fn deadline(self, now: OffsetDateTime) -> KeyDeadline {
         match self {
-            Self::Until(until) => until <= now,
-            Self::Hops(left) => left == 0,
+            Self::For(duration) => KeyDeadline::Until(stored::stamp_after(now, duration)),
+            Self::Hops(hops) => KeyDeadline::Hops(hops.get()),
         }
     }
-
-    pub(crate) fn encode(self) -> Value {
-        match self {
-            Self::Until(until) => serde_json::json!({ "until": encode(until) }),
-            Self::Hops(left) => serde_json::json!({ "hops": left }),
-        }
-    }
-
-    pub(crate) fn decode(value: &Value) -> Result<Self, &'static str> {
-        if let Some(until) = value.get("until") {
-            return decode(until).map(Self::Until);
-        }
-        value
-            .get("hops")
-            .and_then(Value::as_u64)
-            .and_then(|hops| u32::try_from(hops).ok())
-            .map(Self::Hops)
-            .ok_or("a key's lifetime is neither {\"until\": seconds} nor {\"hops\": count}")
-    }
-}
-
-/// Reads a stored request count.
-pub(crate) fn decode_hops(value: &Value) -> Result<u32, &'static str> {
-    value
-        .as_u64()
-        .and_then(|hops| u32::try_from(hops).ok())
-        .ok_or("the request count is not a whole number")
 }
 
 /// Whether an expiry can be used: a namespace that expires the moment it is written is a mistake.
@@ -251,272 +211,146 @@ pub(crate) fn is_valid(expiry: Duration) -> bool {
 }
 
 /// The seed's `is_expired`: true unless the stamp is still in the future.
-pub(crate) fn is_expired(stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+fn is_expired(stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
     stamp.is_none_or(|stamp| stamp <= now)
 }
 
 /// Whether a stored namespace is dropped when it is opened: it has a stamp, and the stamp has
 /// passed.
-pub(crate) fn is_dropped_on_open(stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
+fn is_dropped_on_open(stamp: Option<OffsetDateTime>, now: OffsetDateTime) -> bool {
     stamp.is_some_and(|stamp| stamp <= now)
 }
 
-/// The latest stamp: the last whole second of year 9999, which a float of seconds still holds
-/// and reads back exactly.
-const LATEST_STAMP: OffsetDateTime = time::macros::datetime!(9999-12-31 23:59:59 UTC);
+/// Whether a namespace with `deadline` has ended for a request at `now`: its stamp has passed,
+/// or it has no requests left.
+fn has_ended(deadline: Deadline, now: OffsetDateTime) -> bool {
+    is_dropped_on_open(deadline.stamp, now) || deadline.hops == Some(0)
+}
 
-/// The stamp a write sets: `now + expiry`, as it will read back from the stored float, so that
-/// what a handler sees in [`expires_at`](crate::SessionController::expires_at) is exactly what the
-/// next request judges by. The float resolves about a quarter of a microsecond today: an expiry
-/// shorter than that still stamps strictly after `now`, so a written namespace is alive after the
-/// write. An expiry past the calendar saturates at the latest stamp.
-///
-/// The arithmetic is on seconds and nanoseconds since the epoch ([`Unix`]): `OffsetDateTime`
-/// arithmetic goes through the calendar, and this runs on every write.
-pub(crate) fn stamp_after_write(now: OffsetDateTime, expiry: Duration) -> OffsetDateTime {
-    let now = Unix::of(now);
-    let stamp = now
-        .checked_add(expiry)
-        .map_or(Unix::LATEST, |stamp| stamp.min(Unix::LATEST));
-    let mut seconds = stamp.seconds();
-    let read = loop {
-        match Unix::from_seconds(seconds) {
-            Some(read) if read > now || read >= Unix::LATEST => break read,
-            Some(_) => seconds = seconds.next_up(),
-            None => break stamp,
-        }
+/// Whether a key with `deadline` is gone for a request at `now`.
+fn key_has_ended(deadline: KeyDeadline, now: OffsetDateTime) -> bool {
+    match deadline {
+        KeyDeadline::Until(until) => until <= now,
+        KeyDeadline::Hops(left) => left == 0,
+    }
+}
+
+/// What a request at `now` finds of a stored namespace: `None` (and `stored` emptied) if the
+/// namespace has ended; otherwise the keys whose lifetime is over, dropped from `stored`.
+pub(crate) fn drop_ended(stored: &mut Stored, now: OffsetDateTime) -> Option<Vec<String>> {
+    if has_ended(stored.deadline, now) {
+        *stored = Stored::default();
+        return None;
+    }
+    let over: Vec<String> = stored
+        .lifetimes
+        .iter()
+        .filter(|(_, deadline)| key_has_ended(**deadline, now))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &over {
+        stored.lifetimes.remove(key);
+        stored.map.remove(key);
+    }
+    if !over.is_empty() && stored.map.is_empty() {
+        // Its last key is gone, and the namespace with it.
+        stored.deadline = Deadline::default();
+    }
+    Some(over)
+}
+
+/// What opening a stored namespace found and changed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Opening {
+    /// The namespace had ended: the request finds it empty.
+    pub(crate) ended: bool,
+    /// The keys whose lifetime was over.
+    pub(crate) expired_keys: Vec<String>,
+    /// A request was counted against the namespace's own count.
+    pub(crate) counted: bool,
+    /// The keys whose count of requests went down.
+    pub(crate) counted_keys: Vec<String>,
+}
+
+impl Opening {
+    /// Whether opening changed what is stored.
+    pub(crate) fn changed(&self) -> bool {
+        self.ended || self.counted || !self.expired_keys.is_empty() || !self.counted_keys.is_empty()
+    }
+}
+
+/// Opening `stored` at `now`: what has ended is dropped, and this request is counted against
+/// every count of requests left.
+pub(crate) fn open(stored: &mut Stored, now: OffsetDateTime) -> Opening {
+    let Some(expired_keys) = drop_ended(stored, now) else {
+        return Opening {
+            ended: true,
+            ..Opening::default()
+        };
     };
-    read.instant().unwrap_or(LATEST_STAMP)
-}
-
-/// `at` as it reads back from the stored float, within the calendar.
-fn representable(at: OffsetDateTime) -> OffsetDateTime {
-    let at = at.min(LATEST_STAMP);
-    decode_seconds(encode_seconds(at)).unwrap_or(at)
-}
-
-/// The stored form of a stamp: seconds since the Unix epoch, as a float.
-pub(crate) fn encode(stamp: OffsetDateTime) -> Value {
-    Value::from(encode_seconds(stamp))
-}
-
-fn encode_seconds(stamp: OffsetDateTime) -> f64 {
-    Unix::of(stamp).seconds()
-}
-
-/// Reads a stored stamp, or says why it cannot be read.
-pub(crate) fn decode(value: &Value) -> Result<OffsetDateTime, &'static str> {
-    let seconds = value.as_f64().ok_or("the expiry stamp is not a number")?;
-    decode_seconds(seconds).ok_or("the expiry stamp is out of range")
-}
-
-fn decode_seconds(seconds: f64) -> Option<OffsetDateTime> {
-    Unix::from_seconds(seconds)?.instant()
-}
-
-/// An instant of the calendar as whole seconds since the Unix epoch (rounded down) and the
-/// nanoseconds past them: what stamps are computed in. Ordered as the instants are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct Unix {
-    seconds: i64,
-    nanos: u32,
-}
-
-impl Unix {
-    const NANOS_PER_SECOND: i64 = 1_000_000_000;
-    /// The first and last seconds of the calendar `time` handles.
-    const EARLIEST_SECONDS: i64 = time::PrimitiveDateTime::MIN.assume_utc().unix_timestamp();
-    const LAST_SECONDS: i64 = time::PrimitiveDateTime::MAX.assume_utc().unix_timestamp();
-    const LATEST: Self = Self {
-        seconds: LATEST_STAMP.unix_timestamp(),
-        nanos: 0,
+    // Not ended, so at least one request was left: this one.
+    let counted = match &mut stored.deadline.hops {
+        Some(hops) => {
+            *hops = hops.saturating_sub(1);
+            true
+        }
+        None => false,
     };
-
-    fn of(at: OffsetDateTime) -> Self {
-        Self {
-            seconds: at.unix_timestamp(),
-            nanos: at.nanosecond(),
+    let mut counted_keys = Vec::new();
+    for (key, deadline) in &mut stored.lifetimes {
+        if let KeyDeadline::Hops(hops) = deadline {
+            *hops = hops.saturating_sub(1);
+            counted_keys.push(key.clone());
         }
     }
-
-    /// `seconds` plus `nanos` (any sign, up to a second or two), if that is in the calendar.
-    fn new(seconds: i64, nanos: i64) -> Option<Self> {
-        let seconds = seconds.checked_add(nanos.div_euclid(Self::NANOS_PER_SECOND))?;
-        let nanos = nanos.rem_euclid(Self::NANOS_PER_SECOND) as u32;
-        (Self::EARLIEST_SECONDS..=Self::LAST_SECONDS)
-            .contains(&seconds)
-            .then_some(Self { seconds, nanos })
+    Opening {
+        ended: false,
+        expired_keys,
+        counted,
+        counted_keys,
     }
+}
 
-    fn checked_add(self, duration: Duration) -> Option<Self> {
-        Self::new(
-            self.seconds.checked_add(duration.whole_seconds())?,
-            i64::from(self.nanos) + i64::from(duration.subsec_nanoseconds()),
-        )
+/// What ends when the response is produced: keys in their last request go, and the whole
+/// namespace ends if it was in its last request or written under a deadline that has passed.
+/// Returns whether the whole namespace ended.
+pub(crate) fn end_request(stored: &mut Stored, written_past_deadline: bool) -> bool {
+    let last: Vec<String> = stored
+        .lifetimes
+        .iter()
+        .filter(|(_, deadline)| **deadline == KeyDeadline::Hops(0))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &last {
+        stored.lifetimes.remove(key);
+        stored.map.remove(key);
     }
-
-    /// The instant a stored float of seconds stands for: its whole seconds plus its fraction
-    /// rounded to the nanosecond.
-    fn from_seconds(seconds: f64) -> Option<Self> {
-        if !seconds.is_finite() {
-            return None;
-        }
-        let whole = seconds.trunc();
-        // `whole` is an integer-valued float; out of the `i64` range, `as` saturates, and the
-        // range check in `new` sees it.
-        Self::new(whole as i64, ((seconds - whole) * 1e9).round() as i64)
+    let ended = stored.deadline.hops == Some(0) || written_past_deadline;
+    if ended {
+        stored.map.clear();
     }
-
-    /// The stored float: whole seconds plus the fraction.
-    fn seconds(self) -> f64 {
-        self.seconds as f64 + f64::from(self.nanos) / 1e9
-    }
-
-    fn instant(self) -> Option<OffsetDateTime> {
-        OffsetDateTime::from_unix_timestamp(self.seconds)
-            .ok()?
-            .replace_nanosecond(self.nanos)
-            .ok()
-    }
+    ended
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+    use serde_json::json;
     use time::macros::datetime;
 
-    /// The calendar arithmetic the nanosecond arithmetic replaces: a stored float read as whole
-    /// seconds plus the fraction rounded to the nanosecond.
-    fn decode_by_calendar(seconds: f64) -> Option<OffsetDateTime> {
-        if !seconds.is_finite() {
-            return None;
+    const NOW: OffsetDateTime = datetime!(2026-11-25 17:00 UTC);
+
+    fn stored(map: serde_json::Value, deadline: Deadline) -> Stored {
+        Stored {
+            map: map.as_object().cloned().unwrap_or_default(),
+            deadline,
+            lifetimes: Default::default(),
         }
-        let whole = seconds.trunc();
-        let at = OffsetDateTime::from_unix_timestamp(whole as i64).ok()?;
-        at.checked_add(Duration::nanoseconds(
-            ((seconds - whole) * 1e9).round() as i64
-        ))
-    }
-
-    /// The same for a write's stamp.
-    fn stamp_by_calendar(now: OffsetDateTime, expiry: Duration) -> OffsetDateTime {
-        let stamp = now
-            .checked_add(expiry)
-            .map_or(LATEST_STAMP, |stamp| stamp.min(LATEST_STAMP));
-        let mut seconds = stamp.unix_timestamp() as f64 + f64::from(stamp.nanosecond()) / 1e9;
-        loop {
-            match decode_by_calendar(seconds) {
-                Some(read) if read > now || read >= LATEST_STAMP => return read,
-                Some(_) => seconds = seconds.next_up(),
-                None => return stamp,
-            }
-        }
-    }
-
-    fn instants() -> impl Strategy<Value = OffsetDateTime> {
-        prop_oneof![
-            // Around today, where stamps live.
-            (1_700_000_000_000_000_000i128..1_900_000_000_000_000_000),
-            // Anywhere in the calendar.
-            (i128::from(Unix::EARLIEST_SECONDS) * 1_000_000_000
-                ..i128::from(Unix::LAST_SECONDS + 1) * 1_000_000_000),
-        ]
-        .prop_map(|nanos| OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap())
-    }
-
-    proptest! {
-        #[test]
-        fn stored_floats_read_as_the_calendar_reads_them(
-            seconds in prop_oneof![
-                any::<f64>(),
-                -400_000_000_000.0f64..400_000_000_000.0,
-                1.7e9f64..1.9e9,
-            ]
-        ) {
-            prop_assert_eq!(decode_seconds(seconds), decode_by_calendar(seconds));
-        }
-
-        #[test]
-        fn write_stamps_are_the_calendars(
-            now in instants(),
-            expiry in prop_oneof![
-                (1i64..1_000_000).prop_map(Duration::nanoseconds),
-                (1i64..100_000_000).prop_map(Duration::seconds),
-                any::<i64>().prop_map(Duration::seconds),
-            ],
-        ) {
-            prop_assert_eq!(stamp_after_write(now, expiry), stamp_by_calendar(now, expiry));
-            prop_assert_eq!(encode_seconds(now), now.unix_timestamp() as f64
-                + f64::from(now.nanosecond()) / 1e9);
-        }
-    }
-
-    #[test]
-    fn a_stamp_reads_back_as_the_instant_it_was_written_for() {
-        for at in [
-            datetime!(2026-11-25 17:00 UTC),
-            datetime!(2026-11-25 17:00:00.25 UTC),
-            datetime!(1969-12-31 23:59:59.5 UTC),
-        ] {
-            assert_eq!(decode(&encode(at)), Ok(at));
-        }
-    }
-
-    #[test]
-    fn a_write_stamp_is_what_the_stored_float_reads_back_as() {
-        let now = datetime!(2026-11-25 17:00:00.123_456_789 UTC);
-        let stamp = stamp_after_write(now, Duration::seconds(300));
-        assert_eq!(decode(&encode(stamp)), Ok(stamp));
-        assert!((stamp - (now + Duration::seconds(300))).abs() < Duration::microseconds(1));
-    }
-
-    #[test]
-    fn an_expiry_past_the_calendar_saturates_at_a_stamp_that_reads_back() {
-        let now = datetime!(2026-11-25 17:00 UTC);
-        for expiry in [Duration::MAX, Duration::days(365 * 8000)] {
-            let stamp = stamp_after_write(now, expiry);
-            assert_eq!(stamp, LATEST_STAMP);
-            assert_eq!(decode(&encode(stamp)), Ok(stamp));
-        }
-    }
-
-    #[test]
-    fn an_expiry_below_the_floats_resolution_still_stamps_after_now() {
-        let now = datetime!(2026-11-25 17:00:00.000_000_100 UTC);
-        for nanos in [1, 50, 119, 120, 238] {
-            let stamp = stamp_after_write(now, Duration::nanoseconds(nanos));
-            assert!(stamp > now, "{nanos} ns: {stamp} is not after {now}");
-            assert_eq!(decode(&encode(stamp)), Ok(stamp));
-        }
-    }
-
-    #[test]
-    fn stamps_that_are_not_finite_numbers_in_range_are_refused() {
-        for bad in [
-            Value::from("1700000000"),
-            Value::Null,
-            Value::from(1e300),
-            Value::from(-1e300),
-            serde_json::json!([1]),
-        ] {
-            assert!(decode(&bad).is_err(), "{bad} was accepted");
-        }
-        assert!(decode_seconds(f64::NAN).is_none());
-        assert!(decode_seconds(f64::INFINITY).is_none());
-    }
-
-    #[test]
-    fn an_integer_stamp_from_another_writer_is_read() {
-        assert_eq!(
-            decode(&Value::from(1_700_000_000_i64)),
-            Ok(datetime!(2023-11-14 22:13:20 UTC))
-        );
     }
 
     #[test]
     fn at_the_stamp_the_namespace_has_expired() {
-        let stamp = datetime!(2026-11-25 17:00 UTC);
+        let stamp = NOW;
         let just_before = stamp - Duration::nanoseconds(1);
         assert!(!is_expired(Some(stamp), just_before));
         assert!(is_expired(Some(stamp), stamp));
@@ -526,8 +360,139 @@ mod tests {
 
     #[test]
     fn without_a_stamp_a_namespace_reports_expired_but_is_kept() {
-        let now = datetime!(2026-11-25 17:00 UTC);
-        assert!(is_expired(None, now));
-        assert!(!is_dropped_on_open(None, now));
+        assert!(is_expired(None, NOW));
+        assert!(!is_dropped_on_open(None, NOW));
+    }
+
+    #[test]
+    fn policies_without_a_stamp_judge_expiry_by_the_data() {
+        let hops = ExpiryPolicy::Hops(NonZeroU32::MIN);
+        assert!(hops.is_expired(None, false, NOW));
+        assert!(!hops.is_expired(None, true, NOW));
+        assert!(ExpiryPolicy::default().is_expired(None, true, NOW));
+    }
+
+    #[test]
+    fn after_first_write_keeps_a_live_stamp_and_sliding_moves_it() {
+        let earlier = Deadline {
+            stamp: Some(NOW + Duration::seconds(10)),
+            hops: None,
+        };
+        let minute = Duration::minutes(1);
+        assert_eq!(
+            ExpiryPolicy::AfterFirstWrite(minute)
+                .write(earlier, NOW)
+                .deadline,
+            earlier
+        );
+        let slid = ExpiryPolicy::SlidingOnWrite(minute).write(earlier, NOW);
+        assert_eq!(slid.deadline.stamp, Some(stored::stamp_after(NOW, minute)));
+        assert!(!slid.past_deadline);
+    }
+
+    #[test]
+    fn a_write_at_or_after_an_at_instant_is_past_its_deadline() {
+        let at = ExpiryPolicy::At(NOW);
+        assert!(at.write(Deadline::default(), NOW).past_deadline);
+        assert!(
+            !at.write(Deadline::default(), NOW - Duration::seconds(1))
+                .past_deadline
+        );
+    }
+
+    #[test]
+    fn only_sliding_on_access_writes_when_opened_and_only_with_data() {
+        let minute = Duration::minutes(1);
+        let access = ExpiryPolicy::SlidingOnAccess(minute);
+        assert!(access.on_open(true, Deadline::default(), NOW).is_some());
+        assert!(access.on_open(false, Deadline::default(), NOW).is_none());
+        assert!(ExpiryPolicy::SlidingOnWrite(minute)
+            .on_open(true, Deadline::default(), NOW)
+            .is_none());
+    }
+
+    #[test]
+    fn opening_an_ended_namespace_empties_it() {
+        let mut ended = stored(
+            json!({ "a": 1 }),
+            Deadline {
+                stamp: Some(NOW),
+                hops: None,
+            },
+        );
+        let opening = open(&mut ended, NOW);
+        assert!(opening.ended && opening.changed());
+        assert_eq!(ended, Stored::default());
+    }
+
+    #[test]
+    fn opening_drops_expired_keys_and_counts_this_request() {
+        let mut namespace = stored(
+            json!({ "gone": 1, "flash": 2, "kept": 3 }),
+            Deadline {
+                stamp: None,
+                hops: Some(2),
+            },
+        );
+        namespace.lifetimes = [
+            ("gone".to_owned(), KeyDeadline::Until(NOW)),
+            ("flash".to_owned(), KeyDeadline::Hops(1)),
+        ]
+        .into();
+        let opening = open(&mut namespace, NOW);
+        assert_eq!(opening.expired_keys, ["gone"]);
+        assert_eq!(opening.counted_keys, ["flash"]);
+        assert!(opening.counted);
+        assert_eq!(namespace.deadline.hops, Some(1));
+        assert_eq!(namespace.lifetimes["flash"], KeyDeadline::Hops(0));
+        assert!(!namespace.map.contains_key("gone"));
+    }
+
+    #[test]
+    fn a_namespace_whose_last_key_expired_loses_its_stamp() {
+        let mut namespace = stored(
+            json!({ "gone": 1 }),
+            Deadline {
+                stamp: Some(NOW + Duration::minutes(1)),
+                hops: None,
+            },
+        );
+        namespace
+            .lifetimes
+            .insert("gone".to_owned(), KeyDeadline::Until(NOW));
+        assert_eq!(
+            drop_ended(&mut namespace, NOW),
+            Some(vec!["gone".to_owned()])
+        );
+        assert_eq!(namespace.deadline, Deadline::default());
+    }
+
+    #[test]
+    fn an_unchanged_opening_changes_nothing() {
+        let mut namespace = stored(json!({ "a": 1 }), Deadline::default());
+        let opening = open(&mut namespace, NOW);
+        assert!(!opening.changed());
+    }
+
+    #[test]
+    fn at_the_end_of_a_request_keys_and_namespaces_in_their_last_request_go() {
+        let mut namespace = stored(json!({ "flash": 1, "kept": 2 }), Deadline::default());
+        namespace
+            .lifetimes
+            .insert("flash".to_owned(), KeyDeadline::Hops(0));
+        assert!(!end_request(&mut namespace, false));
+        assert_eq!(namespace.map, *json!({ "kept": 2 }).as_object().unwrap());
+
+        let mut last = stored(
+            json!({ "a": 1 }),
+            Deadline {
+                stamp: None,
+                hops: Some(0),
+            },
+        );
+        assert!(end_request(&mut last, false));
+        assert!(last.map.is_empty());
+        let mut past = stored(json!({ "a": 1 }), Deadline::default());
+        assert!(end_request(&mut past, true));
     }
 }

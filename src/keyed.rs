@@ -12,16 +12,21 @@ use serde::{de::DeserializeOwned, Serialize};
 use time::{Duration, OffsetDateTime};
 
 use crate::{
-    expiry::{self, Deadline, ExpiryPolicy},
-    state::{Entry, RequestState, TypedWrite},
-    Error, SessionControllers,
+    entry::{Entry, Limits, Return},
+    error::Error,
+    expiry::{self, ExpiryPolicy, Write},
+    export::json_script,
+    state::RequestState,
+    stored::Deadline,
 };
 
 /// A typed namespace: its fields are the namespace's keys, stored under [`KEY`](Self::KEY) in
 /// the seed's layout.
 ///
 /// `T` must serialize to a JSON object (a struct with named fields, or a map); the field names
-/// must not be [`STAMP_KEY`](crate::STAMP_KEY). A stored namespace whose fields no longer
+/// must not be reserved keys ([`STAMP_KEY`](crate::STAMP_KEY), [`HOPS_KEY`](crate::HOPS_KEY),
+/// [`LIFETIMES_KEY`](crate::LIFETIMES_KEY)): the flush refuses such a value with
+/// [`Error::ReservedKey`]. A stored namespace whose fields no longer
 /// deserialize into `T` (after a schema change, say) is treated as empty, with a warning, and
 /// replaced on the next write; give new fields `#[serde(default)]` to keep old data readable.
 ///
@@ -69,7 +74,7 @@ pub trait Namespace: Serialize + DeserializeOwned + Default + Send + Sync + 'sta
     /// }
     /// ```
     const EXPIRY_POLICY: ExpiryPolicy = ExpiryPolicy::SlidingOnWrite(Self::EXPIRY);
-    /// The namespace's budget in bytes of its fields serialized as JSON; the layer's
+    /// The namespace's budget in bytes of its fields and its stamp serialized as JSON; the layer's
     /// ([`SessionControllerLayer::with_budget`](crate::SessionControllerLayer::with_budget))
     /// unless set. A `Keyed<T>` is serialized when the response is produced, so a write past the
     /// budget turns the response into an [`Error::OverBudget`] (a `500`), and the session keeps
@@ -120,36 +125,26 @@ pub struct Keyed<T: Namespace> {
     entry: Arc<Entry>,
     request: Arc<RequestState>,
     deadline: Deadline,
-    /// Unwritten, the value goes back to the request's entry on drop (it stands for the stored
-    /// namespace); otherwise the entry keeps what it had.
-    hand_back: bool,
-    written: bool,
+    /// The value stands for the stored namespace: unwritten, it is given back to the entry on
+    /// drop so a later `Keyed<T>` need not read it again.
+    stands: bool,
+    /// The write a mutable access made, once.
+    write: Option<Write>,
     /// Purged at some point: the namespace starts afresh, even if written again afterwards.
     purged: bool,
 }
 
 impl<T: Namespace> Keyed<T> {
     pub(crate) async fn open(request: &Arc<RequestState>) -> Result<Self, Error> {
-        let policy = T::EXPIRY_POLICY.validate(T::KEY)?;
-        let entry = request.entry(T::KEY).await?;
-        let (value, hand_back, deadline) = {
-            let mut slot = entry.lock();
-            if slot.checked_out || entry.is_shared() {
-                return Err(Error::NamespaceInUse {
-                    namespace: T::KEY.to_owned(),
-                });
-            }
-            slot.access(T::KEY, policy, request.now);
-            let (value, hand_back) = slot.check_out::<T>();
-            (value, hand_back, slot.deadline)
-        };
+        let entry = request.open(T::KEY, T::EXPIRY_POLICY).await?;
+        let loan = entry.open_lent::<T>(T::EXPIRY_POLICY, request.now, entry.is_shared())?;
         Ok(Self {
-            value,
+            value: loan.value,
             entry,
             request: Arc::clone(request),
-            deadline,
-            hand_back,
-            written: false,
+            deadline: loan.deadline,
+            stands: loan.stands,
+            write: None,
             purged: false,
         })
     }
@@ -175,11 +170,11 @@ impl<T: Namespace> Keyed<T> {
     /// # }
     /// ```
     pub fn purge(&mut self) {
-        self.request.warn_if_flushed(T::KEY, "purged");
+        self.request.warn_if_responded(T::KEY, "purged");
         self.value = T::default();
         self.deadline = Deadline::default();
         self.purged = true;
-        self.written = false;
+        self.write = None;
     }
 
     /// True unless the namespace holds a stamp still in the future: a namespace never written,
@@ -203,11 +198,8 @@ impl<T: Namespace> Keyed<T> {
     /// # }
     /// ```
     pub fn is_expired(&self) -> bool {
-        if T::EXPIRY_POLICY.has_stamp() {
-            expiry::is_expired(self.deadline.stamp, self.request.now)
-        } else {
-            !self.written && (self.purged || !self.hand_back)
-        }
+        let holds_data = self.write.is_some() || (self.stands && !self.purged);
+        T::EXPIRY_POLICY.is_expired(self.deadline.stamp, holds_data, self.request.now)
     }
 
     /// The instant the namespace expires, if it holds a stamp.
@@ -264,7 +256,7 @@ impl<T: Namespace> Keyed<T> {
             key: None,
             source,
         })?;
-        Ok(crate::json_script(&json, id))
+        Ok(json_script(&json, id))
     }
 }
 
@@ -278,10 +270,11 @@ impl<T: Namespace> Deref for Keyed<T> {
 
 impl<T: Namespace> DerefMut for Keyed<T> {
     fn deref_mut(&mut self) -> &mut T {
-        if !self.written {
-            self.request.warn_if_flushed(T::KEY, "changed");
-            self.deadline = T::EXPIRY_POLICY.on_write(self.deadline.stamp, self.request.now);
-            self.written = true;
+        if self.write.is_none() {
+            self.request.warn_if_responded(T::KEY, "changed");
+            let write = T::EXPIRY_POLICY.write(self.deadline, self.request.now);
+            self.deadline = write.deadline;
+            self.write = Some(write);
         }
         &mut self.value
     }
@@ -289,37 +282,24 @@ impl<T: Namespace> DerefMut for Keyed<T> {
 
 impl<T: Namespace> Drop for Keyed<T> {
     fn drop(&mut self) {
-        let mut slot = self.entry.lock();
-        let value = std::mem::take(&mut self.value);
-        if self.purged {
-            slot.purge();
-        }
-        if self.written {
-            slot.check_in(
-                value,
-                Some(TypedWrite {
-                    deadline: self.deadline,
-                    budget: T::BUDGET.unwrap_or(self.request.budget),
-                    past_deadline: T::EXPIRY_POLICY.is_past(self.deadline, self.request.now),
-                }),
-            );
-        } else if self.hand_back && !self.purged {
-            // Unchanged: keep the value so a later `Keyed<T>` need not deserialize again.
-            slot.check_in(value, None);
-        } else {
-            slot.checked_out = false;
-        }
+        let limits = Limits {
+            budget: T::BUDGET.unwrap_or(self.request.limits.budget),
+            ..self.request.limits
+        };
+        self.entry.take_back(Return {
+            value: std::mem::take(&mut self.value),
+            stands: self.stands,
+            purged: self.purged,
+            write: self.write.map(|write| (write, limits)),
+        });
     }
 }
 
 impl<S: Send + Sync, T: Namespace> FromRequestParts<S> for Keyed<T> {
     type Rejection = Error;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        SessionControllers::from_request_parts(parts, state)
-            .await?
-            .keyed()
-            .await
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::open(&RequestState::of(parts)?).await
     }
 }
 

@@ -20,6 +20,7 @@ use tower_sessions::Session;
 
 use crate::{
     clock::{Clock, SystemClock},
+    entry::Limits,
     state::RequestState,
 };
 
@@ -50,11 +51,11 @@ use crate::{
 #[derive(Clone)]
 pub struct SessionControllerLayer {
     clock: Arc<dyn Clock>,
-    budget: usize,
+    limits: Limits,
 }
 
-/// The budget of a namespace unless the layer or the namespace sets another: 1 MiB of user data
-/// serialized as JSON.
+/// The budget of a namespace unless the layer or the namespace sets another: 1 MiB of JSON as
+/// stored (the user data, and the namespace's stamp, counts and keys' lifetimes).
 ///
 /// That is far more than a cart or a wizard needs, and small enough that a runaway loop fails
 /// at the insert that crosses it instead of growing every later request's store traffic. Behind
@@ -64,6 +65,19 @@ pub struct SessionControllerLayer {
 /// assert_eq!(tower_sessions_controller::DEFAULT_BUDGET, 1 << 20);
 /// ```
 pub const DEFAULT_BUDGET: usize = 1 << 20;
+
+/// How deep a stored value may nest arrays and objects unless the layer sets another limit: 32
+/// levels (`[1]` is one level).
+///
+/// Far deeper than session data needs, and well inside what every store's decoder reads back
+/// (serde_json stops at 128 levels, MessagePack decoders at 1,024, counting the levels of the
+/// record and the namespace around the value): a value that could be stored but not read would
+/// break every later request of the session.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::DEFAULT_MAX_DEPTH, 32);
+/// ```
+pub const DEFAULT_MAX_DEPTH: usize = 32;
 
 impl SessionControllerLayer {
     /// A layer on the [`SystemClock`].
@@ -77,7 +91,10 @@ impl SessionControllerLayer {
     pub fn new() -> Self {
         Self {
             clock: Arc::new(SystemClock),
-            budget: DEFAULT_BUDGET,
+            limits: Limits {
+                budget: DEFAULT_BUDGET,
+                max_depth: DEFAULT_MAX_DEPTH,
+            },
         }
     }
 
@@ -98,7 +115,8 @@ impl SessionControllerLayer {
         self
     }
 
-    /// Sets the budget of every namespace, in bytes of user data serialized as JSON:
+    /// Sets the budget of every namespace, in bytes of its JSON as stored (user data and
+    /// bookkeeping):
     /// [`DEFAULT_BUDGET`] (1 MiB) unless set. An insert that would cross it is an
     /// [`Error::OverBudget`](crate::Error::OverBudget) and writes nothing. A namespace can set its
     /// own with [`SessionController::with_budget`](crate::SessionController::with_budget) or
@@ -114,7 +132,24 @@ impl SessionControllerLayer {
     /// # let _ = layer;
     /// ```
     pub fn with_budget(mut self, bytes: usize) -> Self {
-        self.budget = bytes;
+        self.limits.budget = bytes;
+        self
+    }
+
+    /// Sets how deep a stored value may nest arrays and objects: [`DEFAULT_MAX_DEPTH`] (32)
+    /// unless set. An insert of a deeper value is an [`Error::TooDeep`](crate::Error::TooDeep)
+    /// and writes nothing; a `Keyed<T>` holding one fails the response when it is flushed.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sessions_controller::SessionControllerLayer;
+    ///
+    /// let layer = SessionControllerLayer::new().with_max_depth(8);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_max_depth(mut self, levels: usize) -> Self {
+        self.limits.max_depth = levels;
         self
     }
 }
@@ -129,7 +164,8 @@ impl fmt::Debug for SessionControllerLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionControllerLayer")
             .field("now", &self.clock.now())
-            .field("budget", &self.budget)
+            .field("budget", &self.limits.budget)
+            .field("max_depth", &self.limits.max_depth)
             .finish()
     }
 }
@@ -141,7 +177,7 @@ impl<S> Layer<S> for SessionControllerLayer {
         SessionControllerService {
             inner,
             clock: Arc::clone(&self.clock),
-            budget: self.budget,
+            limits: self.limits,
         }
     }
 }
@@ -161,7 +197,7 @@ impl<S> Layer<S> for SessionControllerLayer {
 pub struct SessionControllerService<S> {
     inner: S,
     clock: Arc<dyn Clock>,
-    budget: usize,
+    limits: Limits,
 }
 
 impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
@@ -186,7 +222,7 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let session = req.extensions().get::<Session>().cloned();
-        let state = Arc::new(RequestState::new(session, self.clock.now(), self.budget));
+        let state = Arc::new(RequestState::new(session, self.clock.now(), self.limits));
         req.extensions_mut().insert(Arc::clone(&state));
         // The inner service was polled ready and is called now: it needs no clone, and the
         // future it returns owns what it needs.

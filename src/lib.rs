@@ -103,11 +103,24 @@
 //!
 //! # Layout of the crate
 //!
-//! The layer (request in, flush out) is in `layer`, with the per-request state it shares with the
-//! extractors in `state`; the controllers that handlers touch are in `controller` (runtime keys)
-//! and `keyed` (typed namespaces); the expiry rules are in `expiry` and the clock in `clock`;
-//! namespace sizes for the budgets in `budget`; the merge of overlapping saves in `merge`; page
-//! export in `export`; errors in `error`.
+//! Each rule has one home, and imports run one way, from the request down to the store:
+//!
+//! - `layer`: the layer; a request comes in and gets its state, the response goes out after the
+//!   flush.
+//! - `state`: the request's state, shared with the extractors: its "now", the registry of the
+//!   namespaces it opened, and the flush.
+//! - `entry`: one namespace open in a request, in memory: the rules applied to it (insert,
+//!   remove, purge, what opening and the end of the request do) and its loan to a `Keyed`.
+//! - `controller` and `keyed`: what handlers touch, by runtime key and by type.
+//! - `expiry`: the expiry rules of namespaces and keys, and the policies; `clock`: where "now"
+//!   comes from.
+//! - `stored`: the stored layout of a namespace, its reserved keys and the stamp's codec;
+//!   `budget`: namespace sizes for the budgets.
+//! - `merge`: [`MergingStore`], the store wrapper (`merge/mod.rs`), its locks (`lock`), the
+//!   journal of a request's operations and the record's versions (`journal`), and the rebuild
+//!   of a record from a save and the latest stored one (`rebuild`). The flush reaches it only
+//!   through the journal.
+//! - `export`: getting namespace data into a page; `error`: what can go wrong.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -115,6 +128,7 @@
 mod budget;
 mod clock;
 mod controller;
+mod entry;
 mod error;
 mod expiry;
 mod export;
@@ -122,15 +136,20 @@ mod keyed;
 mod layer;
 mod merge;
 mod state;
+mod stored;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{SessionController, SessionControllers};
 pub use error::Error;
-pub use expiry::{ExpiryPolicy, Lifetime, DEFAULT_EXPIRY, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
+pub use expiry::{ExpiryPolicy, Lifetime, DEFAULT_EXPIRY};
 pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
-pub use layer::{ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET};
+pub use layer::{
+    ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET,
+    DEFAULT_MAX_DEPTH,
+};
 pub use merge::MergingStore;
+pub use stored::{HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
 
 /// Controllers of a fresh session on a `MemoryStore`, outside any request: the examples in the
 /// docs use it. Not part of the API.
@@ -144,14 +163,17 @@ pub fn __doc_controllers() -> SessionControllers {
     SessionControllers::from_state(std::sync::Arc::new(state::RequestState::new(
         Some(session),
         time::OffsetDateTime::now_utc(),
-        DEFAULT_BUDGET,
+        entry::Limits {
+            budget: DEFAULT_BUDGET,
+            max_depth: DEFAULT_MAX_DEPTH,
+        },
     )))
 }
 
-/// Runs `f` on a controller for the namespace `shopping_cart` from [`__doc_controllers`]. Not
-/// part of the API.
+/// Runs `f` on a controller for the namespace `shopping_cart` from [`__doc_controllers`], and
+/// fails if the example did. Not part of the API.
 #[doc(hidden)]
-pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
+pub fn __doc_controller<R: __DocOutcome>(f: impl FnOnce(SessionController) -> R) {
     use std::{
         future::Future,
         task::{Context, Poll, Waker},
@@ -161,8 +183,28 @@ pub fn __doc_controller<R>(f: impl FnOnce(SessionController) -> R) -> R {
     // A session without an id never reaches the store, so opening completes at once.
     let open = std::pin::pin!(controllers.open("shopping_cart"));
     match open.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(controller)) => f(controller),
+        Poll::Ready(Ok(controller)) => f(controller).check(),
         _ => panic!("opening a namespace of a fresh session did not complete at once"),
+    }
+}
+
+/// What a doc example run by [`__doc_controller`] ends with: nothing, or a result that must be
+/// `Ok`. Not part of the API.
+#[doc(hidden)]
+pub trait __DocOutcome {
+    /// Panics if the example failed.
+    fn check(self);
+}
+
+impl __DocOutcome for () {
+    fn check(self) {}
+}
+
+impl<E: std::fmt::Debug> __DocOutcome for Result<(), E> {
+    fn check(self) {
+        if let Err(err) = self {
+            panic!("the example failed: {err:?}");
+        }
     }
 }
 

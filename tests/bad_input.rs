@@ -21,7 +21,7 @@ use tower_sessions_controller::{
     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
 };
 
-use support::{CountingStore, Logs, Reply, TestApp, START};
+use support::{routes, CountingStore, Logs, Reply, TestApp, START};
 
 // ---------------------------------------------------------------------------------------------
 // Namespaces and handlers
@@ -73,9 +73,16 @@ impl Namespace for Instant {
 
 /// Keys no one would choose, and that must still come back exactly as written.
 fn hostile_keys() -> Vec<String> {
+    let mut keys = hostile_namespace_keys();
+    keys.push("k".repeat(10 * 1024));
+    keys
+}
+
+/// The hostile keys a namespace may have: a namespace key is at most 128 bytes long.
+fn hostile_namespace_keys() -> Vec<String> {
     vec![
         String::new(),
-        "k".repeat(10 * 1024),
+        "k".repeat(128),
         "\u{0}\u{1}\u{7}\u{8}\t\n\r\u{b}\u{c}\u{1b}\u{7f}".to_owned(),
         r#""'`\"\\'"#.to_owned(),
         "</script><script>alert(1)</script>".to_owned(),
@@ -105,10 +112,6 @@ async fn seed(controllers: SessionControllers) -> Result<String, Error> {
     let mut other = controllers.open("other").await?;
     other.insert("keep", true)?;
     Ok(other.to_json())
-}
-
-async fn read(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
-    Ok(controllers.open(&ns).await?.to_json())
 }
 
 async fn write(controllers: SessionControllers, Path(ns): Path<String>) -> Result<String, Error> {
@@ -196,7 +199,7 @@ async fn push_after_response(State(late): State<Late>, mut cart: Keyed<Cart>) ->
 }
 
 async fn write_hostile_namespaces(controllers: SessionControllers) -> Result<String, Error> {
-    for (i, key) in hostile_keys().iter().enumerate() {
+    for (i, key) in hostile_namespace_keys().iter().enumerate() {
         controllers.open(key).await?.insert("i", i)?;
     }
     Ok("written".into())
@@ -204,7 +207,7 @@ async fn write_hostile_namespaces(controllers: SessionControllers) -> Result<Str
 
 async fn read_hostile_namespaces(controllers: SessionControllers) -> Result<String, Error> {
     let mut found = Vec::new();
-    for key in hostile_keys() {
+    for key in hostile_namespace_keys() {
         found.push(controllers.open(&key).await?.get::<usize>("i")?);
     }
     Ok(serde_json::to_string(&found).expect("numbers serialize"))
@@ -225,7 +228,7 @@ async fn read_hostile_user_keys(controllers: SessionControllers) -> Result<Strin
 fn routes() -> Router {
     Router::new()
         .route("/seed", post(seed))
-        .route("/read/{ns}", get(read))
+        .route("/read/{ns}", get(routes::namespace_json))
         .route("/write/{ns}", post(write))
         .route("/cart", get(read_cart).post(add_to_cart))
         .route("/cart/then-map", get(read_cart_then_map))
@@ -252,7 +255,7 @@ fn late_routes(late: Late) -> Router {
 /// The routes a misconfigured router is built from: one per extractor.
 fn extractor_routes() -> Router {
     Router::new()
-        .route("/controllers", get(read).post(write))
+        .route("/controllers", get(routes::namespace_json).post(write))
         .route("/keyed", get(read_cart).post(add_to_cart))
 }
 
@@ -967,12 +970,12 @@ async fn a_keyed_changed_in_a_spawned_task_after_the_response_is_not_stored_and_
 async fn a_garbage_session_cookie_gives_a_fresh_empty_session() {
     let mut app = seeded_app().await;
     assert_eq!(app.post("/apples").await.status, StatusCode::OK);
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let typed = app.get("/cart").await;
-    app.cookie = Some("id=not-a-session-id".to_owned());
+    app.visitor.cookie = Some("id=not-a-session-id".to_owned());
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -989,12 +992,12 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
     assert_eq!(owner.post("/apples").await.status, StatusCode::OK);
     let forged = format!("id={}", Id::default());
     let mut app = owner.visitor();
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
 
     let runtime = app.get("/read/cart").await;
-    app.cookie = Some(forged.clone());
+    app.visitor.cookie = Some(forged.clone());
     let typed = app.get("/cart").await;
-    app.cookie = Some(forged);
+    app.visitor.cookie = Some(forged);
     let other = app.get("/read/other").await;
 
     assert_eq!(runtime.status, StatusCode::OK, "{runtime:?}");
@@ -1010,7 +1013,7 @@ async fn a_well_formed_session_id_not_in_the_store_gives_a_fresh_empty_session()
 async fn a_write_under_a_forged_session_id_is_stored_under_a_new_id() {
     let mut app = TestApp::new(routes());
     let forged = Id::default();
-    app.cookie = Some(format!("id={forged}"));
+    app.visitor.cookie = Some(format!("id={forged}"));
 
     let reply = app.post("/write/cart").await;
 
@@ -1029,9 +1032,31 @@ async fn a_write_under_a_forged_session_id_is_stored_under_a_new_id() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn namespace_keys_too_long_or_reserved_are_refused_with_the_key_cut_short() {
+    let mut app = TestApp::new(routes());
+    for key in [
+        "k".repeat(129),
+        "k".repeat(10 * 1024),
+        "tower_sessions_controller.versions".to_owned(),
+        "tower_sessions_controller.ops".to_owned(),
+    ] {
+        let reply = app.post(&format!("/write/{key}")).await;
+
+        reply.assert_error("a namespace cannot be opened under the key");
+        assert!(
+            reply.body.len() < 500,
+            "the key is cut short: {}",
+            reply.body
+        );
+        reply.assert_no_cookie();
+    }
+    assert!(app.record().await.is_none());
+}
+
+#[tokio::test]
 async fn hostile_namespace_keys_round_trip_exactly_through_the_store() {
     let mut app = TestApp::new(routes());
-    let keys = hostile_keys();
+    let keys = hostile_namespace_keys();
 
     let written = app.post("/hostile/namespaces").await;
     let read = app.get("/hostile/namespaces").await;

@@ -38,11 +38,16 @@
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the Redis tests print
 //! `SKIPPED ...` and pass, unless `REQUIRE_SERVICES=1`. Every Redis record a test wrote is
-//! deleted at its end.
+//! deleted at its end, and nothing else on that server is touched.
+//!
+//! `faults/redis_restart.rs`: Redis stopped and started again under a running app, on a
+//! `redis-server` the test starts for itself.
 
 #[path = "faults/fault_store.rs"]
 mod fault_store;
-#[path = "faults/services.rs"]
+#[path = "faults/redis_restart.rs"]
+mod redis_restart;
+#[path = "support/services.rs"]
 mod services;
 mod support;
 
@@ -79,7 +84,7 @@ use tower_sessions_redis_store::{
 
 use fault_store::{Fault, FaultStore, Jitter, Op, Pick, SECRET};
 use services::PoolKind;
-use support::{send, Logs, Reply, START};
+use support::{send, Logs, Reply, Visitor, START};
 
 /// The top-level key under which `MergingStore` keeps a record's versions.
 const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
@@ -248,32 +253,6 @@ fn app<B: SessionStore + Clone>(
     }
 }
 
-/// A browser: keeps the session cookie it is given.
-#[derive(Debug, Default, Clone)]
-struct Visitor {
-    cookie: Option<String>,
-}
-
-impl Visitor {
-    async fn send(&mut self, app: &Router, method: Method, uri: &str) -> Reply {
-        let reply = send(app, self.cookie.as_deref(), method, uri).await;
-        if let Some(set_cookie) = &reply.set_cookie {
-            if set_cookie.contains("Max-Age=0") {
-                self.cookie = None;
-            } else {
-                self.cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
-            }
-        }
-        reply
-    }
-
-    async fn ok(&mut self, app: &Router, method: Method, uri: &str) -> Reply {
-        let reply = self.send(app, method.clone(), uri).await;
-        assert_eq!(reply.status, StatusCode::OK, "{method} {uri}: {reply:?}");
-        reply
-    }
-}
-
 /// The data of every non-empty record the store holds among the ids written through `store`,
 /// sorted: the whole stored state a test made (a `MergingStore` lock record holds no data).
 async fn stored_records<B: SessionStore + Clone>(store: &FaultStore<B>) -> Vec<Value> {
@@ -310,9 +289,17 @@ async fn lock_records<B: SessionStore + Clone>(store: &FaultStore<B>) -> usize {
     locks
 }
 
-/// Checks a `500` caused by the store: a body that says so or nothing (tower-sessions answers a
-/// failed save with an empty `500`), never the store's own message, and no cookie.
+/// What the fault store's errors carry (connection details, a password): never in a body.
+const INJECTED_WORDS: [&str; 4] = [SECRET, "hunter2", "injected", "10.0.0.7"];
+
+/// Checks a `500` caused by an injected fault: see [`assert_store_failure`].
 fn assert_clear_failure(reply: &Reply, what: &str) {
+    assert_store_failure(reply, what, &INJECTED_WORDS);
+}
+
+/// Checks a `500` caused by the store: a body that says so or nothing (tower-sessions answers a
+/// failed save with an empty `500`), none of the store's own `words`, and no cookie.
+fn assert_store_failure(reply: &Reply, what: &str, words: &[&str]) {
     assert_eq!(
         reply.status,
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -323,17 +310,17 @@ fn assert_clear_failure(reply: &Reply, what: &str) {
         "{what}: unexpected body {:?}",
         reply.body
     );
-    assert_no_leak(reply, what);
+    assert_no_leak(reply, what, words);
     assert_eq!(
         reply.set_cookie, None,
         "{what}: a failed request set a cookie"
     );
 }
 
-fn assert_no_leak(reply: &Reply, what: &str) {
-    for secret in [SECRET, "hunter2", "injected", "10.0.0.7"] {
+fn assert_no_leak(reply: &Reply, what: &str, words: &[&str]) {
+    for word in words {
         assert!(
-            !reply.body.contains(secret),
+            !reply.body.contains(word),
             "{what}: the body leaks the store's message: {:?}",
             reply.body
         );
@@ -935,12 +922,7 @@ async fn stored_namespaces<B: SessionStore + Clone>(
     store: &FaultStore<B>,
     visitor: &Visitor,
 ) -> Model {
-    let Some(id) = visitor
-        .cookie
-        .as_ref()
-        .and_then(|cookie| cookie.strip_prefix("id="))
-        .and_then(|id| id.parse().ok())
-    else {
+    let Some(id) = visitor.session_id() else {
         return Model::new();
     };
     let Some(record) = store.inner.load(&id).await.expect("a load without faults") else {
@@ -1117,7 +1099,7 @@ async fn overlapping<B: SessionStore + Clone>(
             async move {
                 let reply =
                     send(router, Some(cookie), Method::POST, &format!("/overlap/{i}")).await;
-                assert_no_leak(&reply, "overlap");
+                assert_no_leak(&reply, "overlap", &INJECTED_WORDS);
                 (i, reply.status)
             }
         })
@@ -1227,12 +1209,7 @@ async fn write_across_a_vanishing_record<B: SessionStore + Clone>(
     stack: Stack,
 ) -> (StatusCode, bool) {
     let (store, router, mut visitor) = prepared(backend, stack, Kind::WriteTwo).await;
-    let id = visitor
-        .cookie
-        .as_ref()
-        .and_then(|cookie| cookie.strip_prefix("id="))
-        .and_then(|id| id.parse().ok())
-        .expect("a session");
+    let id = visitor.session_id().expect("a session");
     // The save waits 200 ms; the record goes 50 ms into the wait.
     store.set(
         Op::Save,

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Extension, Path},
+    http::StatusCode,
     routing::{get, post},
     Router,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use support::{Calls, CountingStore, TestApp};
+use support::{routes, Calls, CountingStore, TestApp};
 use tokio::sync::Barrier;
 use tower_sessions::{
     session::{Id, Record},
@@ -126,8 +127,63 @@ async fn purge(
     Ok(())
 }
 
-async fn read(Path(ns): Path<String>, controllers: SessionControllers) -> Result<String, Error> {
-    Ok(controllers.open(&ns).await?.to_json())
+/// Logs out (`Session::flush`), then waits for the other request.
+async fn logout(Extension(barrier): Extension<Arc<Barrier>>, session: Session) -> StatusCode {
+    let flushed = session.flush().await;
+    barrier.wait().await;
+    match flushed {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// Logs in: a new session id for the same data, with the user, then waits for the other request.
+async fn login(Extension(barrier): Extension<Arc<Barrier>>, session: Session) -> StatusCode {
+    let cycled = session.cycle_id().await;
+    let user = session.insert_value("user", json!("ada")).await;
+    barrier.wait().await;
+    match (cycled, user) {
+        (Ok(()), Ok(_)) => StatusCode::OK,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A two-field typed namespace whose fields are both written, `None` or not.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Pair {
+    a: Option<u32>,
+    b: Option<u32>,
+}
+
+impl Namespace for Pair {
+    const KEY: &'static str = "pair";
+}
+
+/// Sets one field of the pair, then waits for the other request.
+async fn set_pair(
+    Path(field): Path<String>,
+    Extension(barrier): Extension<Arc<Barrier>>,
+    mut pair: Keyed<Pair>,
+) {
+    match field.as_str() {
+        "a" => pair.a = Some(1),
+        _ => pair.b = Some(2),
+    }
+    drop(pair);
+    barrier.wait().await;
+}
+
+/// Inserts `key` = a string of `len` bytes into the namespace `budgeted` (budget 120), then
+/// waits for the other request.
+async fn insert_budgeted(
+    Path((key, len)): Path<(String, usize)>,
+    Extension(barrier): Extension<Arc<Barrier>>,
+    controllers: SessionControllers,
+) -> Result<(), Error> {
+    let mut namespace = controllers.open("budgeted").await?.with_budget(120);
+    namespace.insert(&key, "x".repeat(len))?;
+    barrier.wait().await;
+    Ok(())
 }
 
 /// A write that does not wait: sets up the session before the overlapping pair.
@@ -145,8 +201,14 @@ fn routes(parties: usize) -> Router {
         .route("/profile-then-read/{value}", post(set_name_then_read))
         .route("/seed-profile", post(seed_profile))
         .route("/purge/{ns}", post(purge))
-        .route("/read/{ns}", get(read))
+        .route("/read/{ns}", get(routes::namespace_json))
         .route("/seed/{ns}", post(seed))
+        .route("/logout", post(logout))
+        .route("/login", post(login))
+        .route("/pair/{field}", post(set_pair))
+        .route("/budgeted/{key}/{len}", post(insert_budgeted))
+        .route("/wizard/seed", post(seed_wizard))
+        .route("/wizard/next", post(next_step))
         .layer(Extension(Arc::new(Barrier::new(parties))))
 }
 
@@ -274,13 +336,7 @@ async fn under_merging_a_read_only_request_loads_once_and_saves_nothing() {
     let mut app = merging_app().await;
     app.store.take_calls();
     assert_eq!(app.get("/read/cart").await.body, r#"{"seed":true}"#);
-    assert_eq!(
-        app.store.take_calls(),
-        Calls {
-            load: 1,
-            ..Calls::default()
-        }
-    );
+    app.assert_calls(Calls::LOAD);
 }
 
 #[tokio::test]
@@ -289,14 +345,10 @@ async fn under_merging_a_write_costs_one_extra_load() {
     assert_eq!(app.post("/seed/cart").await.status, 200);
     app.store.take_calls();
     assert_eq!(app.post("/insert/cart/a").await.status, 200);
-    assert_eq!(
-        app.store.take_calls(),
-        Calls {
-            load: 2,
-            save: 1,
-            ..Calls::default()
-        }
-    );
+    app.assert_calls(Calls {
+        load: 2,
+        ..Calls::LOAD_SAVE
+    });
 }
 
 #[tokio::test]
@@ -305,7 +357,7 @@ async fn under_merging_a_first_visit_that_only_reads_costs_no_store_call() {
     let reply = app.get("/read/cart").await;
     assert_eq!(reply.body, "{}");
     assert_eq!(reply.set_cookie, None);
-    assert_eq!(app.store.take_calls(), Calls::default());
+    app.assert_calls(Calls::NONE);
 }
 
 /// A shared store that yields before every call, as a network store would: it opens the window
@@ -397,4 +449,248 @@ async fn two_instances_sharing_a_store_can_lose_updates_without_the_store_lock()
             "no update was ever lost: the test does not open the window"
         );
     }
+}
+
+/// Both requests at once, from two tabs; their replies in the order given.
+async fn both(app: &TestApp, first: &str, second: &str) -> (support::Reply, support::Reply) {
+    let (mut a, mut b) = (app.tab(), app.tab());
+    tokio::join!(a.post(first), b.post(second))
+}
+
+#[tokio::test]
+async fn a_logout_while_a_write_runs_sticks_and_the_write_is_not_answered_as_saved() {
+    let mut app = merging_app().await;
+    let old = app.session_id().expect("a session");
+    let (write, logout) = both(&app, "/insert/cart/late", "/logout").await;
+
+    assert_eq!(logout.status, 200, "{logout:?}");
+    assert_ne!(
+        write.status, 200,
+        "the write was answered as saved: {write:?}"
+    );
+    assert!(
+        app.record_by_id(&old).await.is_none(),
+        "the session came back"
+    );
+    // The old cookie finds nothing.
+    assert_eq!(app.get("/read/cart").await.body, "{}");
+}
+
+#[tokio::test]
+async fn a_login_that_cycles_the_id_while_a_write_runs_never_brings_the_old_id_back() {
+    let app = merging_app().await;
+    let old = app.session_id().expect("a session");
+    let (mut writer, mut login) = (app.tab(), app.tab());
+    let (write, logged_in) = tokio::join!(writer.post("/insert/cart/late"), login.post("/login"));
+
+    assert_eq!(logged_in.status, 200, "{logged_in:?}");
+    assert_ne!(
+        write.status, 200,
+        "the write was answered as saved: {write:?}"
+    );
+    assert!(
+        app.record_by_id(&old).await.is_none(),
+        "the old id came back"
+    );
+    let new = login.session_id().expect("the login's new id");
+    assert_ne!(new, old);
+    let record = app.record_by_id(&new).await.expect("the new session");
+    assert_eq!(record.data["user"], "ada");
+}
+
+#[tokio::test]
+async fn a_write_that_lands_before_a_logout_is_removed_with_the_session() {
+    let mut app = TestApp::merging(routes(1));
+    assert_eq!(app.post("/seed/cart").await.status, 200);
+    let old = app.session_id().expect("a session");
+    assert_eq!(app.tab().post("/insert/cart/early").await.status, 200);
+    assert_eq!(app.tab().post("/logout").await.status, 200);
+    assert!(app.record_by_id(&old).await.is_none());
+    assert_eq!(app.get("/read/cart").await.body, "{}");
+}
+
+const JOURNAL: &str = "tower_sessions_controller.ops";
+const VERSIONS: &str = "tower_sessions_controller.versions";
+
+/// A purge of the cart, as a journal left in a record would say it.
+fn planted_purge() -> serde_json::Value {
+    json!({ "now": 0, "now_nanos": 0, "namespaces": { "cart": { "purged": true, "wrote": true } } })
+}
+
+#[tokio::test]
+async fn a_journal_found_in_the_store_is_never_applied() {
+    let mut app = TestApp::merging(routes(1));
+    assert_eq!(app.post("/seed/cart").await.status, 200);
+    app.store_raw(JOURNAL, planted_purge()).await;
+
+    // A save that changes no namespace, then one that changes another.
+    assert_eq!(app.post("/direct/user").await.status, 200);
+    assert_eq!(app.post("/insert/wizard/a").await.status, 200);
+
+    let record = app.record().await.expect("record");
+    assert_eq!(record.data["cart"]["seed"], true, "{:?}", record.data);
+    assert!(!record.data.contains_key(JOURNAL), "{:?}", record.data);
+}
+
+#[tokio::test]
+async fn an_app_on_a_plain_store_never_writes_merge_bookkeeping() {
+    let mut app = TestApp::new(routes(1));
+    assert_eq!(app.post("/seed/cart").await.status, 200);
+    // A record that a merging instance wrote, with a load mark planted too.
+    app.store_raw(
+        VERSIONS,
+        json!({ "counter": 3, "keys": { "cart": 3 }, "loaded": "guess" }),
+    )
+    .await;
+
+    assert_eq!(app.post("/insert/cart/a").await.status, 200);
+
+    let record = app.record().await.expect("record");
+    assert_eq!(record.data["cart"]["a"], true);
+    assert!(!record.data.contains_key(JOURNAL), "{:?}", record.data);
+}
+
+#[tokio::test]
+async fn overlapping_first_writes_of_a_typed_namespace_keep_every_field() {
+    for (first, second) in [("/pair/a", "/pair/b"), ("/pair/b", "/pair/a")] {
+        let app = merging_app().await;
+        overlap(&app, first, second).await;
+        assert_eq!(
+            app.stored("pair")
+                .await
+                .map(|pair| (pair["a"].clone(), pair["b"].clone())),
+            Some((json!(1), json!(2))),
+            "{first} with {second}"
+        );
+    }
+}
+
+/// A typed namespace whose fields are all required: stored in part, it would not read back.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Wizard {
+    step: u32,
+    address: String,
+}
+
+impl Namespace for Wizard {
+    const KEY: &'static str = "wizard";
+}
+
+async fn seed_wizard(mut wizard: Keyed<Wizard>) {
+    wizard.step = 1;
+    wizard.address = "1 Main Street".into();
+}
+
+async fn next_step(Extension(barrier): Extension<Arc<Barrier>>, mut wizard: Keyed<Wizard>) {
+    wizard.step = 7;
+    drop(wizard);
+    barrier.wait().await;
+}
+
+#[tokio::test]
+async fn a_typed_write_racing_a_purge_never_stores_a_partial_value() {
+    for purge_first in [true, false] {
+        let mut app = TestApp::merging(routes(2));
+        assert_eq!(app.post("/wizard/seed").await.status, 200);
+        let (step, purge) = if purge_first {
+            let (purge, step) = both(&app, "/purge/wizard", "/wizard/next").await;
+            (step, purge)
+        } else {
+            both(&app, "/wizard/next", "/purge/wizard").await
+        };
+        assert_eq!(
+            (step.status, purge.status),
+            (StatusCode::OK, StatusCode::OK)
+        );
+
+        if let Some(stored) = app.stored("wizard").await {
+            let wizard: Wizard = serde_json::from_value(stored.clone())
+                .unwrap_or_else(|err| panic!("stored in part ({err}): {stored}"));
+            assert_eq!((wizard.step, wizard.address.as_str()), (7, "1 Main Street"));
+        }
+    }
+}
+
+#[tokio::test]
+async fn overlapping_inserts_never_store_more_than_the_budget() {
+    let app = merging_app().await;
+    // Alone, each fits in 120 bytes with its stamp; merged, they would not.
+    let (a, b) = both(&app, "/budgeted/a/40", "/budgeted/b/40").await;
+
+    let stored = app.stored("budgeted").await.expect("one of them is stored");
+    let size = serde_json::to_string(&stored).expect("json").len();
+    assert!(size <= 120, "{size} bytes stored: {stored}");
+    let answered_ok = [a.status, b.status]
+        .iter()
+        .filter(|status| **status == 200)
+        .count();
+    assert_eq!(answered_ok, 1, "{a:?} {b:?}");
+}
+
+/// A store whose next save never finishes once told to stall: a save cancelled in the middle.
+#[derive(Debug, Clone)]
+struct Stalling {
+    inner: MemoryStore,
+    stall: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl SessionStore for Stalling {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        self.inner.create(record).await
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        if self.stall.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        self.inner.save(record).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        self.inner.load(id).await
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.inner.delete(id).await
+    }
+}
+
+/// Two instances share a store; one's save is cancelled while it holds the session's store lock
+/// (a client that went away, a timeout layer). Runs on tokio's paused clock: waiting for the lock
+/// costs no real time, and a lock left behind would fail the other instance's save after its 5
+/// seconds of waiting (the lock's own 10 seconds are wall-clock time, which does not pass here).
+#[tokio::test(start_paused = true)]
+async fn a_save_cancelled_while_it_holds_the_store_lock_does_not_block_the_session() {
+    let stalling = Stalling {
+        inner: MemoryStore::default(),
+        stall: Arc::default(),
+    };
+    let instance = || {
+        routes(1).layer(
+            tower::ServiceBuilder::new()
+                .layer(
+                    SessionManagerLayer::new(MergingStore::new(stalling.clone()).with_store_lock())
+                        .with_secure(false),
+                )
+                .layer(SessionControllerLayer::new()),
+        )
+    };
+    let mut app = TestApp::with_store(Router::new(), CountingStore::new(MemoryStore::default()));
+    app.router = instance();
+    assert_eq!(app.post("/seed/cart").await.status, 200);
+
+    stalling
+        .stall
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let cancelled = tokio::time::timeout(
+        std::time::Duration::from_millis(100),
+        app.tab().post("/insert/cart/a"),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the save should have stalled");
+
+    app.router = instance();
+    let next = app.post("/insert/cart/b").await;
+    assert_eq!(next.status, 200, "{next:?}");
 }

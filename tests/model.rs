@@ -32,7 +32,7 @@ use serde_json::{json, Map, Value};
 use time::{Duration, OffsetDateTime};
 use tower_sessions_controller::{Error, SessionController, SessionControllers, STAMP_KEY};
 
-use support::{TestApp, START};
+use support::{enc, TestApp, START};
 
 // ---------------------------------------------------------------------------------------------
 // Programs
@@ -634,26 +634,9 @@ fn run_uri(steps: &[Step]) -> String {
     format!("/run?steps={}", enc(&steps))
 }
 
-/// Percent-encodes a query value.
-fn enc(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Running a program through both
 // ---------------------------------------------------------------------------------------------
-
-fn nanos(at: OffsetDateTime) -> Nanos {
-    at.unix_timestamp_nanos()
-}
 
 fn instant(at: Nanos) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(at).expect("instant in range")
@@ -699,7 +682,7 @@ async fn check(program: &Program, visitors: usize, store: Store) -> Result<(), T
     let mut apps: Vec<TestApp> = (1..visitors).map(|_| first.visitor()).collect();
     apps.insert(0, first);
     let mut models = vec![Model::default(); visitors];
-    let mut now = nanos(START);
+    let mut now = START.unix_timestamp_nanos();
     // What happened so far, for the failure message.
     let mut trace: Vec<String> = Vec::new();
 
@@ -904,7 +887,7 @@ fn two_visitors_through_merging_store_match_their_models() {
 
 #[test]
 fn the_model_reads_stamps_as_the_layout_stores_them() {
-    let start = nanos(START);
+    let start = START.unix_timestamp_nanos();
     assert_eq!(decode(encode(start)), start);
     assert_eq!(decode(0.5), NANOS_PER_SECOND / 2);
     assert_eq!(decode(-1.5), -3 * NANOS_PER_SECOND / 2);

@@ -14,9 +14,9 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use support::{CountingStore, TestApp, START};
+use support::{routes, Calls, CountingStore, TestApp, START};
 use time::Duration;
-use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+use tower_sessions::{MemoryStore, SessionManagerLayer};
 use tower_sessions_controller::{
     Error, ExpiryPolicy, Keyed, Lifetime, ManualClock, MergingStore, Namespace, SessionController,
     SessionControllerLayer, SessionControllers, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY,
@@ -127,17 +127,10 @@ async fn run(
     Ok(Json(state(&ns)))
 }
 
-async fn cycle(session: Session) -> StatusCode {
-    match session.cycle_id().await {
-        Ok(()) => StatusCode::OK,
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
 fn routes(clock: &ManualClock) -> Router {
     Router::new()
         .route("/ns/{policy}", post(run))
-        .route("/cycle", post(cycle))
+        .route("/cycle", post(routes::cycle_id))
         .with_state(clock.clone())
 }
 
@@ -149,12 +142,7 @@ fn app_with(layer: impl FnOnce(SessionControllerLayer) -> SessionControllerLayer
             SessionControllerLayer::new().with_clock(clock.clone()),
         ))
         .layer(SessionManagerLayer::new(store.clone()).with_secure(false));
-    TestApp {
-        router,
-        store,
-        clock,
-        cookie: None,
-    }
+    TestApp::assemble(router, store, clock)
 }
 
 fn app() -> TestApp {
@@ -167,7 +155,8 @@ async fn call(app: &mut TestApp, uri: &str) -> Value {
     reply.json()
 }
 
-fn nanos(d: Duration) -> i64 {
+/// `START + d` as the routes report a stamp: nanoseconds after `START`.
+fn after_start(d: Duration) -> i64 {
     d.whole_nanoseconds() as i64
 }
 
@@ -187,7 +176,7 @@ async fn sliding_on_access_moves_the_stamp_on_a_read() {
 
     clock_to(&app, Duration::seconds(50));
     let read = call(&mut app, "/ns/access:60").await;
-    assert_eq!(read["expires_at"], nanos(Duration::seconds(110)));
+    assert_eq!(read["expires_at"], after_start(Duration::seconds(110)));
     assert_eq!(
         app.stored(NS).await.unwrap()[STAMP_KEY],
         json!((START + Duration::seconds(110)).unix_timestamp() as f64),
@@ -219,7 +208,7 @@ async fn sliding_on_write_leaves_the_stamp_on_a_read() {
     clock_to(&app, Duration::seconds(50));
     let read = call(&mut app, "/ns/write:60").await;
 
-    assert_eq!(read["expires_at"], nanos(Duration::seconds(60)));
+    assert_eq!(read["expires_at"], after_start(Duration::seconds(60)));
     assert_eq!(app.store.take_calls().save, 0, "a read is no write");
 }
 
@@ -230,7 +219,7 @@ async fn after_first_write_later_writes_do_not_extend_the_stamp() {
 
     clock_to(&app, Duration::seconds(30));
     let second = call(&mut app, "/ns/first:60?set=b=2").await;
-    assert_eq!(second["expires_at"], nanos(Duration::seconds(60)));
+    assert_eq!(second["expires_at"], after_start(Duration::seconds(60)));
 
     clock_to(&app, Duration::seconds(60) - Duration::nanoseconds(1));
     let before = call(&mut app, "/ns/first:60").await;
@@ -253,7 +242,7 @@ async fn after_first_write_starts_a_new_period_once_expired() {
     // The stamp is as exact as its stored float: within a microsecond of 120 s + 1 ns.
     let stamp = fresh["expires_at"].as_i64().unwrap();
     assert!(
-        (stamp - nanos(Duration::seconds(120))).abs() < 1_000,
+        (stamp - after_start(Duration::seconds(120))).abs() < 1_000,
         "{stamp}"
     );
 }
@@ -264,7 +253,7 @@ async fn absolute_instant_holds_whatever_is_written() {
     call(&mut app, "/ns/at:100?set=a=1").await;
     clock_to(&app, Duration::seconds(90));
     let later = call(&mut app, "/ns/at:100?set=b=2").await;
-    assert_eq!(later["expires_at"], nanos(Duration::seconds(100)));
+    assert_eq!(later["expires_at"], after_start(Duration::seconds(100)));
 
     clock_to(&app, Duration::seconds(100) - Duration::nanoseconds(1));
     let before = call(&mut app, "/ns/at:100").await;
@@ -376,7 +365,7 @@ async fn a_key_lifetime_in_seconds_ends_before_the_namespace() {
     assert_eq!(at["data"], json!({ "keep": 1 }));
     assert_eq!(
         at["expires_at"],
-        nanos(Duration::seconds(600)),
+        after_start(Duration::seconds(600)),
         "the namespace's stamp is untouched"
     );
     let stored = app.stored(NS).await.unwrap();
@@ -433,7 +422,7 @@ async fn one_now_per_request_stamps_and_lifetimes_ignore_the_clock_moving_mid_re
     )
     .await;
 
-    assert_eq!(reply["expires_at"], nanos(Duration::seconds(600)));
+    assert_eq!(reply["expires_at"], after_start(Duration::seconds(600)));
     let stored = app.stored(NS).await.unwrap();
     assert_eq!(
         stored[LIFETIMES_KEY]["code"]["until"],
@@ -616,8 +605,8 @@ async fn corrupt_bookkeeping_reads_as_an_empty_namespace() {
 
 #[tokio::test]
 async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
-    // {"a":"xx"} is 10 bytes.
-    let mut app = app_with(|layer| layer.with_budget(10));
+    // {"a":"xx","_timeout_datestamp":1795608060.0} is 44 bytes: the budget counts the stamp.
+    let mut app = app_with(|layer| layer.with_budget(44));
     call(&mut app, "/ns/write:60?set=a=%22xx%22").await;
 
     let reply = app.post("/ns/write:60?set=a=%22xxx%22").await;
@@ -626,7 +615,7 @@ async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
     assert!(
         reply
             .body
-            .contains(r#"inserting "a" would make namespace "ns" 11 bytes, over its budget of 10"#),
+            .contains(r#"inserting "a" would make namespace "ns" 45 bytes, over its budget of 44"#),
         "{}",
         reply.body
     );
@@ -640,8 +629,9 @@ async fn an_insert_up_to_the_budget_fits_and_one_byte_more_is_refused() {
 
 #[tokio::test]
 async fn the_budget_counts_the_whole_namespace_and_a_smaller_value_fits_again() {
-    // {"a":"xx","b":1} is 16 bytes; with "c":1 it would be 22; {"a":"","b":1,"c":1} is 20.
-    let mut app = app_with(|layer| layer.with_budget(20));
+    // {"a":"xx","b":1} is 16 bytes; with "c":1 it would be 22; {"a":"","b":1,"c":1} is 20; the
+    // stamp adds 34.
+    let mut app = app_with(|layer| layer.with_budget(54));
     call(&mut app, "/ns/write:60?set=a=%22xx%22,b=1").await;
     let over = app.post("/ns/write:60?set=c=1").await;
     assert_eq!(over.status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -682,7 +672,7 @@ struct Notes {
 
 impl Namespace for Notes {
     const KEY: &'static str = "notes";
-    const BUDGET: Option<usize> = Some(24);
+    const BUDGET: Option<usize> = Some(56);
 }
 
 async fn add_note(mut notes: Keyed<Notes>, Path(line): Path<String>) -> Json<Value> {
@@ -693,14 +683,14 @@ async fn add_note(mut notes: Keyed<Notes>, Path(line): Path<String>) -> Json<Val
 #[tokio::test]
 async fn a_typed_namespace_over_its_budget_fails_the_response_and_keeps_what_was_stored() {
     let mut app = TestApp::new(Router::new().route("/notes/{line}", post(add_note)));
-    // {"lines":["abc"]} is 17 bytes.
+    // {"lines":["abc"]} is 17 bytes, 51 with its stamp; with "defgh" it would be 59.
     assert_eq!(app.post("/notes/abc").await.status, StatusCode::OK);
 
     let reply = app.post("/notes/defgh").await;
 
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(
-        reply.body.contains("over its budget of 24"),
+        reply.body.contains("over its budget of 56"),
         "{}",
         reply.body
     );
@@ -783,12 +773,7 @@ async fn hops_and_lifetimes_hold_behind_a_merging_store() {
     let router = routes(&clock)
         .layer(SessionControllerLayer::new().with_clock(clock.clone()))
         .layer(SessionManagerLayer::new(MergingStore::new(store.clone())).with_secure(false));
-    let mut app = TestApp {
-        router,
-        store,
-        clock,
-        cookie: None,
-    };
+    let mut app = TestApp::assemble(router, store, clock);
     call(
         &mut app,
         "/ns/write:600?set=keep=1,code=7&flash=notice=1&life_after=code=s:30",
@@ -823,7 +808,7 @@ async fn a_stored_lifetime_for_a_key_the_namespace_does_not_hold_is_ignored() {
     assert_eq!(reply["data"], json!({ "a": 1, "g": 2 }));
     assert_eq!(
         reply["expires_at"],
-        nanos(Duration::seconds(60)),
+        after_start(Duration::seconds(60)),
         "the stamp stands"
     );
     let stored = app.stored(NS).await.unwrap();
@@ -842,15 +827,7 @@ async fn a_read_that_counts_a_request_or_slides_on_access_costs_one_load_and_one
 
         call(&mut app, &format!("/ns/{spec}")).await;
 
-        assert_eq!(
-            app.store.take_calls(),
-            support::Calls {
-                load: 1,
-                save: 1,
-                ..support::Calls::default()
-            },
-            "{spec}"
-        );
+        assert_eq!(app.store.take_calls(), Calls::LOAD_SAVE, "{spec}");
     }
 }
 

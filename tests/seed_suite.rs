@@ -8,9 +8,9 @@
 //!   keyed variant, ported to a [`Namespace`] type read through [`Keyed`] under `/cart/...`.
 //!
 //! Every test drives the real layers over HTTP with `support::TestApp` and checks both the
-//! responses and the record in the store. Where the seed behaves differently from this crate
-//! (SEMANTICS.md), the test asserts the crate's rule and a `// seed:` comment says what the Python
-//! test asserted instead.
+//! responses and the record in the store. Where the seed behaves differently from this crate (the
+//! README's table "What changed from the seed"), the test asserts the crate's rule and a
+//! `// seed:` comment says what the Python test asserted instead.
 
 mod support;
 
@@ -21,7 +21,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use support::{Logs, TestApp, START};
+use support::{enc, seconds, Logs, TestApp, START};
 use time::{Duration, OffsetDateTime};
 use tower_sessions::session::Id;
 use tower_sessions_controller::{
@@ -61,7 +61,7 @@ fn report(controller: &SessionController) -> Value {
         "data": controller.data(),
         "has_data": controller.has_data(),
         "is_expired": controller.is_expired(),
-        "timeout_datestamp": controller.expires_at().map(unix_seconds),
+        "timeout_datestamp": controller.expires_at().map(seconds),
         "to_json": controller.to_json(),
     })
 }
@@ -185,7 +185,7 @@ fn cart_report(cart: &Keyed<ShoppingCart>) -> Value {
     json!({
         "cart": serde_json::to_value(&**cart).expect("a cart serializes"),
         "is_expired": cart.is_expired(),
-        "timeout_datestamp": cart.expires_at().map(unix_seconds),
+        "timeout_datestamp": cart.expires_at().map(seconds),
     })
 }
 
@@ -266,28 +266,9 @@ fn app() -> TestApp {
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The stored form of an instant: seconds since the Unix epoch, as a float (the seed's
-/// `datetime.timestamp()`).
-fn unix_seconds(at: OffsetDateTime) -> f64 {
-    at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9
-}
-
 /// The stamp a write at `at` with `expiry` must store.
 fn stamp(at: OffsetDateTime, expiry: Duration) -> f64 {
-    unix_seconds(at + expiry)
-}
-
-/// Percent-encodes a query value.
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
+    seconds(at + expiry)
 }
 
 /// The URI that inserts `value` under `key` of the namespace `ns`.
@@ -311,13 +292,7 @@ async fn read(app: &mut TestApp, ns: &str) -> Value {
 
 /// One namespace of the record stored under `id`, whatever cookie the app holds now.
 async fn stored_under(app: &TestApp, id: Id, key: &str) -> Option<Value> {
-    use tower_sessions::SessionStore;
-    app.store
-        .inner
-        .load(&id)
-        .await
-        .expect("memory store load")
-        .and_then(|record| record.data.get(key).cloned())
+    app.record_by_id(&id).await?.data.get(key).cloned()
 }
 
 /// The stored `_timeout_datestamp` of a namespace.
@@ -678,7 +653,8 @@ async fn to_json_shows_the_users_keys_without_the_stamp() {
         .is_some());
 }
 
-// Not a Python test: SEMANTICS.md's defect table (an expired namespace, then a write).
+// Not a Python test: the first row of the README's "What changed from the seed" (an expired
+// namespace, then a write in the same request).
 #[tokio::test]
 async fn expired_namespace_is_empty_and_accepts_a_write() {
     let mut app = app();
@@ -903,10 +879,12 @@ async fn typed_write_is_saved_to_the_store_in_the_seeds_layout() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// SEMANTICS.md's worked trace
+// The expiry rule, step by step
 // ---------------------------------------------------------------------------------------------
 
-// Not a Python test: the worked trace of SEMANTICS.md, expiry 60 s.
+// Not a Python test: the README's "The expiry rule" followed through one namespace with an
+// expiry of 60 s: written at t=0 and t=50 (the stamp slides to t=110), read at t=100 (alive,
+// nothing saved), read at t=111 (dropped), written afresh at t=120.
 #[tokio::test]
 async fn worked_trace_with_a_sixty_second_expiry() {
     let mut app = app();

@@ -37,8 +37,9 @@
 
 #[path = "faults/fault_store.rs"]
 mod fault_store;
-#[path = "faults/services.rs"]
+#[path = "support/services.rs"]
 mod services;
+mod support;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -70,6 +71,7 @@ use tower_sessions_controller::{
 use tower_sessions_redis_store::fred::prelude::ClientLike;
 
 use fault_store::{mix, FaultStore};
+use support::{nanos, START};
 
 /// RSS may grow at most this much from the end of the warm-up to the end of the run.
 const RSS_GROWTH_LIMIT: u64 = 8 * 1024 * 1024;
@@ -79,7 +81,6 @@ const NAMESPACES: [(&str, i64); 3] = [("short", 30), ("medium", 120), ("long", 6
 const KEYS: u64 = 8;
 /// The clock moves one second every this many requests.
 const REQUESTS_PER_CLOCK_SECOND: u64 = 16;
-const START: OffsetDateTime = time::macros::datetime!(2026-11-25 12:00 UTC);
 const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
 
 fn expiry_of(ns: &str) -> Duration {
@@ -90,16 +91,12 @@ fn expiry_of(ns: &str) -> Duration {
     Duration::seconds(*seconds)
 }
 
-fn nanos(at: Option<OffsetDateTime>) -> Option<i64> {
-    at.map(|at| i64::try_from(at.unix_timestamp_nanos()).expect("fits"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The server
 // ---------------------------------------------------------------------------------------------
 
 fn report(data: Map<String, Value>, expires_at: Option<OffsetDateTime>) -> Json<Value> {
-    Json(json!({ "data": data, "expires_at": nanos(expires_at) }))
+    Json(json!({ "data": data, "expires_at": expires_at.map(nanos) }))
 }
 
 /// GET /ns/{ns}
@@ -142,7 +139,7 @@ async fn all(c: SessionControllers) -> Result<Json<Value>, Error> {
         let namespace = c.open_with_expiry(ns, expiry_of(ns)).await?;
         out.insert(
             ns.to_owned(),
-            json!({ "data": namespace.data(), "expires_at": nanos(namespace.expires_at()) }),
+            json!({ "data": namespace.data(), "expires_at": namespace.expires_at().map(nanos) }),
         );
     }
     Ok(Json(Value::Object(out)))
@@ -390,7 +387,7 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 fn now_nanos(clock: &ManualClock) -> i64 {
-    nanos(Some(clock.now())).expect("some")
+    nanos(clock.now())
 }
 
 /// What one visitor did.
@@ -630,7 +627,7 @@ async fn run<B: SessionStore + Clone>(store: FaultStore<B>, store_name: &str) {
          namespaces, {} problems",
         total as f64 / elapsed.as_secs_f64(),
         mismatches.len() + sweep_mismatches.len(),
-        (now_nanos(&clock) - nanos(Some(START)).expect("some")) / 1_000_000_000,
+        (now_nanos(&clock) - nanos(START)) / 1_000_000_000,
         mib(rss_at_warm_up),
         mib(rss_at_end),
         mib(peak),

@@ -1,22 +1,23 @@
 //! The JSON API: `/cart` and `/viewed`, the routes the README's `curl` lines use. Every response
-//! is JSON; `expires_in_seconds` is the time left before the namespace's stamp, `null` when
-//! nothing is stored.
-
-use std::num::NonZeroU32;
+//! is JSON, errors included (`{"error": "…"}`); `expires_in_seconds` is the time left before the
+//! namespace's stamp, `null` when nothing is stored.
 
 use axum::{
-    extract::{Path, Query},
-    http::StatusCode,
+    extract::{rejection::QueryRejection, Query},
+    http::{Method, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
 };
-use serde::Deserialize;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
-use tower_sessions_controller::{Error, Keyed};
+use tower_sessions_controller::Keyed;
 
-use crate::namespaces::{Cart, Expiries, Viewed};
+use crate::{
+    catalogue::{self, ProductInPath},
+    namespaces::{Cart, Expiries, Viewed},
+    problem::Problem,
+};
 
 pub fn routes() -> Router<Expiries> {
     Router::new()
@@ -26,10 +27,23 @@ pub fn routes() -> Router<Expiries> {
         .route("/viewed/{item}", post(view_item))
 }
 
-#[derive(Deserialize)]
-struct AddParams {
-    /// Defaults to 1; `NonZeroU32` makes `quantity=0` a 400 instead of an empty line in the cart.
-    quantity: Option<NonZeroU32>,
+/// Whether `path` belongs to the API (answered in JSON) rather than to the pages.
+pub fn is_api_path(path: &str) -> bool {
+    ["/cart", "/viewed"].iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// The answer to a request no route takes: `404` for an unknown path, `405` for a method the
+/// path does not take.
+pub fn no_route(status: StatusCode, method: &Method, path: &str) -> Response {
+    let message = format!(
+        "the API has no {method} {}: it takes GET /cart, POST /cart/{{item}}?quantity=N, \
+         DELETE /cart/{{item}}, DELETE /cart, GET /viewed and POST /viewed/{{item}}",
+        catalogue::quoted(path)
+    );
+    Problem::new(status, message).into_response()
 }
 
 /// GET /cart
@@ -38,31 +52,46 @@ async fn list(cart: Cart) -> Json<Value> {
 }
 
 /// POST /cart/{item}?quantity=N
-// `Path` and `Query` come first: bad input is rejected before the session is loaded.
+// The product and the quantity come first: bad input is refused before the session is loaded.
 async fn add(
-    Path(item): Path<String>,
-    Query(params): Query<AddParams>,
+    ProductInPath(product): ProductInPath,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     mut cart: Cart,
-) -> Result<Json<Value>, Error> {
-    let quantity = params.quantity.map_or(1, NonZeroU32::get);
-    let mut items = cart.items();
-    let count = items.entry(item.clone()).or_default();
-    *count = count.saturating_add(quantity);
-    cart.set_items(&items)?;
-    tracing::info!(%item, quantity, "added to the cart");
+) -> Result<Json<Value>, Problem> {
+    let quantity = quantity(query)?;
+    cart.add(product, quantity)?;
+    tracing::info!(item = product.id, quantity, "added to the cart");
     Ok(Json(cart_json(&cart)))
 }
 
-/// DELETE /cart/{item}: removing the last item purges the cart.
-async fn remove(Path(item): Path<String>, mut cart: Cart) -> Result<Json<Value>, Response> {
-    let mut items = cart.items();
-    if items.remove(&item).is_none() {
-        let error = json!({ "error": format!("{item:?} is not in the cart") });
-        return Err((StatusCode::NOT_FOUND, Json(error)).into_response());
+/// `quantity` from the query string: 1 when absent, else a whole number from 1 to
+/// `MAX_QUANTITY` (400 otherwise).
+fn quantity(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<u32, Problem> {
+    let bad = |message: String| Problem::new(StatusCode::BAD_REQUEST, message);
+    let Query(pairs) = query.map_err(|rejection| {
+        tracing::debug!(%rejection, "unreadable query string");
+        bad("the query string cannot be read: send ?quantity=N".to_owned())
+    })?;
+    let mut given = pairs.iter().filter(|(name, _)| name == "quantity");
+    match (given.next(), given.next()) {
+        (None, _) => Ok(1),
+        (Some((_, raw)), None) => catalogue::parse_quantity(raw, 1).map_err(bad),
+        (Some(_), Some(_)) => Err(bad("give the quantity once".to_owned())),
     }
-    cart.set_items(&items)
-        .map_err(IntoResponse::into_response)?;
-    tracing::info!(%item, "removed from the cart");
+}
+
+/// DELETE /cart/{item}: removing the last item purges the cart.
+async fn remove(
+    ProductInPath(product): ProductInPath,
+    mut cart: Cart,
+) -> Result<Json<Value>, Problem> {
+    let mut items = cart.items();
+    if items.remove(product.id).is_none() {
+        let message = format!("{:?} is not in the cart", product.id);
+        return Err(Problem::new(StatusCode::NOT_FOUND, message));
+    }
+    cart.set_items(&items)?;
+    tracing::info!(item = product.id, "removed from the cart");
     Ok(Json(cart_json(&cart)))
 }
 
@@ -79,19 +108,23 @@ async fn list_viewed(viewed: Keyed<Viewed>) -> Json<Value> {
 }
 
 /// POST /viewed/{item}: the item moves to the front of the last few viewed.
-async fn view_item(Path(item): Path<String>, mut viewed: Keyed<Viewed>) -> Json<Value> {
+async fn view_item(
+    ProductInPath(product): ProductInPath,
+    mut viewed: Keyed<Viewed>,
+) -> Json<Value> {
     // An expired history was dropped when `Keyed` opened it: this starts a fresh one.
-    viewed.items.retain(|seen| *seen != item);
-    viewed.items.insert(0, item);
+    viewed.items.retain(|seen| seen != product.id);
+    viewed.items.insert(0, product.id.to_owned());
     viewed.items.truncate(Viewed::MAX);
     Json(viewed_json(&viewed))
 }
 
-/// The cart's items, its note when it has one, and the time left.
+/// The cart's items, its note when it has one, the time left, and the total in pence.
 fn cart_json(cart: &Cart) -> Value {
     let mut body = json!({
         "items": cart.items(),
         "expires_in_seconds": seconds_left(cart.expires_at()),
+        "total_pence": cart.total().0,
     });
     if let Some(note) = cart.note() {
         body["note"] = Value::String(note);

@@ -12,10 +12,10 @@
 //! curl -s -c jar -b jar -X POST http://127.0.0.1:3000/viewed/pear
 //! ```
 //!
-//! Server-rendered pages under `/shop` (`pages`): a product list, the cart (quantities, removal,
-//! a free-text note, emptying), and a three-step checkout wizard (address, delivery, confirm).
-//! Beside them, the JSON API of `/cart` and `/viewed` (`api`). Both work on the same session
-//! data (`namespaces`):
+//! Server-rendered pages under `/shop` (`pages`): a product list with prices (`catalogue`), the
+//! cart (quantities, line prices and the total, removal, a free-text note, emptying), and a
+//! three-step checkout wizard (address, delivery, confirm). Beside them, the JSON API of `/cart`
+//! and `/viewed` (`api`). Both work on the same session data (`namespaces`):
 //!
 //! - the cart, namespace `shopping_cart`, kept `CART_EXPIRY_SECS` after its last change
 //!   (default 30 minutes);
@@ -25,7 +25,12 @@
 //! - the recently viewed items, the typed namespace `recently_viewed` (2 minutes).
 //!
 //! Every page embeds the cart through the crate's `json_script` export, and a small script
-//! counts the items in the header from it.
+//! counts the items in the header from it again (the server renders the count too).
+//!
+//! Every error has a message: the API answers `{"error": "…"}`, a form the shop cannot take is
+//! answered with its page and the reason (`problem`). The server (`serve`) closes a connection
+//! that does not send its request head within `HEADER_READ_TIMEOUT_SECS`, and Ctrl-C stops it
+//! within a few seconds whatever the clients do.
 //!
 //! `SESSION_STORE` picks the session store: `memory` (the default: sessions last as long as the
 //! process), `redis://…`, `postgres://…` (or `postgresql://…`) or `sqlite://…` (the file is
@@ -34,14 +39,23 @@
 //! of the example's package, not dependencies of the library.
 
 mod api;
+mod catalogue;
 mod html;
 mod namespaces;
 mod pages;
+mod problem;
+mod serve;
 mod store;
 
 use std::{env, net::SocketAddr, process::ExitCode};
 
-use axum::Router;
+use axum::{
+    extract::{DefaultBodyLimit, Request, State},
+    http::StatusCode,
+    middleware,
+    response::Response,
+    Router,
+};
 use time::Duration;
 use tower::ServiceBuilder;
 use tower_sessions::{MemoryStore, SessionManagerLayer, SessionStore};
@@ -56,11 +70,18 @@ use crate::{
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_CART_EXPIRY: Duration = Duration::minutes(30);
 const DEFAULT_CHECKOUT_EXPIRY: Duration = Duration::minutes(5);
+const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::seconds(10);
 
 fn app<S: SessionStore + Clone>(store: S, expiries: Expiries) -> Router {
     Router::new()
         .merge(pages::routes())
         .merge(api::routes())
+        .fallback(|state, request| no_route(StatusCode::NOT_FOUND, state, request))
+        .method_not_allowed_fallback(|state, request| {
+            no_route(StatusCode::METHOD_NOT_ALLOWED, state, request)
+        })
+        // The forms are small; a larger body is refused before it is read, with the form's page.
+        .layer(DefaultBodyLimit::max(pages::FORM_LIMIT))
         .with_state(expiries)
         // One `ServiceBuilder` for both session layers (axum boxes each `Router::layer` on its
         // own), the session manager first: the controller layer runs inside it.
@@ -73,11 +94,30 @@ fn app<S: SessionStore + Clone>(store: S, expiries: Expiries) -> Router {
         // `MergingStore` keeps two overlapping requests (two tabs adding to the cart) from
         // undoing each other's changes. Several instances sharing Redis would also call
         // `.with_store_lock()`.
+        //
+        // Outside both, `explain_bare_errors` gives a message to any error without one, such as
+        // a store that fails while the session is saved.
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::from_fn(problem::explain_bare_errors))
                 .layer(SessionManagerLayer::new(MergingStore::new(store)).with_secure(false))
                 .layer(SessionControllerLayer::new()),
         )
+}
+
+/// The fallbacks: JSON for a path of the API, else a page.
+async fn no_route(
+    status: StatusCode,
+    State(expiries): State<Expiries>,
+    request: Request,
+) -> Response {
+    let method = request.method().clone();
+    let (mut parts, _) = request.into_parts();
+    if api::is_api_path(parts.uri.path()) {
+        api::no_route(status, &method, parts.uri.path())
+    } else {
+        pages::no_route(status, &method, &mut parts, &expiries).await
+    }
 }
 
 /// `PORT` from the environment, or the default.
@@ -92,8 +132,8 @@ fn port() -> Result<u16, String> {
     }
 }
 
-/// An expiry in whole seconds from the environment variable `name`, or `default`.
-fn expiry(name: &str, default: Duration) -> Result<Duration, String> {
+/// Whole seconds above 0 from the environment variable `name`, or `default`.
+fn seconds(name: &str, default: Duration) -> Result<Duration, String> {
     let raw = match env::var(name) {
         Err(env::VarError::NotPresent) => return Ok(default),
         Err(env::VarError::NotUnicode(raw)) => {
@@ -110,8 +150,8 @@ fn expiry(name: &str, default: Duration) -> Result<Duration, String> {
 /// `CART_EXPIRY_SECS` and `CHECKOUT_EXPIRY_SECS`; the checkout must expire before the cart.
 fn expiries() -> Result<Expiries, String> {
     let expiries = Expiries {
-        cart: expiry("CART_EXPIRY_SECS", DEFAULT_CART_EXPIRY)?,
-        checkout: expiry("CHECKOUT_EXPIRY_SECS", DEFAULT_CHECKOUT_EXPIRY)?,
+        cart: seconds("CART_EXPIRY_SECS", DEFAULT_CART_EXPIRY)?,
+        checkout: seconds("CHECKOUT_EXPIRY_SECS", DEFAULT_CHECKOUT_EXPIRY)?,
     };
     if expiries.checkout >= expiries.cart {
         // The marker that tells an expired checkout lives as long as the cart (see `Checkout`).
@@ -127,6 +167,8 @@ fn expiries() -> Result<Expiries, String> {
 async fn run() -> Result<(), String> {
     let store = StoreChoice::from_env()?;
     let expiries = expiries()?;
+    let header_read_timeout =
+        seconds("HEADER_READ_TIMEOUT_SECS", DEFAULT_HEADER_READ_TIMEOUT)?.unsigned_abs();
     let addr = SocketAddr::from(([127, 0, 0, 1], port()?));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -141,16 +183,27 @@ async fn run() -> Result<(), String> {
         expiries.cart.whole_seconds(),
         expiries.checkout.whole_seconds()
     );
+    println!(
+        "a connection must send its request head within {} s (HEADER_READ_TIMEOUT_SECS)",
+        header_read_timeout.as_secs()
+    );
 
     match store {
         StoreChoice::Memory => {
             println!("session store: memory (sessions last as long as the process)");
-            serve(listener, addr, MemoryStore::default(), expiries).await
+            serve(
+                listener,
+                addr,
+                header_read_timeout,
+                MemoryStore::default(),
+                expiries,
+            )
+            .await
         }
         StoreChoice::Redis(url) => {
             let store = store::redis_store(&url).await?;
             println!("session store: Redis at {}", redact(&url));
-            serve(listener, addr, store, expiries).await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
         StoreChoice::Postgres(url) => {
             let store = store::postgres_store(&url).await?;
@@ -158,30 +211,32 @@ async fn run() -> Result<(), String> {
                 "session store: PostgreSQL at {} (table tower_sessions.session)",
                 redact(&url)
             );
-            serve(listener, addr, store, expiries).await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
         StoreChoice::Sqlite(url) => {
             let store = store::sqlite_store(&url).await?;
             println!("session store: SQLite at {url} (table tower_sessions)");
-            serve(listener, addr, store, expiries).await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
     }
+    Ok(())
 }
 
 /// Serves the shop on `listener` with sessions in `store`, until Ctrl-C.
 async fn serve<S: SessionStore + Clone>(
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
+    header_read_timeout: std::time::Duration,
     store: S,
     expiries: Expiries,
-) -> Result<(), String> {
+) {
     println!("shopping cart listening on http://{addr} (Ctrl-C to stop)");
-    axum::serve(listener, app(store, expiries))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|err| format!("server error: {err}"))
+    let app = app(store, expiries);
+    serve::serve(listener, app, header_read_timeout, shutdown_signal()).await;
 }
-/// Resolves on Ctrl-C; in-flight requests then finish (and save their sessions) before exit.
+
+/// Resolves on Ctrl-C; in-flight requests then finish (and save their sessions) before exit,
+/// for at most `serve::SHUTDOWN_GRACE`.
 async fn shutdown_signal() {
     if let Err(err) = tokio::signal::ctrl_c().await {
         // Resolving here would stop the server at once: keep serving, stop by other means.

@@ -7,10 +7,18 @@
 
 use std::collections::BTreeMap;
 
-use axum::{extract::FromRequestParts, http::request::Parts};
+use axum::{
+    extract::FromRequestParts,
+    http::{request::Parts, StatusCode},
+};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use time::{Duration, OffsetDateTime};
 use tower_sessions_controller::{Error, Namespace, SessionController, SessionControllers};
+
+use crate::{
+    catalogue::{self, Pence, Product},
+    problem::Problem,
+};
 
 /// How far a write moves each configurable namespace's stamp: the router's state.
 #[derive(Clone, Copy, Debug)]
@@ -19,19 +27,97 @@ pub struct Expiries {
     pub checkout: Duration,
 }
 
-/// The visitor's cart: the namespace `shopping_cart`, holding `items` (item name → quantity)
-/// and, if the visitor wrote one, `note`.
+/// The visitor's cart: the namespace `shopping_cart`, holding `items` (product id → quantity),
+/// the note if the visitor wrote one, and for one request after an addition, what was added.
 pub struct Cart {
     namespace: SessionController,
     expiry: Duration,
 }
 
+/// What the last "add to cart" added: the confirmation the next page shows once.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Added {
+    pub item: String,
+    pub quantity: u32,
+}
+
 impl Cart {
     const KEY: &'static str = "shopping_cart";
 
-    /// Item name → quantity, in a stable order.
+    /// Product id → quantity, in a stable order. A stored id the catalogue does not know (or a
+    /// quantity of 0) is left out and logged; the next write drops it.
     pub fn items(&self) -> BTreeMap<String, u32> {
-        read(&self.namespace, "items")
+        let mut items: BTreeMap<String, u32> = read(&self.namespace, "items");
+        items.retain(|id, quantity| {
+            let known = catalogue::product(id).is_some();
+            if !known || *quantity == 0 {
+                tracing::warn!(item = %id, quantity, "not a product or no quantity, left out of the cart");
+            }
+            known && *quantity > 0
+        });
+        items
+    }
+
+    /// The cart's lines: each product and its quantity.
+    pub fn lines(&self) -> Vec<(&'static Product, u32)> {
+        self.items()
+            .iter()
+            .filter_map(|(id, quantity)| Some((catalogue::product(id)?, *quantity)))
+            .collect()
+    }
+
+    /// The number of items, for the header.
+    pub fn count(&self) -> u64 {
+        self.items()
+            .values()
+            .map(|quantity| u64::from(*quantity))
+            .sum()
+    }
+
+    /// What the items cost together.
+    pub fn total(&self) -> Pence {
+        self.lines()
+            .into_iter()
+            .map(|(product, quantity)| product.price.times(quantity))
+            .sum()
+    }
+
+    /// Adds `quantity` of `product` and returns the line's new quantity: `409 Conflict` if that
+    /// would pass [`catalogue::MAX_QUANTITY`], and nothing changes.
+    pub fn add(&mut self, product: &Product, quantity: u32) -> Result<u32, Problem> {
+        let mut items = self.items();
+        let held = items.get(product.id).copied().unwrap_or(0);
+        let line = catalogue::add_to_line(product, held, quantity)
+            .map_err(|message| Problem::new(StatusCode::CONFLICT, message))?;
+        items.insert(product.id.to_owned(), line);
+        self.set_items(&items)?;
+        Ok(line)
+    }
+
+    /// Sets the quantity of `product`; 0 removes it.
+    pub fn set_quantity(&mut self, product: &Product, quantity: u32) -> Result<(), Error> {
+        let mut items = self.items();
+        if quantity == 0 {
+            items.remove(product.id);
+        } else {
+            items.insert(product.id.to_owned(), quantity);
+        }
+        self.set_items(&items)
+    }
+
+    /// Keeps "added `quantity` of `product`" for the next request that shows the cart (the
+    /// crate's `flash`: read once, then gone).
+    pub fn confirm_added(&mut self, product: &Product, quantity: u32) -> Result<(), Error> {
+        let added = Added {
+            item: product.id.to_owned(),
+            quantity,
+        };
+        self.namespace.flash("added", added)
+    }
+
+    /// The confirmation kept by [`confirm_added`](Self::confirm_added) in the previous request.
+    pub fn added(&self) -> Option<Added> {
+        read(&self.namespace, "added")
     }
 
     /// Stores `items`; an empty cart is purged, so the session does not keep it for nothing.
@@ -102,11 +188,38 @@ pub struct Address {
 }
 
 /// The second step's answer.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Delivery {
     Standard,
     Express,
+}
+
+impl Delivery {
+    pub const ALL: [Self; 2] = [Self::Standard, Self::Express];
+
+    /// The form's value, as stored.
+    pub fn id(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::Express => "express",
+        }
+    }
+
+    pub fn price(self) -> Pence {
+        match self {
+            Self::Standard => Pence(0),
+            Self::Express => Pence(495),
+        }
+    }
+
+    /// "Express, tomorrow".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Standard => "Standard, in 3 to 5 days",
+            Self::Express => "Express, tomorrow",
+        }
+    }
 }
 
 /// The checkout wizard: its answers in the namespace `checkout`, which expires sooner than the

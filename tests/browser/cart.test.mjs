@@ -2,6 +2,8 @@
 // example twice and sets BASE_URL (http://127.0.0.1:PORT, default settings), SHORT_EXPIRY_URL
 // (the one started with a checkout expiry of CHECKOUT_EXPIRY_SECS, a few seconds) and
 // OUTPUT_DIR (where the screenshots go).
+//
+// The prices below are the example's catalogue (examples/shopping_cart/catalogue.rs), in pence.
 import assert from 'node:assert/strict';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,6 +22,16 @@ assert.ok(CHECKOUT_EXPIRY_SECS > 0, 'CHECKOUT_EXPIRY_SECS must be set');
 assert.ok(OUTPUT_DIR, 'OUTPUT_DIR must be set');
 
 const PAYLOAD = '</script><script>window.pwned=1</script>';
+const PRICES = { apple: 45, pear: 60, banana: 25, cherry: 350, 'pippin-crate': 980 };
+const EXPRESS_DELIVERY = 495;
+// A phone's width, and a word too long for it.
+const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true };
+const LONG_WORD = 'x'.repeat(300);
+
+/** "£1.05" for 105. */
+function pounds(pence) {
+  return `£${Math.floor(pence / 100)}.${String(pence % 100).padStart(2, '0')}`;
+}
 
 let browser;
 // The first visitor; each test that needs someone else opens a context of its own.
@@ -56,8 +68,8 @@ after(async () => {
  * A fresh browser context (cookies of its own: another visitor) and a page in it. Cookies do not
  * tell ports apart, so a visitor stays on one instance of the example.
  */
-async function newVisitor() {
-  const context = await browser.newContext();
+async function newVisitor(options = {}) {
+  const context = await browser.newContext(options);
   await context.route('**/*', (route) => {
     const url = route.request().url();
     if (url.startsWith(`${BASE_URL}/`) || url.startsWith(`${SHORT_EXPIRY_URL}/`)) {
@@ -95,6 +107,46 @@ async function addToCart(page, item, quantity, base = BASE_URL) {
   await submit(page, product.getByRole('button', { name: 'Add to cart' }));
 }
 
+/**
+ * Posts `fields` to `action` from a form built in the page without the browser's own checks
+ * (`novalidate`), as a script or an older browser would, and returns the response of the page
+ * the browser then shows.
+ */
+async function postForm(page, action, fields) {
+  const [response] = await Promise.all([
+    page.waitForNavigation(),
+    page.evaluate(
+      ({ action, fields }) => {
+        const form = document.createElement('form');
+        form.method = 'post';
+        form.action = action;
+        form.noValidate = true;
+        for (const [name, value] of Object.entries(fields)) {
+          const input = document.createElement('input');
+          input.type = 'hidden';
+          input.name = name;
+          input.value = value;
+          form.append(input);
+        }
+        document.body.append(form);
+        form.submit();
+      },
+      { action, fields },
+    ),
+  ]);
+  return response;
+}
+
+/** Whether the page is wider than the window (it would scroll sideways). */
+async function overflowsSideways(page) {
+  return page.evaluate(() => document.documentElement.scrollWidth > document.documentElement.clientWidth);
+}
+
+/** The message of the page's error box. */
+async function errorMessage(page) {
+  return page.locator('#error').textContent();
+}
+
 test('two products added stay in the cart after a reload', async () => {
   await addToCart(visitor, 'apple', 2);
   await addToCart(visitor, 'pear', 1);
@@ -104,6 +156,51 @@ test('two products added stay in the cart after a reload', async () => {
   await visitor.reload();
   assert.deepEqual(await cartRows(visitor), ['apple × 2', 'pear × 1']);
   assert.equal(await headerCount(visitor), '3');
+});
+
+test('adding a product confirms it once, with the cart\'s count and total', async () => {
+  // The visitor's cart holds apple × 2 and pear × 1 from the test before.
+  await visitor.goto(`${BASE_URL}/shop`);
+  assert.equal(await visitor.locator('#added').count(), 0);
+  assert.equal(await visitor.locator('#product-apple .price').textContent(), pounds(PRICES.apple));
+
+  await addToCart(visitor, 'banana', 2);
+  assert.equal(visitor.url(), `${BASE_URL}/shop`);
+  const total = 2 * PRICES.apple + PRICES.pear + 2 * PRICES.banana;
+  assert.equal(
+    (await visitor.locator('#added').textContent()).replace(/\s+/g, ' '),
+    `Added 2 × Banana to your cart. Your cart: 5 items, ${pounds(total)}.`,
+  );
+  assert.equal(await headerCount(visitor), '5');
+  // Shown once: the next page has no confirmation.
+  await visitor.reload();
+  assert.equal(await visitor.locator('#added').count(), 0);
+});
+
+test('the cart shows each line\'s price and the total', async () => {
+  await visitor.goto(`${BASE_URL}/shop/cart`);
+  assert.deepEqual(await cartRows(visitor), ['apple × 2', 'banana × 2', 'pear × 1']);
+  const prices = await visitor.locator('#cart-items tr[data-item] td.money').allTextContents();
+  assert.deepEqual(prices, [2 * PRICES.apple, 2 * PRICES.banana, PRICES.pear].map(pounds));
+  assert.equal(
+    await visitor.locator('#cart-total').textContent(),
+    pounds(2 * PRICES.apple + 2 * PRICES.banana + PRICES.pear),
+  );
+
+  const banana = visitor.locator('tr[data-item="banana"]');
+  await banana.locator('input[name=quantity]').fill('0');
+  await submit(visitor, banana.getByRole('button', { name: 'Update' }));
+  assert.deepEqual(await cartRows(visitor), ['apple × 2', 'pear × 1']);
+  assert.equal(await visitor.locator('#cart-total').textContent(), pounds(2 * PRICES.apple + PRICES.pear));
+});
+
+test('without JavaScript the header still counts the items', async () => {
+  // The same visitor (the same cookie) in a browser that runs no script.
+  const page = await newVisitor({ javaScriptEnabled: false });
+  await page.context().addCookies(await visitor.context().cookies());
+  await page.goto(`${BASE_URL}/shop/cart`);
+  assert.equal(await headerCount(page), '3');
+  await page.context().close();
 });
 
 test('the cart page changes a quantity and removes an item', async () => {
@@ -158,8 +255,13 @@ test('the checkout goes address, delivery, confirm, and placing the order purges
   await submit(shopper, shopper.getByRole('button', { name: 'Continue' }));
   assert.equal(shopper.url(), `${BASE_URL}/shop/checkout/confirm`);
   const summary = await shopper.locator('main').textContent();
-  assert.match(summary, /3 × banana/);
-  assert.match(summary, /To Ada Lovelace, 12 St James's Square, London; delivery express/);
+  assert.match(summary, /3 × Banana/);
+  assert.match(summary, /Delivery: Express, tomorrow/);
+  assert.match(summary, /To Ada Lovelace, 12 St James's Square, London\./);
+  assert.equal(
+    await shopper.locator('#order-total').textContent(),
+    pounds(3 * PRICES.banana + EXPRESS_DELIVERY),
+  );
 
   await submit(shopper, shopper.getByRole('button', { name: 'Place the order' }));
   assert.ok(await shopper.locator('#order-placed').isVisible());
@@ -202,6 +304,114 @@ test('an expired checkout says so, and the cart survives', async () => {
   await fillAddress(shopper);
   assert.equal(await shopper.locator('#checkout-expired').count(), 0);
   await shopper.context().close();
+});
+
+test('a form the shop cannot take answers its own page with the reason', async () => {
+  const shopper = await newVisitor();
+  await addToCart(shopper, 'apple', 1);
+
+  // [form's address, fields, status, message, heading of the page answered]
+  const refusals = [
+    ['/shop/cart', { item: 'apple', quantity: 'abc' }, 422,
+      'The quantity must be a whole number from 1 to 99, not "abc".', 'Products'],
+    ['/shop/cart', { item: 'apple', quantity: '0' }, 422,
+      'The quantity must be a whole number from 1 to 99, not "0".', 'Products'],
+    ['/shop/cart', { item: 'apple', quantity: '' }, 422,
+      'The quantity is empty: give a whole number from 1 to 99.', 'Products'],
+    ['/shop/cart', { item: 'kiwi', quantity: '1' }, 422, 'There is no product "kiwi".', 'Products'],
+    ['/shop/cart', { item: 'apple', quantity: '99' }, 409,
+      'The cart holds 1 × Apple; 99 more would pass the limit of 99 per product.', 'Products'],
+    ['/shop/cart/items/apple', { quantity: '-1' }, 422,
+      'The quantity must be a whole number from 0 to 99, not "-1".', 'Your cart'],
+    ['/shop/cart/items/kiwi', { quantity: '1' }, 404, 'There is no product "kiwi".', 'Your cart'],
+  ];
+  for (const [action, fields, status, message, heading] of refusals) {
+    const response = await postForm(shopper, `${BASE_URL}${action}`, fields);
+    const what = `${action} ${JSON.stringify(fields)}`;
+    assert.equal(response.status(), status, what);
+    assert.match(response.headers()['content-type'], /^text\/html/, what);
+    assert.equal(await errorMessage(shopper), message, what);
+    assert.equal(await shopper.locator('h1').textContent(), heading, what);
+    assert.equal(await headerCount(shopper), '1', what);
+  }
+  // Nothing refused changed the cart.
+  await shopper.goto(`${BASE_URL}/shop/cart`);
+  assert.deepEqual(await cartRows(shopper), ['apple × 1']);
+
+  // A note too long is refused and kept in its field; a form too large is refused unread.
+  const note = shopper.locator('textarea[name=note]');
+  const longNote = 'n'.repeat(1001);
+  await note.fill(longNote);
+  await submit(shopper, shopper.getByRole('button', { name: 'Save the note' }));
+  assert.equal(await errorMessage(shopper), 'Your note is 1001 characters long; at most 1000 fit.');
+  assert.equal(await shopper.locator('textarea[name=note]').inputValue(), longNote);
+  assert.equal(await shopper.locator('#cart-note').count(), 0);
+  const tooLarge = await postForm(shopper, `${BASE_URL}/shop/cart/note`, { note: 'n'.repeat(20_000) });
+  assert.equal(tooLarge.status(), 413);
+  assert.equal(await errorMessage(shopper), 'The form is larger than 16 KiB, the most the shop reads.');
+
+  // The checkout's steps.
+  await shopper.goto(`${BASE_URL}/shop/checkout`);
+  const blank = await postForm(shopper, `${BASE_URL}/shop/checkout/address`, { name: 'Ada', street: ' ', city: 'London' });
+  assert.equal(blank.status(), 422);
+  assert.equal(await errorMessage(shopper), 'Please fill in every field.');
+  assert.equal(await shopper.getByLabel('City').inputValue(), 'London');
+  await fillAddress(shopper);
+  const teleport = await postForm(shopper, `${BASE_URL}/shop/checkout/delivery`, { delivery: 'teleport' });
+  assert.equal(teleport.status(), 422);
+  assert.equal(await errorMessage(shopper), 'There is no delivery "teleport": please choose standard or express.');
+  assert.ok(await shopper.getByLabel('Express').isVisible());
+
+  // An address that is no page, and a form's address visited.
+  for (const [path, status, message] of [
+    ['/shop/nowhere', 404, 'There is no page at "/shop/nowhere".'],
+    ['/shop/cart/empty', 405, 'There is no page at "/shop/cart/empty": that address only takes the shop\'s forms.'],
+  ]) {
+    const response = await shopper.goto(`${BASE_URL}${path}`);
+    assert.equal(response.status(), status, path);
+    assert.equal(await errorMessage(shopper), message, path);
+    assert.equal(await headerCount(shopper), '1', path);
+  }
+  await shopper.context().close();
+});
+
+test('at a phone\'s 390 px, no page scrolls sideways', async () => {
+  const phone = await newVisitor(PHONE);
+  await addToCart(phone, 'pippin-crate', 2);
+  await addToCart(phone, 'cherry', 1);
+  await phone.goto(`${BASE_URL}/shop/cart`);
+  await phone.locator('textarea[name=note]').fill(`A gift: ${LONG_WORD}`);
+  await submit(phone, phone.getByRole('button', { name: 'Save the note' }));
+
+  const pages = ['/shop', '/shop/cart', '/shop/nowhere'];
+  for (const path of pages) {
+    await phone.goto(`${BASE_URL}${path}`);
+    assert.equal(await overflowsSideways(phone), false, path);
+  }
+  await phone.goto(`${BASE_URL}/shop/cart`);
+  assert.equal(await phone.locator('#cart-total').textContent(), pounds(2 * PRICES['pippin-crate'] + PRICES.cherry));
+  await phone.screenshot({ path: join(OUTPUT_DIR, 'cart-390.png'), fullPage: true });
+
+  await phone.goto(`${BASE_URL}/shop/checkout`);
+  await fillAddress(phone);
+  await submit(phone, phone.getByRole('button', { name: 'Continue' }));
+  assert.equal(phone.url(), `${BASE_URL}/shop/checkout/confirm`);
+  for (const path of ['/shop/checkout/address', '/shop/checkout/delivery', '/shop/checkout/confirm']) {
+    await phone.goto(`${BASE_URL}${path}`);
+    assert.equal(await overflowsSideways(phone), false, path);
+  }
+  await phone.context().close();
+});
+
+test('the favicon comes from the example', async () => {
+  await visitor.goto(`${BASE_URL}/shop`);
+  const href = await visitor.locator('link[rel=icon]').getAttribute('href');
+  for (const path of [href, '/favicon.ico']) {
+    const response = await visitor.request.get(`${BASE_URL}${path}`);
+    assert.equal(response.status(), 200, path);
+    assert.equal(response.headers()['content-type'], 'image/svg+xml', path);
+    assert.match(await response.text(), /^<svg /, path);
+  }
 });
 
 test('the cart empties', async () => {

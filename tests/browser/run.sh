@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The shopping-cart example as a visitor uses it: builds the example, starts it twice on free
 # ports of 127.0.0.1 (with the default settings, and with a 2-second checkout expiry), runs the
-# README's curl lines (curl.sh) and the browser test in headless Chromium (cart.test.mjs)
-# against them, and stops them.
+# README's curl lines (curl.sh), the browser test in headless Chromium (cart.test.mjs) and the
+# JSON API's errors (api.test.mjs) against them, and stops them. server.test.mjs starts
+# instances of its own (a half-sent request during Ctrl-C, the header-read timeout, a failing
+# SQLite store).
 #
-# Installs what is missing first: Debian's chromium (/usr/bin/chromium) and playwright-core
-# (npm ci, from package-lock.json). The tests talk to 127.0.0.1 only. The screenshots go to
-# target/browser/.
+# Installs what is missing first: Debian's chromium (/usr/bin/chromium) and sqlite3, and
+# playwright-core (npm ci, from package-lock.json). The tests talk to 127.0.0.1 only. The
+# screenshots go to target/browser/.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,11 +20,14 @@ for tool in cargo node npm curl; do
     command -v "$tool" >/dev/null || { echo "run.sh needs $tool" >&2; exit 1; }
 done
 
-if [[ ! -x /usr/bin/chromium ]]; then
-    echo "-- installing chromium"
+missing=()
+[[ -x /usr/bin/chromium ]] || missing+=(chromium)
+command -v sqlite3 >/dev/null || missing+=(sqlite3)
+if ((${#missing[@]})); then
+    echo "-- installing ${missing[*]}"
     sudo=""
     [[ $(id -u) -eq 0 ]] || sudo="sudo"
-    $sudo apt-get install -y chromium || { $sudo apt-get update && $sudo apt-get install -y chromium; }
+    $sudo apt-get install -y "${missing[@]}" || { $sudo apt-get update && $sudo apt-get install -y "${missing[@]}"; }
 fi
 if [[ ! -d "$here/node_modules/playwright-core" ]]; then
     echo "-- installing playwright-core"
@@ -30,7 +35,8 @@ if [[ ! -d "$here/node_modules/playwright-core" ]]; then
 fi
 
 echo "-- building the example"
-(cd "$root" && cargo build --example shopping_cart)
+# With the SQLite driver: server.test.mjs runs the example on SQLite too.
+(cd "$root" && cargo build --example shopping_cart --features sqlite)
 
 work="$(mktemp -d)"
 servers=()
@@ -59,7 +65,8 @@ failed() {
 start() {
     local name="$1"
     shift
-    env -u SESSION_STORE -u CART_EXPIRY_SECS -u CHECKOUT_EXPIRY_SECS PORT=0 NO_COLOR=1 "$@" \
+    env -u SESSION_STORE -u CART_EXPIRY_SECS -u CHECKOUT_EXPIRY_SECS -u HEADER_READ_TIMEOUT_SECS \
+        PORT=0 NO_COLOR=1 "$@" \
         "$target_dir/debug/examples/shopping_cart" >"$work/$name.log" 2>&1 &
     servers+=($!)
     url=""
@@ -85,8 +92,10 @@ export no_proxy="127.0.0.1" NO_PROXY="127.0.0.1"
 echo "-- the README's curl lines"
 "$here/curl.sh" "$base_url" || failed
 
-echo "-- the browser test"
+echo "-- the browser test, the API's errors, the server"
 BASE_URL="$base_url" SHORT_EXPIRY_URL="$short_expiry_url" \
     CHECKOUT_EXPIRY_SECS="$checkout_expiry_secs" OUTPUT_DIR="$target_dir/browser" \
-    node --test --test-reporter=spec "$here/cart.test.mjs" || failed
-echo "screenshots: $target_dir/browser/cart.png, checkout-expired.png"
+    EXAMPLE="$target_dir/debug/examples/shopping_cart" \
+    node --test --test-reporter=spec \
+    "$here/cart.test.mjs" "$here/api.test.mjs" "$here/server.test.mjs" || failed
+echo "screenshots: $target_dir/browser/cart.png, cart-390.png, checkout-expired.png"

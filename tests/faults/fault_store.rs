@@ -2,7 +2,8 @@
 //! on a schedule, and remembers every session id written through it so that a test can clean up
 //! (and check) everything it stored.
 //!
-//! Shared by `tests/faults.rs`, `tests/redis_restart.rs` and `tests/soak.rs`.
+//! Shared by `tests/faults.rs` (the Redis restart of `faults/redis_restart.rs` included) and
+//! `tests/soak.rs`.
 #![allow(dead_code)]
 
 use std::{

@@ -7,7 +7,9 @@ use time::Duration;
 use tower_sessions::SessionStore;
 use tower_sessions_controller::DEFAULT_EXPIRY;
 
-use crate::{assert_stamp, routes, run_pair, stored, Instance, Reported, Tracked, Visitor, START};
+use crate::{
+    assert_stamp, routes, run_pair, stored, CountingStore, Instance, Reported, Visitor, START,
+};
 
 #[tokio::test]
 async fn redis_two_instances() {
@@ -29,7 +31,10 @@ async fn postgres_two_instances() {
     .await;
 }
 
-async fn two_instances<S: SessionStore + Clone>(a_store: Tracked<S>, b_store: Tracked<S>) {
+async fn two_instances<S: SessionStore + Clone>(
+    a_store: CountingStore<S>,
+    b_store: CountingStore<S>,
+) {
     let a = Instance::new(routes(), a_store.clone());
     let b = Instance::new(routes(), b_store);
     let set_clocks = |at| {

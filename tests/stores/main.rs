@@ -10,50 +10,46 @@
 //! A test whose server cannot be reached prints `SKIPPED <test>: ...` with the URL and the error
 //! and passes; with `REQUIRE_SERVICES=1` it fails instead.
 //!
-//! Runs do not interfere: every PostgreSQL test migrates a table of its own (dropped at the end),
-//! every SQLite test a file of its own (removed at the end), and the Redis sessions, whose ids
-//! are random, are deleted at the end by the ids the store wrapper saw created.
+//! Runs do not interfere, and the servers are left as they were: every PostgreSQL test migrates a
+//! table of its own (dropped at the end), every SQLite test a file of its own (removed at the
+//! end), and every Redis record a test wrote (sessions, whose ids are random, and
+//! `MergingStore`'s locks) is deleted at the end by the ids the counting store saw written.
 
 mod instances;
 mod stress;
 mod suite;
 
 use std::{
-    collections::HashSet,
-    env, fmt,
+    env,
     future::Future,
     panic::AssertUnwindSafe,
     path::PathBuf,
+    pin::Pin,
     str::FromStr,
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc, Mutex,
-    },
-    time::{Duration as StdDuration, SystemTime, UNIX_EPOCH},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
-use async_trait::async_trait;
 use axum::{
     extract::Path,
-    http::{Method, StatusCode},
+    http::StatusCode,
     routing::{delete, get, post},
     Json, Router,
 };
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use time::{macros::datetime, Duration, OffsetDateTime};
+use time::{Duration, OffsetDateTime};
 use tower_sessions::{
-    session::{Expiry, Id, Record},
-    session_store, CachingSessionStore, MemoryStore, SessionManagerLayer, SessionStore,
+    session::{Expiry, Record},
+    CachingSessionStore, MemoryStore, SessionManagerLayer, SessionStore,
 };
 use tower_sessions_controller::{
     Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
-    STAMP_KEY,
 };
 use tower_sessions_moka_store::MokaStore;
 use tower_sessions_redis_store::{
-    fred::prelude::{ClientLike, Config, Pool},
+    fred::prelude::{ClientLike, Pool},
     RedisStore,
 };
 use tower_sessions_sqlx_store::{
@@ -65,11 +61,7 @@ use tower_sessions_sqlx_store::{
     PostgresStore, SqliteStore,
 };
 
-/// The instant every test clock starts at.
-pub const START: OffsetDateTime = datetime!(2026-11-25 12:00 UTC);
-
-/// How long a test waits for a server to answer before calling it unreachable.
-const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+use services::CONNECT_TIMEOUT;
 
 // ---------------------------------------------------------------------------------------------
 // The one place where an instance's session manager is built
@@ -115,11 +107,6 @@ pub struct Cart {
 
 impl Namespace for Cart {
     const KEY: &'static str = "cart";
-}
-
-/// An instant as nanoseconds since the Unix epoch.
-pub fn nanos(at: OffsetDateTime) -> i64 {
-    i64::try_from(at.unix_timestamp_nanos()).expect("instant fits in i64 nanoseconds")
 }
 
 fn report(data: Value, expires_at: Option<OffsetDateTime>) -> Json<Value> {
@@ -206,13 +193,19 @@ pub fn routes() -> Router {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A visitor: carries its session cookie between requests, to any instance
+// What the tests share with the others: the visitor, the counting store, the services
 // ---------------------------------------------------------------------------------------------
 
+#[path = "../support/services.rs"]
+mod services;
 #[path = "../support/mod.rs"]
 mod support;
 
-pub use support::{send, Calls, Reply};
+pub use services::{database_url, redis_url};
+pub use support::{
+    assert_stamp, nanos, seconds, send, stored_stamp, user_keys, Calls, CountingStore, Reply,
+    Visitor, START,
+};
 
 /// What the routes of these tests report.
 pub trait Reported {
@@ -232,43 +225,6 @@ impl Reported for Reply {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.body);
         let nanos = self.json()["expires_at"].as_i64()?;
         Some(OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).expect("in range"))
-    }
-}
-
-/// A browser: keeps the session cookie it is given, whichever instance gave it.
-#[derive(Debug, Default, Clone)]
-pub struct Visitor {
-    pub cookie: Option<String>,
-}
-
-impl Visitor {
-    pub async fn get(&mut self, app: &Router, uri: &str) -> Reply {
-        self.send(app, Method::GET, uri).await
-    }
-
-    pub async fn post(&mut self, app: &Router, uri: &str) -> Reply {
-        self.send(app, Method::POST, uri).await
-    }
-
-    pub async fn delete(&mut self, app: &Router, uri: &str) -> Reply {
-        self.send(app, Method::DELETE, uri).await
-    }
-
-    pub async fn send(&mut self, app: &Router, method: Method, uri: &str) -> Reply {
-        let reply = send(app, self.cookie.as_deref(), method, uri).await;
-        if let Some(set_cookie) = &reply.set_cookie {
-            if set_cookie.contains("Max-Age=0") {
-                self.cookie = None;
-            } else {
-                self.cookie = Some(set_cookie.split(';').next().unwrap_or_default().to_owned());
-            }
-        }
-        reply
-    }
-
-    /// The session id the cookie carries.
-    pub fn session_id(&self) -> Option<Id> {
-        self.cookie.as_ref()?.strip_prefix("id=")?.parse().ok()
     }
 }
 
@@ -297,175 +253,9 @@ pub async fn store_raw<S: SessionStore>(store: &S, visitor: &Visitor, ns: &str, 
     store.save(&record).await.expect("store save");
 }
 
-/// An instant as stored in a stamp: float seconds since the Unix epoch.
-pub fn seconds(at: OffsetDateTime) -> f64 {
-    at.unix_timestamp() as f64 + f64::from(at.nanosecond()) / 1e9
-}
-
-/// The stamp of a stored namespace.
-pub fn stored_stamp(namespace: &Value) -> f64 {
-    namespace
-        .get(STAMP_KEY)
-        .and_then(Value::as_f64)
-        .unwrap_or_else(|| panic!("no numeric {STAMP_KEY} in {namespace}"))
-}
-
-/// Asserts the stored namespace's stamp is `at`.
-pub fn assert_stamp(namespace: &Value, at: OffsetDateTime) {
-    let stamp = stored_stamp(namespace);
-    assert!(
-        (stamp - seconds(at)).abs() < 1e-5,
-        "stored stamp {stamp} in {namespace}, expected {} ({at})",
-        seconds(at)
-    );
-}
-
-/// A stored namespace without its stamp: the user's keys.
-pub fn user_keys(namespace: &Value) -> Value {
-    let mut keys = namespace
-        .as_object()
-        .unwrap_or_else(|| panic!("stored namespace {namespace} is not an object"))
-        .clone();
-    keys.remove(STAMP_KEY);
-    Value::Object(keys)
-}
-
 // ---------------------------------------------------------------------------------------------
-// A store wrapper that counts calls and remembers the sessions it saw, for the clean-up
+// Connecting to the servers
 // ---------------------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct Counters {
-    load: AtomicUsize,
-    create: AtomicUsize,
-    save: AtomicUsize,
-    delete: AtomicUsize,
-}
-
-/// The store under test, wrapped: counts its calls and records every session id written.
-#[derive(Clone)]
-pub struct Tracked<S> {
-    pub inner: S,
-    counters: Arc<Counters>,
-    ids: Arc<Mutex<HashSet<Id>>>,
-}
-
-impl<S> Tracked<S> {
-    pub fn new(inner: S) -> Self {
-        Self {
-            inner,
-            counters: Arc::default(),
-            ids: Arc::default(),
-        }
-    }
-
-    /// The same counters and ids over another client of the same backend.
-    pub fn sharing<T>(&self, inner: T) -> Tracked<T> {
-        Tracked {
-            inner,
-            counters: Arc::clone(&self.counters),
-            ids: Arc::clone(&self.ids),
-        }
-    }
-
-    /// The calls so far, and the counters reset to zero.
-    pub fn take_calls(&self) -> Calls {
-        Calls {
-            load: self.counters.load.swap(0, Ordering::SeqCst),
-            create: self.counters.create.swap(0, Ordering::SeqCst),
-            save: self.counters.save.swap(0, Ordering::SeqCst),
-            delete: self.counters.delete.swap(0, Ordering::SeqCst),
-        }
-    }
-
-    fn remember(&self, id: Id) {
-        self.ids.lock().expect("ids").insert(id);
-    }
-
-    fn ids(&self) -> Vec<Id> {
-        self.ids.lock().expect("ids").iter().copied().collect()
-    }
-}
-
-impl<S> fmt::Debug for Tracked<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Tracked").finish_non_exhaustive()
-    }
-}
-
-#[async_trait]
-impl<S: SessionStore + Clone> SessionStore for Tracked<S> {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        self.counters.create.fetch_add(1, Ordering::SeqCst);
-        let result = self.inner.create(record).await;
-        self.remember(record.id);
-        result
-    }
-
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.counters.save.fetch_add(1, Ordering::SeqCst);
-        self.remember(record.id);
-        self.inner.save(record).await
-    }
-
-    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        self.counters.load.fetch_add(1, Ordering::SeqCst);
-        self.inner.load(id).await
-    }
-
-    async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        self.counters.delete.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(id).await
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Services: where they are, and what happens when one is missing
-// ---------------------------------------------------------------------------------------------
-
-pub fn redis_url() -> String {
-    env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
-}
-
-pub fn database_url() -> String {
-    env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-fn services_required() -> bool {
-    env::var("REQUIRE_SERVICES").is_ok_and(|value| value == "1")
-}
-
-/// `url` with its password, if any, replaced by `***`: the URLs are printed.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-/// A server `test` needs cannot be reached: a failure under `REQUIRE_SERVICES=1`, otherwise a
-/// skip that says so.
-fn unreachable(test: &str, service: &str, url: &str, err: &dyn fmt::Display) {
-    let url = redact(url);
-    if services_required() {
-        panic!(
-            "{test}: {service} at {url} cannot be reached: {err} (REQUIRE_SERVICES=1: a missing \
-             service fails the test)"
-        );
-    }
-    eprintln!(
-        "SKIPPED {test}: {service} at {url} cannot be reached: {err} (set REQUIRE_SERVICES=1 to \
-         make this a failure)"
-    );
-}
 
 /// A name no other test, and no other run, uses: `<prefix>_<pid>_<time>_<counter>`.
 fn unique_name(prefix: &str) -> String {
@@ -480,15 +270,9 @@ fn unique_name(prefix: &str) -> String {
     )
 }
 
-/// A Redis store on a pool of its own.
+/// A Redis store on a pool of its own, built with fred's defaults.
 pub async fn connect_redis() -> Result<(RedisStore<Pool>, Pool), String> {
-    let config = Config::from_url(&redis_url()).map_err(|err| err.to_string())?;
-    let pool = Pool::new(config, None, None, None, 4).map_err(|err| err.to_string())?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, pool.init()).await {
-        Ok(Ok(_connection)) => Ok((RedisStore::new(pool.clone()), pool)),
-        Ok(Err(err)) => Err(err.to_string()),
-        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
-    }
+    services::connect_redis(&redis_url(), services::PoolKind::Plain).await
 }
 
 /// A PostgreSQL store on a pool of its own, on `table` (in the `public` schema), migrated.
@@ -522,6 +306,8 @@ pub async fn connect_postgres(table: &str) -> Result<(PostgresStore, PgPool), St
 /// What to remove when the test is over.
 enum Teardown {
     Nothing,
+    /// Deletes the records written beneath the store under test (a `MergingStore`'s locks).
+    Records(Pin<Box<dyn Future<Output = ()>>>),
     Redis(Pool),
     /// Drops the table if `drop_table`, then closes the pool.
     Postgres {
@@ -537,14 +323,14 @@ enum Teardown {
 
 /// The store one test runs on.
 pub struct Fixture<S> {
-    pub store: Tracked<S>,
+    pub store: CountingStore<S>,
     teardowns: Vec<Teardown>,
 }
 
 impl<S: SessionStore + Clone> Fixture<S> {
     fn new(store: S, teardown: Teardown) -> Self {
         Self {
-            store: Tracked::new(store),
+            store: CountingStore::new(store),
             teardowns: vec![teardown],
         }
     }
@@ -552,11 +338,7 @@ impl<S: SessionStore + Clone> Fixture<S> {
     /// Deletes every session the test wrote, then drops its table or file and closes its
     /// clients.
     async fn teardown(self) {
-        for id in self.store.ids() {
-            if let Err(err) = self.store.inner.delete(&id).await {
-                eprintln!("clean-up: deleting session {id} failed: {err}");
-            }
-        }
+        self.store.delete_written().await;
         for teardown in self.teardowns {
             teardown.run().await;
         }
@@ -567,6 +349,7 @@ impl Teardown {
     async fn run(self) {
         match self {
             Self::Nothing => {}
+            Self::Records(delete) => delete.await,
             Self::Redis(pool) => {
                 let _ = pool.quit().await;
             }
@@ -610,7 +393,7 @@ pub async fn redis(test: &'static str) -> Option<Fixture<RedisStore<Pool>>> {
     match connect_redis().await {
         Ok((store, pool)) => Some(Fixture::new(store, Teardown::Redis(pool))),
         Err(err) => {
-            unreachable(test, "Redis", &redis_url(), &err);
+            services::unreachable(test, "Redis", &redis_url(), &err);
             None
         }
     }
@@ -628,7 +411,7 @@ pub async fn postgres(test: &'static str) -> Option<Fixture<PostgresStore>> {
             },
         )),
         Err(err) => {
-            unreachable(test, "PostgreSQL", &database_url(), &err);
+            services::unreachable(test, "PostgreSQL", &database_url(), &err);
             None
         }
     }
@@ -661,7 +444,7 @@ pub async fn cached_redis(
             Teardown::Redis(pool),
         )),
         Err(err) => {
-            unreachable(test, "Redis", &redis_url(), &err);
+            services::unreachable(test, "Redis", &redis_url(), &err);
             None
         }
     }
@@ -669,28 +452,43 @@ pub async fn cached_redis(
 
 /// The same stores behind `MergingStore` (with its store lock), as a multi-instance deployment
 /// runs them: the behaviour must not change.
-pub async fn merging_memory(test: &'static str) -> Option<Fixture<MergingStore<MemoryStore>>> {
+pub async fn merging_memory(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<CountingStore<MemoryStore>>>> {
     merging(memory(test).await)
 }
 
-pub async fn merging_redis(test: &'static str) -> Option<Fixture<MergingStore<RedisStore<Pool>>>> {
+pub async fn merging_redis(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<CountingStore<RedisStore<Pool>>>>> {
     merging(redis(test).await)
 }
 
-pub async fn merging_postgres(test: &'static str) -> Option<Fixture<MergingStore<PostgresStore>>> {
+pub async fn merging_postgres(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<CountingStore<PostgresStore>>>> {
     merging(postgres(test).await)
 }
 
-pub async fn merging_sqlite(test: &'static str) -> Option<Fixture<MergingStore<SqliteStore>>> {
+pub async fn merging_sqlite(
+    test: &'static str,
+) -> Option<Fixture<MergingStore<CountingStore<SqliteStore>>>> {
     merging(sqlite(test).await)
 }
 
-fn merging<S: SessionStore + Clone>(
+/// The merge writes records of its own (its store locks) through the fixture's store, which
+/// remembers them: the clean-up deletes them too, even a lock whose release failed.
+fn merging<S: SessionStore + Clone + 'static>(
     fixture: Option<Fixture<S>>,
-) -> Option<Fixture<MergingStore<S>>> {
-    let fixture = fixture?;
+) -> Option<Fixture<MergingStore<CountingStore<S>>>> {
+    let mut fixture = fixture?;
+    let beneath = fixture.store.clone();
+    fixture.teardowns.insert(
+        0,
+        Teardown::Records(Box::pin(async move { beneath.delete_written().await })),
+    );
     Some(Fixture {
-        store: Tracked::new(MergingStore::new(fixture.store.inner.clone()).with_store_lock()),
+        store: CountingStore::new(MergingStore::new(fixture.store).with_store_lock()),
         teardowns: fixture.teardowns,
     })
 }
@@ -698,7 +496,7 @@ fn merging<S: SessionStore + Clone>(
 /// Two clients of one Redis: two pools.
 pub async fn redis_pair(
     test: &'static str,
-) -> Option<(Fixture<RedisStore<Pool>>, Tracked<RedisStore<Pool>>)> {
+) -> Option<(Fixture<RedisStore<Pool>>, CountingStore<RedisStore<Pool>>)> {
     let mut first = redis(test).await?;
     match connect_redis().await {
         Ok((store, pool)) => {
@@ -713,12 +511,12 @@ pub async fn redis_pair(
 /// Two clients of one PostgreSQL table: two pools.
 pub async fn postgres_pair(
     test: &'static str,
-) -> Option<(Fixture<PostgresStore>, Tracked<PostgresStore>)> {
+) -> Option<(Fixture<PostgresStore>, CountingStore<PostgresStore>)> {
     let table = unique_name("tsc_test");
     let (first_store, first_pool) = match connect_postgres(&table).await {
         Ok(connected) => connected,
         Err(err) => {
-            unreachable(test, "PostgreSQL", &database_url(), &err);
+            services::unreachable(test, "PostgreSQL", &database_url(), &err);
             return None;
         }
     };
@@ -762,7 +560,7 @@ where
     S: SessionStore + Clone,
     C: FnOnce(&'static str) -> CF,
     CF: Future<Output = Option<Fixture<S>>>,
-    B: FnOnce(Tracked<S>) -> BF,
+    B: FnOnce(CountingStore<S>) -> BF,
     BF: Future<Output = ()>,
 {
     let Some(fixture) = connect(test).await else {
@@ -782,8 +580,8 @@ pub async fn run_pair<S, C, CF, B, BF>(test: &'static str, connect: C, body: B)
 where
     S: SessionStore + Clone,
     C: FnOnce(&'static str) -> CF,
-    CF: Future<Output = Option<(Fixture<S>, Tracked<S>)>>,
-    B: FnOnce(Tracked<S>, Tracked<S>) -> BF,
+    CF: Future<Output = Option<(Fixture<S>, CountingStore<S>)>>,
+    B: FnOnce(CountingStore<S>, CountingStore<S>) -> BF,
     BF: Future<Output = ()>,
 {
     let Some((fixture, second)) = connect(test).await else {

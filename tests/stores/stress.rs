@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use tower_sessions::{Session, SessionStore};
 use tower_sessions_controller::{Error, MergingStore, SessionControllers};
 
-use crate::{record, run_pair, send, Instance, Tracked, Visitor};
+use crate::{record, run_pair, send, CountingStore, Instance, Visitor};
 
 /// Requests per scenario.
 const REQUESTS: usize = 240;
@@ -70,7 +70,7 @@ impl Outcome {
 /// `instances`, each adding key `k{i}` to namespace `ns{i % namespaces}` through `kind`'s
 /// handler (`raw` or `crate`).
 async fn scenario<S: SessionStore + Clone>(
-    store: &Tracked<S>,
+    store: &CountingStore<S>,
     instances: &[&Router],
     kind: &str,
     namespaces: usize,
@@ -148,8 +148,8 @@ fn merging<S: SessionStore>(store: S) -> MergingStore<S> {
 /// The four scenarios of `kind`: one and two instances, one namespace and spread.
 async fn scenarios<S: SessionStore + Clone>(
     kind: &str,
-    a_store: Tracked<S>,
-    b_store: Tracked<S>,
+    a_store: CountingStore<S>,
+    b_store: CountingStore<S>,
 ) -> Vec<Outcome> {
     // The crate runs as a multi-instance deployment should: each instance's store behind its
     // own `MergingStore`, locking through the shared Redis.

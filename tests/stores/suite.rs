@@ -8,12 +8,12 @@ use tower_sessions::SessionStore;
 use tower_sessions_controller::{DEFAULT_EXPIRY, STAMP_KEY};
 
 use crate::{
-    assert_stamp, routes, store_raw, stored, user_keys, Calls, Instance, Reported, Tracked,
+    assert_stamp, routes, store_raw, stored, user_keys, Calls, CountingStore, Instance, Reported,
     Visitor, START,
 };
 
 /// Values written in one request come back in later ones, through the cookie.
-pub async fn write_then_read_back<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn write_then_read_back<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -41,7 +41,7 @@ pub async fn write_then_read_back<S: SessionStore + Clone>(store: Tracked<S>) {
 }
 
 /// A `Keyed<T>` is stored in the seed's layout and read back as the same `T`.
-pub async fn typed_round_trip<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn typed_round_trip<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -65,7 +65,7 @@ pub async fn typed_round_trip<S: SessionStore + Clone>(store: Tracked<S>) {
 }
 
 /// A write slides the stamp to now + expiry; a read leaves it, in the store too.
-pub async fn stamp_slides_on_write_not_on_read<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn stamp_slides_on_write_not_on_read<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -104,7 +104,7 @@ pub async fn stamp_slides_on_write_not_on_read<S: SessionStore + Clone>(store: T
 
 /// Alive until its stamp; opened at the stamp, the namespace is empty and its drop is saved,
 /// though the request only read. Another namespace of the session is untouched.
-pub async fn expired_namespace_dropped_on_open<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn expired_namespace_dropped_on_open<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
     let stamp = START + DEFAULT_EXPIRY;
@@ -142,7 +142,7 @@ pub async fn expired_namespace_dropped_on_open<S: SessionStore + Clone>(store: T
 }
 
 /// A write in the request that finds the namespace expired starts a fresh one, which persists.
-pub async fn write_after_expiry_persists<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn write_after_expiry_persists<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -173,7 +173,7 @@ pub async fn write_after_expiry_persists<S: SessionStore + Clone>(store: Tracked
 }
 
 /// Removing keys one by one: the last removal takes the namespace out of the stored session.
-pub async fn removing_last_key_removes_namespace<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn removing_last_key_removes_namespace<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -201,7 +201,7 @@ pub async fn removing_last_key_removes_namespace<S: SessionStore + Clone>(store:
 
 /// A purge removes the namespace, runtime or typed; purging the session's only namespace leaves
 /// the stored session empty.
-pub async fn purge_removes_namespace<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn purge_removes_namespace<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -238,7 +238,7 @@ pub async fn purge_removes_namespace<S: SessionStore + Clone>(store: Tracked<S>)
 
 /// A request that only reads live namespaces costs one load and no write, and gives an
 /// anonymous visitor no cookie.
-pub async fn read_only_request_saves_nothing<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn read_only_request_saves_nothing<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 
@@ -280,7 +280,7 @@ pub async fn read_only_request_saves_nothing<S: SessionStore + Clone>(store: Tra
 }
 
 /// Two visitors of one app, same namespaces: each sees only its own.
-pub async fn visitors_are_isolated<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn visitors_are_isolated<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut first = Visitor::default();
     let mut second = Visitor::default();
@@ -321,7 +321,7 @@ pub async fn visitors_are_isolated<S: SessionStore + Clone>(store: Tracked<S>) {
 
 /// Namespaces another writer of the store corrupted read as empty, and the next write replaces
 /// them.
-pub async fn corrupt_namespace_reads_as_empty<S: SessionStore + Clone>(store: Tracked<S>) {
+pub async fn corrupt_namespace_reads_as_empty<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());
     let mut visitor = Visitor::default();
 

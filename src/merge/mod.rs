@@ -1,0 +1,175 @@
+//! No lost updates between overlapping requests: a store wrapper that merges each save into the
+//! latest stored record instead of overwriting it.
+//!
+//! [`MergingStore`] is the store wrapper; the locks that make a session's saves one at a time are
+//! in `lock`, the bookkeeping (the journal of a request's operations and the record's versions)
+//! in `journal`, and the rebuild of a record from a save and the latest stored record in
+//! `rebuild`. The flush reaches this module only through [`is_underneath`], [`Journal`] and
+//! [`Ops`].
+
+mod journal;
+mod lock;
+mod rebuild;
+
+use std::{fmt, sync::Arc};
+
+use async_trait::async_trait;
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+
+pub(crate) use journal::{is_underneath, Journal, Ops, RESERVED_PREFIX};
+use lock::SaveLocks;
+
+/// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
+/// namespace changes are lost to another's.
+///
+/// Wrap the store given to `SessionManagerLayer`; nothing else changes. The README states the
+/// guarantee and its limits.
+///
+/// tower-sessions loads a visitor's whole record when a request first needs it and saves the
+/// whole record when the response goes out, so of two overlapping requests on one session, the
+/// later save silently undoes the earlier one. [`MergingStore`] wraps any `SessionStore` and
+/// changes what a save means:
+///
+/// - It stamps every record it loads with **versions**: a counter of the record's saves, and for
+///   each top-level key of the session the counter value of the save that last changed it.
+/// - The layer's flush leaves the request's **operations** on each namespace it changed (a purge,
+///   which user keys were set or removed, whether it wrote or counted a request against the
+///   namespace's hops) in the record. A key's lifetime travels with the key.
+/// - On save, under a per-session lock, it re-reads the latest record and rebuilds it: each
+///   namespace this request changed gets exactly this request's operations applied on top of its
+///   latest stored form; every other key keeps its latest stored value unless this request
+///   changed it through `Session` directly and nobody else changed it meanwhile (the versions
+///   tell).
+/// - A session that was in the store when the request loaded it and is gone when it saves (a
+///   logout, an id cycled at login, an expiry) is never written back: the save is refused, and
+///   the request answers `500`. So is a save whose merged namespace would cross the budget of
+///   the write that changed it.
+///
+/// The record is untrusted input: a journal or load mark found in a stored record is dropped when
+/// it is loaded, so only a request's own operations are ever applied.
+///
+/// A request that changed nothing saves nothing, so it costs nothing extra; a request that
+/// changed something costs one extra load. The per-session lock is in-process; with
+/// [`MergingStore::with_store_lock`] it is also taken through the store itself, for several app
+/// instances sharing one store.
+///
+/// # Example
+///
+/// ```
+/// use axum::Router;
+/// use tower_sessions::{MemoryStore, SessionManagerLayer};
+/// use tower_sessions_controller::{MergingStore, SessionControllerLayer};
+///
+/// let store = MergingStore::new(MemoryStore::default());
+/// let app: Router = Router::new()
+///     .layer(SessionControllerLayer::new())
+///     .layer(SessionManagerLayer::new(store));
+/// ```
+#[derive(Clone)]
+pub struct MergingStore<S> {
+    inner: Arc<S>,
+    locks: SaveLocks,
+}
+
+impl<S> MergingStore<S> {
+    /// Wraps `inner`. Saves of one session are merged one at a time within this process.
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            locks: SaveLocks::new(),
+        }
+    }
+
+    /// Also takes each session's merge lock through the store itself, so that several app
+    /// instances sharing the store merge one at a time: the lock is a record under an id derived
+    /// from the session's, made with the store's `create` and removed with `delete`. It costs two
+    /// store round trips per save.
+    ///
+    /// A lock whose release failed does not block the session: the next save in the same instance
+    /// clears it (the lock record names the instance that took it), and for other instances it
+    /// expires after 10 seconds. Stores that keep expired records until a cleanup task removes
+    /// them (`MemoryStore`, the SQL stores) count an expired lock as taken: run the store's
+    /// cleanup task (`continuously_delete_expired`) where several instances share one.
+    ///
+    /// This needs a store whose `create` is atomic (it either stores the record under the given
+    /// id, or finds the id taken and picks another): Redis (`tower-sessions-redis-store`, through
+    /// `SET NX`) and `MemoryStore` are; the SQL stores of `tower-sessions-sqlx-store` check and
+    /// then insert, which two instances can interleave, so on them the lock is only best effort.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sessions::MemoryStore;
+    /// use tower_sessions_controller::MergingStore;
+    ///
+    /// let store = MergingStore::new(MemoryStore::default()).with_store_lock();
+    /// # let _ = store;
+    /// ```
+    pub fn with_store_lock(mut self) -> Self {
+        self.locks.store_lock = true;
+        self
+    }
+
+    /// The wrapped store.
+    ///
+    /// ```
+    /// use tower_sessions::MemoryStore;
+    /// use tower_sessions_controller::MergingStore;
+    ///
+    /// let store = MergingStore::new(MemoryStore::default());
+    /// let _memory: &MemoryStore = store.inner();
+    /// ```
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for MergingStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MergingStore")
+            .field("inner", &self.inner)
+            .field("store_lock", &self.locks.store_lock)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore> SessionStore for MergingStore<S> {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        // A new session, or one whose id was just cycled: nobody else can have saved it.
+        journal::unmark(record);
+        self.inner.create(record).await
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let mut held = self.locks.acquire(&self.inner, record.id).await?;
+        let result = async {
+            let latest = self.inner.load(&record.id).await?;
+            let merged = rebuild::merge(record, latest).map_err(|refusal| {
+                tracing::warn!(session = %record.id, "{refusal}: nothing of this request is saved");
+                session_store::Error::Backend(refusal.to_string())
+            })?;
+            self.inner.save(&merged).await
+        }
+        .await;
+        // The save's outcome is the request's: a lock that outlives it only delays the next save.
+        held.release().await;
+        result
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let mut record = self.inner.load(id).await?;
+        if let Some(record) = &mut record {
+            // This load's versions, with the mark that makes the flush leave its journal.
+            journal::mark_loaded(record);
+        }
+        Ok(record)
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.inner.delete(id).await
+    }
+}

@@ -137,6 +137,7 @@ mod layer;
 mod merge;
 mod state;
 mod stored;
+pub mod stores;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use controller::{SessionController, SessionControllers};

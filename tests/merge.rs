@@ -212,9 +212,14 @@ fn routes(parties: usize) -> Router {
         .layer(Extension(Arc::new(Barrier::new(parties))))
 }
 
-/// A merging app with an established session.
-async fn merging_app() -> TestApp {
-    let mut app = TestApp::merging(routes(2));
+/// The set-ups the overlapping requests run on: `MergingStore` over tower-sessions'
+/// `MemoryStore` (a lock and a merge), and the crate's own `stores::MemoryStore` (a merge by
+/// compare-and-set).
+const SETUPS: [fn(Router) -> TestApp; 2] = [TestApp::merging, TestApp::atomic];
+
+/// A merging app on `setup` with an established session.
+async fn merging_app(setup: fn(Router) -> TestApp) -> TestApp {
+    let mut app = setup(routes(2));
     assert_eq!(app.post("/seed/cart").await.status, 200);
     app
 }
@@ -241,99 +246,115 @@ async fn without_merging_the_later_save_of_two_overlapping_requests_wins() {
 
 #[tokio::test]
 async fn overlapping_writes_to_one_namespace_both_survive() {
-    let app = merging_app().await;
-    overlap(&app, "/insert/cart/a", "/insert/cart/b").await;
-    let cart = app.stored("cart").await.expect("cart stored");
-    assert_eq!(cart["a"], true, "{cart}");
-    assert_eq!(cart["b"], true, "{cart}");
-    assert_eq!(cart["seed"], true, "{cart}");
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/insert/cart/a", "/insert/cart/b").await;
+        let cart = app.stored("cart").await.expect("cart stored");
+        assert_eq!(cart["a"], true, "{cart}");
+        assert_eq!(cart["b"], true, "{cart}");
+        assert_eq!(cart["seed"], true, "{cart}");
+    }
 }
 
 #[tokio::test]
 async fn overlapping_writes_to_two_namespaces_both_survive() {
-    let app = merging_app().await;
-    overlap(&app, "/insert/cart/a", "/insert/wizard/b").await;
-    assert_eq!(app.stored("cart").await.expect("cart")["a"], true);
-    assert_eq!(app.stored("wizard").await.expect("wizard")["b"], true);
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/insert/cart/a", "/insert/wizard/b").await;
+        assert_eq!(app.stored("cart").await.expect("cart")["a"], true);
+        assert_eq!(app.stored("wizard").await.expect("wizard")["b"], true);
+    }
 }
 
 #[tokio::test]
 async fn a_direct_session_write_and_an_overlapping_namespace_write_both_survive() {
-    let app = merging_app().await;
-    overlap(&app, "/direct/user", "/insert/cart/b").await;
-    let record = app.record().await.expect("record");
-    assert_eq!(record.data["user"], true, "{:?}", record.data);
-    assert_eq!(app.stored("cart").await.expect("cart")["b"], true);
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/direct/user", "/insert/cart/b").await;
+        let record = app.record().await.expect("record");
+        assert_eq!(record.data["user"], true, "{:?}", record.data);
+        assert_eq!(app.stored("cart").await.expect("cart")["b"], true);
+    }
 }
 
 #[tokio::test]
 async fn a_direct_write_in_the_same_request_as_a_namespace_write_survives_the_merge() {
-    let app = merging_app().await;
-    overlap(&app, "/both/cart/a", "/insert/cart/b").await;
-    let record = app.record().await.expect("record");
-    assert_eq!(record.data["direct_a"], true, "{:?}", record.data);
-    let cart = app.stored("cart").await.expect("cart");
-    assert_eq!(
-        (cart["a"].clone(), cart["b"].clone()),
-        (json!(true), json!(true))
-    );
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/both/cart/a", "/insert/cart/b").await;
+        let record = app.record().await.expect("record");
+        assert_eq!(record.data["direct_a"], true, "{:?}", record.data);
+        let cart = app.stored("cart").await.expect("cart");
+        assert_eq!(
+            (cart["a"].clone(), cart["b"].clone()),
+            (json!(true), json!(true))
+        );
+    }
 }
 
 #[tokio::test]
 async fn overlapping_writes_to_different_fields_of_a_typed_namespace_both_survive() {
-    let app = merging_app().await;
-    overlap(&app, "/profile/name/ada", "/profile/city/paris").await;
-    let profile = app.stored("profile").await.expect("profile");
-    assert_eq!(profile["name"], "ada", "{profile}");
-    assert_eq!(profile["city"], "paris", "{profile}");
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/profile/name/ada", "/profile/city/paris").await;
+        let profile = app.stored("profile").await.expect("profile");
+        assert_eq!(profile["name"], "ada", "{profile}");
+        assert_eq!(profile["city"], "paris", "{profile}");
+    }
 }
 
 /// A stored profile: each request's typed write is told apart from what it loaded, so the
 /// other field's stale value is not written back over the other request's change.
 #[tokio::test]
 async fn overlapping_writes_to_different_fields_of_a_stored_typed_namespace_both_survive() {
-    for (first, second) in [
-        ("/profile/name/ada", "/profile/city/paris"),
-        ("/profile/city/paris", "/profile/name/ada"),
-        // The typed write then read through a runtime controller in the same request.
-        ("/profile-then-read/ada", "/profile/city/paris"),
-        ("/profile/city/paris", "/profile-then-read/ada"),
-    ] {
-        let mut app = merging_app().await;
-        assert_eq!(app.post("/seed-profile").await.status, 200);
-        overlap(&app, first, second).await;
-        let profile = app.stored("profile").await.expect("profile");
-        assert_eq!(profile["name"], "ada", "{first} with {second}: {profile}");
-        assert_eq!(profile["city"], "paris", "{first} with {second}: {profile}");
+    for setup in SETUPS {
+        for (first, second) in [
+            ("/profile/name/ada", "/profile/city/paris"),
+            ("/profile/city/paris", "/profile/name/ada"),
+            // The typed write then read through a runtime controller in the same request.
+            ("/profile-then-read/ada", "/profile/city/paris"),
+            ("/profile/city/paris", "/profile-then-read/ada"),
+        ] {
+            let mut app = merging_app(setup).await;
+            assert_eq!(app.post("/seed-profile").await.status, 200);
+            overlap(&app, first, second).await;
+            let profile = app.stored("profile").await.expect("profile");
+            assert_eq!(profile["name"], "ada", "{first} with {second}: {profile}");
+            assert_eq!(profile["city"], "paris", "{first} with {second}: {profile}");
+        }
     }
 }
 
 #[tokio::test]
 async fn a_purge_overlapping_a_write_to_another_namespace_removes_only_its_own() {
-    let app = merging_app().await;
-    overlap(&app, "/purge/cart", "/insert/wizard/b").await;
-    assert_eq!(app.stored("cart").await, None);
-    assert_eq!(app.stored("wizard").await.expect("wizard")["b"], true);
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/purge/cart", "/insert/wizard/b").await;
+        assert_eq!(app.stored("cart").await, None);
+        assert_eq!(app.stored("wizard").await.expect("wizard")["b"], true);
+    }
 }
 
 #[tokio::test]
 async fn the_merge_leaves_no_operations_in_the_store() {
-    let app = merging_app().await;
-    overlap(&app, "/insert/cart/a", "/insert/cart/b").await;
-    let record = app.record().await.expect("record");
-    assert!(
-        !record.data.contains_key("tower_sessions_controller.ops"),
-        "{:?}",
-        record.data.keys()
-    );
-    assert!(record
-        .data
-        .contains_key("tower_sessions_controller.versions"));
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        overlap(&app, "/insert/cart/a", "/insert/cart/b").await;
+        let record = app.record().await.expect("record");
+        assert!(
+            !record.data.contains_key("tower_sessions_controller.ops"),
+            "{:?}",
+            record.data.keys()
+        );
+        assert!(record
+            .data
+            .contains_key("tower_sessions_controller.versions"));
+    }
 }
 
 #[tokio::test]
 async fn under_merging_a_read_only_request_loads_once_and_saves_nothing() {
-    let mut app = merging_app().await;
+    let mut app = merging_app(TestApp::merging).await;
     app.store.take_calls();
     assert_eq!(app.get("/read/cart").await.body, r#"{"seed":true}"#);
     app.assert_calls(Calls::LOAD);
@@ -459,54 +480,61 @@ async fn both(app: &TestApp, first: &str, second: &str) -> (support::Reply, supp
 
 #[tokio::test]
 async fn a_logout_while_a_write_runs_sticks_and_the_write_is_not_answered_as_saved() {
-    let mut app = merging_app().await;
-    let old = app.session_id().expect("a session");
-    let (write, logout) = both(&app, "/insert/cart/late", "/logout").await;
+    for setup in SETUPS {
+        let mut app = merging_app(setup).await;
+        let old = app.session_id().expect("a session");
+        let (write, logout) = both(&app, "/insert/cart/late", "/logout").await;
 
-    assert_eq!(logout.status, 200, "{logout:?}");
-    assert_ne!(
-        write.status, 200,
-        "the write was answered as saved: {write:?}"
-    );
-    assert!(
-        app.record_by_id(&old).await.is_none(),
-        "the session came back"
-    );
-    // The old cookie finds nothing.
-    assert_eq!(app.get("/read/cart").await.body, "{}");
+        assert_eq!(logout.status, 200, "{logout:?}");
+        assert_ne!(
+            write.status, 200,
+            "the write was answered as saved: {write:?}"
+        );
+        assert!(
+            app.record_by_id(&old).await.is_none(),
+            "the session came back"
+        );
+        // The old cookie finds nothing.
+        assert_eq!(app.get("/read/cart").await.body, "{}");
+    }
 }
 
 #[tokio::test]
 async fn a_login_that_cycles_the_id_while_a_write_runs_never_brings_the_old_id_back() {
-    let app = merging_app().await;
-    let old = app.session_id().expect("a session");
-    let (mut writer, mut login) = (app.tab(), app.tab());
-    let (write, logged_in) = tokio::join!(writer.post("/insert/cart/late"), login.post("/login"));
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        let old = app.session_id().expect("a session");
+        let (mut writer, mut login) = (app.tab(), app.tab());
+        let (write, logged_in) =
+            tokio::join!(writer.post("/insert/cart/late"), login.post("/login"));
 
-    assert_eq!(logged_in.status, 200, "{logged_in:?}");
-    assert_ne!(
-        write.status, 200,
-        "the write was answered as saved: {write:?}"
-    );
-    assert!(
-        app.record_by_id(&old).await.is_none(),
-        "the old id came back"
-    );
-    let new = login.session_id().expect("the login's new id");
-    assert_ne!(new, old);
-    let record = app.record_by_id(&new).await.expect("the new session");
-    assert_eq!(record.data["user"], "ada");
+        assert_eq!(logged_in.status, 200, "{logged_in:?}");
+        assert_ne!(
+            write.status, 200,
+            "the write was answered as saved: {write:?}"
+        );
+        assert!(
+            app.record_by_id(&old).await.is_none(),
+            "the old id came back"
+        );
+        let new = login.session_id().expect("the login's new id");
+        assert_ne!(new, old);
+        let record = app.record_by_id(&new).await.expect("the new session");
+        assert_eq!(record.data["user"], "ada");
+    }
 }
 
 #[tokio::test]
 async fn a_write_that_lands_before_a_logout_is_removed_with_the_session() {
-    let mut app = TestApp::merging(routes(1));
-    assert_eq!(app.post("/seed/cart").await.status, 200);
-    let old = app.session_id().expect("a session");
-    assert_eq!(app.tab().post("/insert/cart/early").await.status, 200);
-    assert_eq!(app.tab().post("/logout").await.status, 200);
-    assert!(app.record_by_id(&old).await.is_none());
-    assert_eq!(app.get("/read/cart").await.body, "{}");
+    for setup in SETUPS {
+        let mut app = setup(routes(1));
+        assert_eq!(app.post("/seed/cart").await.status, 200);
+        let old = app.session_id().expect("a session");
+        assert_eq!(app.tab().post("/insert/cart/early").await.status, 200);
+        assert_eq!(app.tab().post("/logout").await.status, 200);
+        assert!(app.record_by_id(&old).await.is_none());
+        assert_eq!(app.get("/read/cart").await.body, "{}");
+    }
 }
 
 const JOURNAL: &str = "tower_sessions_controller.ops";
@@ -552,16 +580,18 @@ async fn an_app_on_a_plain_store_never_writes_merge_bookkeeping() {
 
 #[tokio::test]
 async fn overlapping_first_writes_of_a_typed_namespace_keep_every_field() {
-    for (first, second) in [("/pair/a", "/pair/b"), ("/pair/b", "/pair/a")] {
-        let app = merging_app().await;
-        overlap(&app, first, second).await;
-        assert_eq!(
-            app.stored("pair")
-                .await
-                .map(|pair| (pair["a"].clone(), pair["b"].clone())),
-            Some((json!(1), json!(2))),
-            "{first} with {second}"
-        );
+    for setup in SETUPS {
+        for (first, second) in [("/pair/a", "/pair/b"), ("/pair/b", "/pair/a")] {
+            let app = merging_app(setup).await;
+            overlap(&app, first, second).await;
+            assert_eq!(
+                app.stored("pair")
+                    .await
+                    .map(|pair| (pair["a"].clone(), pair["b"].clone())),
+                Some((json!(1), json!(2))),
+                "{first} with {second}"
+            );
+        }
     }
 }
 
@@ -589,42 +619,46 @@ async fn next_step(Extension(barrier): Extension<Arc<Barrier>>, mut wizard: Keye
 
 #[tokio::test]
 async fn a_typed_write_racing_a_purge_never_stores_a_partial_value() {
-    for purge_first in [true, false] {
-        let mut app = TestApp::merging(routes(2));
-        assert_eq!(app.post("/wizard/seed").await.status, 200);
-        let (step, purge) = if purge_first {
-            let (purge, step) = both(&app, "/purge/wizard", "/wizard/next").await;
-            (step, purge)
-        } else {
-            both(&app, "/wizard/next", "/purge/wizard").await
-        };
-        assert_eq!(
-            (step.status, purge.status),
-            (StatusCode::OK, StatusCode::OK)
-        );
+    for setup in SETUPS {
+        for purge_first in [true, false] {
+            let mut app = setup(routes(2));
+            assert_eq!(app.post("/wizard/seed").await.status, 200);
+            let (step, purge) = if purge_first {
+                let (purge, step) = both(&app, "/purge/wizard", "/wizard/next").await;
+                (step, purge)
+            } else {
+                both(&app, "/wizard/next", "/purge/wizard").await
+            };
+            assert_eq!(
+                (step.status, purge.status),
+                (StatusCode::OK, StatusCode::OK)
+            );
 
-        if let Some(stored) = app.stored("wizard").await {
-            let wizard: Wizard = serde_json::from_value(stored.clone())
-                .unwrap_or_else(|err| panic!("stored in part ({err}): {stored}"));
-            assert_eq!((wizard.step, wizard.address.as_str()), (7, "1 Main Street"));
+            if let Some(stored) = app.stored("wizard").await {
+                let wizard: Wizard = serde_json::from_value(stored.clone())
+                    .unwrap_or_else(|err| panic!("stored in part ({err}): {stored}"));
+                assert_eq!((wizard.step, wizard.address.as_str()), (7, "1 Main Street"));
+            }
         }
     }
 }
 
 #[tokio::test]
 async fn overlapping_inserts_never_store_more_than_the_budget() {
-    let app = merging_app().await;
-    // Alone, each fits in 120 bytes with its stamp; merged, they would not.
-    let (a, b) = both(&app, "/budgeted/a/40", "/budgeted/b/40").await;
+    for setup in SETUPS {
+        let app = merging_app(setup).await;
+        // Alone, each fits in 120 bytes with its stamp; merged, they would not.
+        let (a, b) = both(&app, "/budgeted/a/40", "/budgeted/b/40").await;
 
-    let stored = app.stored("budgeted").await.expect("one of them is stored");
-    let size = serde_json::to_string(&stored).expect("json").len();
-    assert!(size <= 120, "{size} bytes stored: {stored}");
-    let answered_ok = [a.status, b.status]
-        .iter()
-        .filter(|status| **status == 200)
-        .count();
-    assert_eq!(answered_ok, 1, "{a:?} {b:?}");
+        let stored = app.stored("budgeted").await.expect("one of them is stored");
+        let size = serde_json::to_string(&stored).expect("json").len();
+        assert!(size <= 120, "{size} bytes stored: {stored}");
+        let answered_ok = [a.status, b.status]
+            .iter()
+            .filter(|status| **status == 200)
+            .count();
+        assert_eq!(answered_ok, 1, "{a:?} {b:?}");
+    }
 }
 
 /// A store whose next save never finishes once told to stall: a save cancelled in the middle.

@@ -22,6 +22,8 @@ use tower_sessions::{
     Session,
 };
 
+use super::digest;
+
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
 pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
@@ -59,17 +61,23 @@ pub(crate) async fn is_underneath(
 
 /// Readies a record loaded from the store for a request: a stored journal is dropped (a journal
 /// is applied only by the save of the request that wrote it), and the versions get this
-/// process's load mark.
-pub(super) fn mark_loaded(record: &mut Record) {
+/// process's load mark, and `seen`: what a store that saves by compare-and-set needs to know the
+/// record again.
+pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
     let mark = Value::from(load_mark());
     match record.data.get_mut(VERSIONS_KEY) {
         Some(Value::Object(versions)) => {
             versions.insert("loaded".to_owned(), mark);
+            match seen {
+                Some(seen) => versions.insert("seen".to_owned(), Value::from(seen)),
+                None => versions.remove("seen"),
+            };
         }
         _ => {
             let versions = Versions {
                 loaded: Some(load_mark().to_owned()),
+                seen,
                 ..Versions::default()
             };
             record
@@ -79,20 +87,14 @@ pub(super) fn mark_loaded(record: &mut Record) {
     }
 }
 
-/// Readies a record for the store as it is, without a merge (a new session, or one whose id was
-/// just cycled): no journal, and versions without a load mark.
-pub(super) fn unmark(record: &mut Record) {
-    record.data.remove(JOURNAL_KEY);
-    match record.data.get_mut(VERSIONS_KEY) {
-        Some(Value::Object(versions)) => {
-            versions.remove("loaded");
-        }
-        _ => {
-            record
-                .data
-                .insert(VERSIONS_KEY.to_owned(), Versions::default().to_value());
-        }
+/// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
+/// merging store of this process marked it.
+pub(crate) fn seen(record: &Record) -> Option<String> {
+    let versions = Versions::read(record.data.get(VERSIONS_KEY)?);
+    if !versions.is_loaded() {
+        return None;
     }
+    versions.seen
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
@@ -179,50 +181,61 @@ impl Journal {
     }
 }
 
-/// A record's versions: how many merged saves it has had, and which save last changed each key.
-/// In memory, a record loaded through a `MergingStore` also carries the load mark.
+/// A record's versions: a digest of every top-level key's value as it was stored, so that a
+/// save can tell the keys its request changed from those it only loaded. In memory, a record
+/// loaded through a merging store also carries the load mark and what the store saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct Versions {
-    pub(super) counter: u64,
-    pub(super) keys: BTreeMap<String, u64>,
+    /// The digest of each key's value; `None` when they are not known (a record stored without
+    /// them, or cleared): then every key counts as changed by the request that saves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digests: Option<BTreeMap<String, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loaded: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seen: Option<String>,
 }
 
 impl Versions {
     /// Reads versions; unreadable ones count as none, and are logged.
     pub(super) fn read(value: &Value) -> Self {
         Self::deserialize(value).unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "unreadable versions in a session record: counting from zero");
+            tracing::warn!(error = %err, "unreadable versions in a session record: ignoring them");
             Self::default()
         })
     }
 
-    /// The versions of a save that follows `counter`: no key changed yet. A counter at its end is
-    /// corrupt: counting starts again, which at worst lets a direct write of this request win
-    /// over one it did not see.
-    pub(super) fn after(counter: u64) -> Self {
+    /// The versions of `data` as stored: the digest of every value.
+    pub(super) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
         Self {
-            counter: counter.checked_add(1).unwrap_or(1),
+            digests: Some(
+                data.map(|(key, value)| (key.clone(), digest::of(value)))
+                    .collect(),
+            ),
             ..Self::default()
         }
     }
 
-    /// Whether the record was loaded through a `MergingStore` of this process: the session was
+    /// Whether the record was loaded through a merging store of this process: the session was
     /// in the store when the request began.
     pub(super) fn is_loaded(&self) -> bool {
         self.loaded.as_deref() == Some(load_mark())
     }
 
-    pub(super) fn to_value(&self) -> Value {
-        // Serializing a map of strings to numbers cannot fail.
-        serde_json::to_value(self).unwrap_or(Value::Null)
+    /// Whether the request changed `key` since it loaded these versions: `own` (its value now,
+    /// or `None` if absent) differs from what was stored. Without digests, every key counts as
+    /// changed.
+    pub(super) fn changed(&self, key: &str, own: Option<&Value>) -> bool {
+        match &self.digests {
+            Some(digests) => digests.get(key).copied() != own.map(digest::of),
+            None => true,
+        }
     }
 
-    /// The save that last changed `key`: 0 if none did.
-    pub(super) fn of(&self, key: &str) -> u64 {
-        self.keys.get(key).copied().unwrap_or(0)
+    pub(super) fn to_value(&self) -> Value {
+        // Serializing maps of strings to numbers cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
     }
 }
 
@@ -279,11 +292,42 @@ mod tests {
 
     #[test]
     fn unreadable_versions_count_as_none() {
-        assert_eq!(
-            Versions::read(&json!({ "counter": "x" })),
-            Versions::default()
+        let none = Versions::read(&json!({ "digests": "x" }));
+        assert_eq!(none, Versions::default());
+        assert!(
+            none.changed("cart", None),
+            "without digests every key counts as changed"
         );
-        let read = Versions::read(&json!({ "counter": 3, "keys": { "cart": 2 } }));
-        assert_eq!((read.counter, read.of("cart"), read.of("other")), (3, 2, 0));
+    }
+
+    #[test]
+    fn a_key_counts_as_changed_when_its_value_differs_from_what_was_stored() {
+        let (cart, user) = (json!({ "a": 1 }), json!("ada"));
+        let stored = Versions::of(
+            [("cart".to_owned(), cart.clone()), ("user".to_owned(), user)]
+                .iter()
+                .map(|(k, v)| (k, v)),
+        );
+        assert!(!stored.changed("cart", Some(&cart)));
+        assert!(stored.changed("cart", Some(&json!({ "a": 2 }))));
+        assert!(stored.changed("user", None), "removed");
+        assert!(stored.changed("new", Some(&json!(1))), "added");
+        assert!(!stored.changed("never", None));
+    }
+
+    #[test]
+    fn a_stored_load_mark_is_not_this_processes() {
+        let mut record = Record {
+            id: Id(1),
+            data: [(
+                VERSIONS_KEY.to_owned(),
+                json!({ "loaded": "guess", "seen": "t" }),
+            )]
+            .into(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        };
+        assert_eq!(seen(&record), None);
+        mark_loaded(&mut record, Some("t2".to_owned()));
+        assert_eq!(seen(&record).as_deref(), Some("t2"));
     }
 }

@@ -7,6 +7,7 @@
 //! `rebuild`. The flush reaches this module only through [`is_underneath`], [`Journal`] and
 //! [`Ops`].
 
+mod digest;
 mod journal;
 mod lock;
 mod rebuild;
@@ -19,8 +20,10 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-pub(crate) use journal::{is_underneath, Journal, Ops, RESERVED_PREFIX};
+pub(crate) use journal::{is_underneath, mark_loaded, seen, Journal, Ops, RESERVED_PREFIX};
 use lock::SaveLocks;
+use rebuild::Refusal;
+pub(crate) use rebuild::{as_stored, merge};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
@@ -140,18 +143,18 @@ impl<S: fmt::Debug> fmt::Debug for MergingStore<S> {
 impl<S: SessionStore> SessionStore for MergingStore<S> {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
         // A new session, or one whose id was just cycled: nobody else can have saved it.
-        journal::unmark(record);
-        self.inner.create(record).await
+        let mut stored = rebuild::as_stored(record);
+        self.inner.create(&mut stored).await?;
+        record.id = stored.id;
+        Ok(())
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let mut held = self.locks.acquire(&self.inner, record.id).await?;
         let result = async {
             let latest = self.inner.load(&record.id).await?;
-            let merged = rebuild::merge(record, latest).map_err(|refusal| {
-                tracing::warn!(session = %record.id, "{refusal}: nothing of this request is saved");
-                session_store::Error::Backend(refusal.to_string())
-            })?;
+            let merged =
+                rebuild::merge(record, latest).map_err(|refusal| refused(record.id, refusal))?;
             self.inner.save(&merged).await
         }
         .await;
@@ -164,7 +167,7 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
         let mut record = self.inner.load(id).await?;
         if let Some(record) = &mut record {
             // This load's versions, with the mark that makes the flush leave its journal.
-            journal::mark_loaded(record);
+            mark_loaded(record, None);
         }
         Ok(record)
     }
@@ -172,4 +175,10 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
         self.inner.delete(id).await
     }
+}
+
+/// The store error a refused save answers with, logged with the session it names.
+pub(crate) fn refused(id: Id, refusal: Refusal) -> session_store::Error {
+    tracing::warn!(session = %id, "{refusal}: nothing of this request is saved");
+    session_store::Error::Backend(refusal.to_string())
 }

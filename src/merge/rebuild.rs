@@ -11,7 +11,7 @@ use crate::{budget, expiry, stored::Stored};
 
 /// Why a save is refused: nothing of it is stored.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Refusal {
+pub(crate) enum Refusal {
     /// The session was in the store when the request loaded it, and is gone now: deleted (a
     /// logout), its id cycled away, expired or evicted. Writing it back would undo that.
     Ended,
@@ -47,87 +47,76 @@ fn is_data(key: &str) -> bool {
     key != JOURNAL_KEY && key != VERSIONS_KEY
 }
 
+/// The record to store for `ours` (what this request would save) when the store still holds what
+/// the request loaded: ours as it is, its bookkeeping replaced by the digests of its values.
+pub(crate) fn as_stored(ours: &Record) -> Record {
+    let mut data: HashMap<String, Value> = ours
+        .data
+        .iter()
+        .filter(|(key, _)| is_data(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    let versions = Versions::of(data.iter());
+    data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
+    Record {
+        id: ours.id,
+        data,
+        expiry_date: ours.expiry_date,
+    }
+}
+
 /// The record to store: `ours` (what this request would save) merged into `latest` (what the
-/// store holds now).
+/// store holds now, if anything).
+///
+/// Each namespace this request changed gets exactly the request's operations applied on top of
+/// its latest form. Every other key keeps its latest value, unless the request changed it
+/// through `Session` directly (its value differs from the one it loaded, as the loaded digests
+/// tell); then the request's value stands.
 ///
 /// # Errors
 ///
 /// A [`Refusal`].
-pub(super) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Refusal> {
+pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Refusal> {
     let journal = Journal::read(ours);
-    let base = ours.data.get(VERSIONS_KEY).map(Versions::read);
+    // `None` when `Session::clear` dropped them: ours is then the whole truth.
+    let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let Some(mut latest) = latest else {
-        if base.as_ref().is_some_and(Versions::is_loaded) {
+        if loaded.as_ref().is_some_and(Versions::is_loaded) {
             return Err(Refusal::Ended);
         }
-        // Never loaded through a merge, or cleared by `Session::clear`: ours is the whole truth.
-        let mut data: HashMap<String, Value> = ours
-            .data
-            .iter()
-            .filter(|(key, _)| is_data(key))
-            .map(|(key, value)| (key.clone(), value.clone()))
-            .collect();
-        data.insert(VERSIONS_KEY.to_owned(), Versions::default().to_value());
-        return Ok(Record {
-            id: ours.id,
-            data,
-            expiry_date: ours.expiry_date,
-        });
+        return Ok(as_stored(ours));
     };
     latest.data.remove(JOURNAL_KEY);
-    let theirs_versions = latest
-        .data
-        .remove(VERSIONS_KEY)
-        .as_ref()
-        .map(Versions::read)
-        .unwrap_or_default();
-    let mut versions = Versions::after(theirs_versions.counter);
-    // One key's merged value, and whether it differs from theirs. Only what wins is copied from
-    // ours; the latest record is already owned.
+    latest.data.remove(VERSIONS_KEY);
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = journal
             .as_ref()
             .and_then(|journal| Some((journal.ops(key)?, journal.now()?)));
-        Ok(match (namespace_ops, &base) {
-            (Some((ops, now)), _) => {
-                let value = apply(key, ops, theirs.clone(), own.cloned(), now)?;
-                let changed = value != theirs;
-                (value, changed)
+        Ok(match namespace_ops {
+            Some((ops, now)) => apply(key, ops, theirs, own.cloned(), now)?,
+            None if loaded
+                .as_ref()
+                .is_none_or(|loaded| loaded.changed(key, own)) =>
+            {
+                own.cloned()
             }
-            // Someone else changed it since this request loaded it: theirs stands.
-            (None, Some(base)) if base.of(key) != theirs_versions.of(key) => (theirs, false),
-            // Nobody else changed it: ours is the latest plus whatever this request (or a
-            // middleware) changed through `Session` directly. Without versions in ours
-            // (`Session::clear` dropped them), ours is the whole truth.
-            (None, _) => match (theirs, own) {
-                (Some(theirs), Some(own)) if theirs == *own => (Some(theirs), false),
-                (None, None) => (None, false),
-                (_, own) => (own.cloned(), true),
-            },
+            None => theirs,
         })
     };
     let mut data = HashMap::with_capacity(ours.data.len().max(latest.data.len()) + 1);
-    let mut keep = |key: String, (value, changed): (Option<Value>, bool)| {
-        let Some(value) = value else {
-            return;
-        };
-        let version = if changed {
-            versions.counter
-        } else {
-            theirs_versions.of(&key)
-        };
-        versions.keys.insert(key.clone(), version);
-        data.insert(key, value);
-    };
     for (key, own) in ours.data.iter().filter(|(key, _)| is_data(key)) {
         let theirs = latest.data.remove(key);
-        keep(key.clone(), resolve(key, theirs, Some(own))?);
+        if let Some(value) = resolve(key, theirs, Some(own))? {
+            data.insert(key.clone(), value);
+        }
     }
     // The keys ours does not hold: removed by this request, or added by someone else.
     for (key, theirs) in latest.data {
-        let merged = resolve(&key, Some(theirs), None)?;
-        keep(key, merged);
+        if let Some(value) = resolve(&key, Some(theirs), None)? {
+            data.insert(key, value);
+        }
     }
+    let versions = Versions::of(data.iter());
     data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
     Ok(Record {
         id: ours.id,
@@ -205,7 +194,7 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stored::encode_stamp as stamp;
+    use crate::{merge::journal::mark_loaded, stored::encode_stamp as stamp};
     use serde_json::json;
     use time::{macros::datetime, Duration};
     use tower_sessions::session::Id;
@@ -240,23 +229,30 @@ mod tests {
         serde_json::to_value(journal).unwrap()
     }
 
-    fn versions(counter: u64, keys: &[(&str, u64)]) -> Value {
-        let mut versions = Versions::after(counter.wrapping_sub(1));
-        versions.keys = keys.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect();
-        versions.to_value()
+    /// The versions of a record stored holding `data`.
+    fn versions(data: Value) -> Value {
+        let Value::Object(map) = data else {
+            panic!("test data are objects")
+        };
+        Versions::of(map.iter()).to_value()
+    }
+
+    /// The same, as a load through a merging store of this process marks them.
+    fn loaded(data: Value) -> Value {
+        let mut record = record(json!({ VERSIONS_KEY: versions(data) }));
+        mark_loaded(&mut record, None);
+        record.data.remove(VERSIONS_KEY).unwrap()
     }
 
     #[test]
     fn a_namespace_expired_by_the_requests_clock_is_replaced_not_merged_into() {
+        let old = json!({ "old": 1, "_timeout_datestamp": stamp(NOW) });
         let ours = record(json!({
             "cart": { "new": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
             JOURNAL_KEY: journal(&[("cart", false, &["new"])]),
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+            VERSIONS_KEY: loaded(json!({ "cart": old })),
         }));
-        let latest = record(json!({
-            "cart": { "old": 1, "_timeout_datestamp": stamp(NOW) },
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
-        }));
+        let latest = record(json!({ "cart": old, VERSIONS_KEY: versions(json!({ "cart": old })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data["cart"]["new"], 1);
         assert!(
@@ -269,15 +265,14 @@ mod tests {
     #[test]
     fn a_write_sets_its_own_stamp_over_the_stored_one() {
         let own = NOW + Duration::minutes(1);
+        let theirs = json!({ "b": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(9)) });
         let ours = record(json!({
             "cart": { "a": 1, "_timeout_datestamp": stamp(own) },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+            VERSIONS_KEY: loaded(json!({})),
         }));
-        let latest = record(json!({
-            "cart": { "b": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(9)) },
-            VERSIONS_KEY: versions(2, &[("cart", 2)]),
-        }));
+        let latest =
+            record(json!({ "cart": theirs, VERSIONS_KEY: versions(json!({ "cart": theirs })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data["cart"]["_timeout_datestamp"], stamp(own));
         assert_eq!(
@@ -292,18 +287,17 @@ mod tests {
     #[test]
     fn a_removal_keeps_the_stored_stamp() {
         let stored = NOW + Duration::minutes(9);
+        let cart = json!({ "a": 1, "b": 1, "_timeout_datestamp": stamp(stored) });
         let ours = record(json!({
             "cart": { "b": 1, "_timeout_datestamp": stamp(stored) },
             JOURNAL_KEY: {
                 "now": NOW.unix_timestamp(), "now_nanos": 0,
                 "namespaces": { "cart": { "purged": false, "touched": ["a"], "wrote": false } },
             },
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+            VERSIONS_KEY: loaded(json!({ "cart": cart })),
         }));
-        let latest = record(json!({
-            "cart": { "a": 1, "b": 1, "_timeout_datestamp": stamp(stored) },
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
-        }));
+        let latest =
+            record(json!({ "cart": cart, VERSIONS_KEY: versions(json!({ "cart": cart })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(
             merged.data["cart"],
@@ -315,33 +309,43 @@ mod tests {
     fn a_key_nobody_else_changed_keeps_this_requests_direct_write() {
         let ours = record(json!({
             "user": "ada",
-            VERSIONS_KEY: versions(3, &[("user", 2)]),
+            VERSIONS_KEY: loaded(json!({ "user": "anonymous" })),
         }));
         let latest = record(json!({
             "user": "anonymous",
             "other": 1,
-            VERSIONS_KEY: versions(4, &[("user", 2), ("other", 4)]),
+            VERSIONS_KEY: versions(json!({ "user": "anonymous", "other": 1 })),
         }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data["user"], "ada");
         assert_eq!(merged.data["other"], 1);
-        let versions = Versions::read(&merged.data[VERSIONS_KEY]);
-        assert_eq!(versions.counter, 5);
-        assert_eq!(versions.of("user"), 5);
-        assert_eq!(versions.of("other"), 4);
+        let stored = Versions::read(&merged.data[VERSIONS_KEY]);
+        assert!(
+            !stored.changed("user", Some(&json!("ada"))),
+            "its digest is the new value's"
+        );
     }
 
     #[test]
     fn a_key_someone_else_changed_keeps_their_value() {
         let ours = record(json!({
             "user": "stale",
-            VERSIONS_KEY: versions(3, &[("user", 2)]),
+            VERSIONS_KEY: loaded(json!({ "user": "stale" })),
         }));
         let latest = record(json!({
             "user": "fresh",
-            VERSIONS_KEY: versions(4, &[("user", 4)]),
+            VERSIONS_KEY: versions(json!({ "user": "fresh" })),
         }));
         assert_eq!(merge(&ours, Some(latest)).unwrap().data["user"], "fresh");
+    }
+
+    #[test]
+    fn a_key_this_request_removed_directly_stays_removed() {
+        let ours = record(json!({ VERSIONS_KEY: loaded(json!({ "user": "ada" })) }));
+        let latest = record(json!({ "user": "ada", "other": 1 }));
+        let merged = merge(&ours, Some(latest)).unwrap();
+        assert_eq!(merged.data.get("user"), None);
+        assert_eq!(merged.data["other"], 1, "added by someone else");
     }
 
     #[test]
@@ -350,27 +354,38 @@ mod tests {
             "cart": { "a": 1 },
             "user": "as loaded",
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: versions(1, &[("user", 1)]),
+            VERSIONS_KEY: loaded(json!({ "user": "as loaded" })),
         }));
-        let latest = record(json!({ "user": "newer", VERSIONS_KEY: versions(2, &[("user", 2)]) }));
+        let latest =
+            record(json!({ "user": "newer", VERSIONS_KEY: versions(json!({ "user": "newer" })) }));
         assert_eq!(merge(&ours, Some(latest)).unwrap().data["user"], "newer");
     }
 
     #[test]
     fn a_cleared_session_saves_as_it_is() {
         let ours = record(json!({ "after_clear": 1 }));
-        let latest = record(json!({ "cart": { "a": 1 }, VERSIONS_KEY: versions(2, &[]) }));
+        let latest = record(
+            json!({ "cart": { "a": 1 }, VERSIONS_KEY: versions(json!({ "cart": { "a": 1 } })) }),
+        );
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data.get("cart"), None);
         assert_eq!(merged.data["after_clear"], 1);
     }
 
     #[test]
-    fn a_record_gone_from_the_store_is_saved_without_operations() {
+    fn a_record_stored_without_digests_counts_every_key_as_changed_by_the_saving_request() {
+        let mut ours = record(json!({ "user": "ada" }));
+        mark_loaded(&mut ours, None);
+        let latest = record(json!({ "user": "bob" }));
+        assert_eq!(merge(&ours, Some(latest)).unwrap().data["user"], "ada");
+    }
+
+    #[test]
+    fn a_record_never_loaded_and_gone_from_the_store_is_saved_without_operations() {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: versions(1, &[]),
+            VERSIONS_KEY: versions(json!({})),
         }));
         let merged = merge(&ours, None).unwrap();
         assert_eq!(merged.data["cart"]["a"], 1);
@@ -378,14 +393,15 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_operations_leave_every_namespace_to_the_version_rule() {
+    fn unreadable_operations_leave_every_namespace_to_the_digest_rule() {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: "garbage",
-            VERSIONS_KEY: versions(1, &[("cart", 1)]),
+            VERSIONS_KEY: loaded(json!({ "cart": { "a": 1 } })),
         }));
-        let latest =
-            record(json!({ "cart": { "b": 1 }, VERSIONS_KEY: versions(2, &[("cart", 2)]) }));
+        let latest = record(
+            json!({ "cart": { "b": 1 }, VERSIONS_KEY: versions(json!({ "cart": { "b": 1 } })) }),
+        );
         assert_eq!(
             merge(&ours, Some(latest)).unwrap().data["cart"],
             json!({ "b": 1 })
@@ -393,18 +409,19 @@ mod tests {
     }
 
     #[test]
-    fn a_counter_at_its_end_starts_again_instead_of_overflowing() {
-        let ours = record(json!({ "user": "ada", VERSIONS_KEY: versions(u64::MAX, &[]) }));
-        let latest = record(json!({ "user": "bob", VERSIONS_KEY: versions(u64::MAX, &[]) }));
-        let merged = merge(&ours, Some(latest)).unwrap();
-        assert_eq!(Versions::read(&merged.data[VERSIONS_KEY]).counter, 1);
-    }
-
-    /// Versions as a load through a `MergingStore` of this process leaves them.
-    fn loaded_versions(counter: u64, keys: &[(&str, u64)]) -> Value {
-        let mut record = record(json!({ VERSIONS_KEY: versions(counter, keys) }));
-        super::super::journal::mark_loaded(&mut record);
-        record.data.remove(VERSIONS_KEY).unwrap()
+    fn as_stored_keeps_the_data_and_stores_its_digests_without_marks() {
+        let ours = record(json!({
+            "cart": { "a": 1 },
+            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: loaded(json!({})),
+        }));
+        let stored = as_stored(&ours);
+        assert_eq!(stored.data["cart"], json!({ "a": 1 }));
+        assert!(!stored.data.contains_key(JOURNAL_KEY));
+        assert_eq!(stored.data[VERSIONS_KEY].get("loaded"), None);
+        assert!(
+            !Versions::read(&stored.data[VERSIONS_KEY]).changed("cart", Some(&json!({ "a": 1 })))
+        );
     }
 
     #[test]
@@ -412,15 +429,16 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: loaded_versions(1, &[]),
+            VERSIONS_KEY: loaded(json!({})),
         }));
         assert_eq!(merge(&ours, None).unwrap_err(), Refusal::Ended);
     }
 
     #[test]
     fn a_loaded_session_still_in_the_store_is_stored_without_its_load_mark() {
-        let ours = record(json!({ "user": "ada", VERSIONS_KEY: loaded_versions(1, &[]) }));
-        let latest = record(json!({ "user": "ada", VERSIONS_KEY: versions(1, &[]) }));
+        let ours = record(json!({ "user": "ada", VERSIONS_KEY: loaded(json!({ "user": "ada" })) }));
+        let latest =
+            record(json!({ "user": "ada", VERSIONS_KEY: versions(json!({ "user": "ada" })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data[VERSIONS_KEY].get("loaded"), None);
     }
@@ -440,10 +458,10 @@ mod tests {
         let ours = record(json!({
             "wizard": { "step": 7, "address": "x", "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
             JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
-            VERSIONS_KEY: loaded_versions(1, &[("wizard", 1)]),
+            VERSIONS_KEY: loaded(json!({})),
         }));
         // Another request purged the namespace meanwhile.
-        let latest = record(json!({ "other": 1, VERSIONS_KEY: versions(2, &[("other", 2)]) }));
+        let latest = record(json!({ "other": 1, VERSIONS_KEY: versions(json!({ "other": 1 })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data["wizard"]["step"], 7);
         assert_eq!(merged.data["wizard"]["address"], "x");
@@ -464,11 +482,11 @@ mod tests {
         let ours = record(json!({
             "pair": { "a": null, "b": 2 },
             JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
-            VERSIONS_KEY: loaded_versions(1, &[]),
+            VERSIONS_KEY: loaded(json!({})),
         }));
         let latest = record(json!({
             "pair": { "a": 1, "b": null },
-            VERSIONS_KEY: versions(2, &[("pair", 2)]),
+            VERSIONS_KEY: versions(json!({ "pair": { "a": 1, "b": null } })),
         }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data["pair"], json!({ "a": 1, "b": 2 }));
@@ -489,11 +507,11 @@ mod tests {
         let ours = record(json!({
             "cart": { "mine": "0123456789" },
             JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
-            VERSIONS_KEY: loaded_versions(1, &[]),
+            VERSIONS_KEY: loaded(json!({})),
         }));
         let latest = record(json!({
             "cart": { "theirs": "0123456789" },
-            VERSIONS_KEY: versions(2, &[("cart", 2)]),
+            VERSIONS_KEY: versions(json!({ "cart": { "theirs": "0123456789" } })),
         }));
         assert!(matches!(
             merge(&ours, Some(latest)),

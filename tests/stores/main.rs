@@ -2,7 +2,7 @@
 //! `behaviour_suite!`, two app instances sharing one Redis or one PostgreSQL (`instances.rs`),
 //! and a stress harness of overlapping requests on one session (`stress.rs`).
 //!
-//! Stores: tower-sessions' `MemoryStore`; Redis at `REDIS_URL` (default
+//! Stores: tower-sessions' `MemoryStore`; the crate's own `stores::MemoryStore`; Redis at `REDIS_URL` (default
 //! `redis://127.0.0.1:6379`); PostgreSQL at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); SQLite in a file under the system's temp dir; and
 //! `CachingSessionStore` (Moka in front of Redis).
@@ -389,6 +389,16 @@ pub async fn memory(_test: &'static str) -> Option<Fixture<MemoryStore>> {
     Some(Fixture::new(MemoryStore::default(), Teardown::Nothing))
 }
 
+/// The crate's own in-process store, which merges by compare-and-set.
+pub async fn atomic_memory(
+    _test: &'static str,
+) -> Option<Fixture<tower_sessions_controller::stores::MemoryStore>> {
+    Some(Fixture::new(
+        tower_sessions_controller::stores::MemoryStore::default(),
+        Teardown::Nothing,
+    ))
+}
+
 pub async fn redis(test: &'static str) -> Option<Fixture<RedisStore<Pool>>> {
     match connect_redis().await {
         Ok((store, pool)) => Some(Fixture::new(store, Teardown::Redis(pool))),
@@ -635,6 +645,7 @@ macro_rules! behaviour_suite {
 }
 
 behaviour_suite!(memory, crate::memory);
+behaviour_suite!(atomic_memory, crate::atomic_memory);
 behaviour_suite!(redis, crate::redis);
 behaviour_suite!(postgres, crate::postgres);
 behaviour_suite!(sqlite, crate::sqlite);

@@ -1,6 +1,8 @@
 //! The app under test and its visitors: requests sent through the router in process, replies
 //! read whole, and the session cookie kept between requests as a browser keeps it.
 
+use std::sync::Arc;
+
 use axum::{
     body::Body,
     http::{header, Method, Request, StatusCode},
@@ -130,6 +132,9 @@ pub struct TestApp {
     pub store: CountingStore<MemoryStore>,
     pub clock: ManualClock,
     pub visitor: Visitor,
+    /// Where the stored records are read and tampered with: `store`'s memory store, unless the
+    /// app runs on another store.
+    pub records: Arc<dyn SessionStore>,
 }
 
 impl TestApp {
@@ -162,10 +167,26 @@ impl TestApp {
         Self::assemble(router, store, clock)
     }
 
+    /// The same app on the crate's own `stores::MemoryStore`, which merges by compare-and-set:
+    /// its records are read through that store (`store` counts nothing).
+    pub fn atomic(routes: Router) -> Self {
+        let store = tower_sessions_controller::stores::MemoryStore::default();
+        let clock = ManualClock::new(START);
+        let router = routes.layer(
+            ServiceBuilder::new()
+                .layer(SessionManagerLayer::new(store.clone()).with_secure(false))
+                .layer(SessionControllerLayer::new().with_clock(clock.clone())),
+        );
+        let mut app = Self::assemble(router, CountingStore::new(MemoryStore::default()), clock);
+        app.records = Arc::new(store);
+        app
+    }
+
     /// An app whose layers the test built itself, on `store` and `clock`.
     pub fn assemble(router: Router, store: CountingStore<MemoryStore>, clock: ManualClock) -> Self {
         Self {
             router,
+            records: Arc::new(store.inner.clone()),
             store,
             clock,
             visitor: Visitor::default(),
@@ -182,7 +203,10 @@ impl TestApp {
 
     /// A second visitor of the same app: same store and clock, no cookie.
     pub fn visitor(&self) -> Self {
-        Self::assemble(self.router.clone(), self.store.clone(), self.clock.clone())
+        Self {
+            records: Arc::clone(&self.records),
+            ..Self::assemble(self.router.clone(), self.store.clone(), self.clock.clone())
+        }
     }
 
     pub async fn get(&mut self, uri: &str) -> Reply {
@@ -209,7 +233,7 @@ impl TestApp {
 
     /// The record stored under `id`, whatever the cookie says now.
     pub async fn record_by_id(&self, id: &Id) -> Option<Record> {
-        self.store.inner.load(id).await.expect("memory store load")
+        self.records.load(id).await.expect("store load")
     }
 
     /// The stored value of one namespace.
@@ -221,11 +245,7 @@ impl TestApp {
     pub async fn store_raw(&self, key: &str, value: Value) {
         let mut record = self.record().await.expect("a stored record to tamper with");
         record.data.insert(key.to_owned(), value);
-        self.store
-            .inner
-            .save(&record)
-            .await
-            .expect("memory store save");
+        self.records.save(&record).await.expect("store save");
     }
 
     /// Checks the store calls since the last check (or since the store was made).

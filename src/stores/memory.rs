@@ -1,0 +1,160 @@
+//! The embedded store: session records in the process's memory.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
+};
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+
+use super::{CompareAndSet, Replaced};
+
+/// Session records in the process's memory, merged atomically: overlapping requests of one
+/// visitor lose nothing from the first line of an app.
+///
+/// What tower-sessions' `MemoryStore` is, with the merge of [`stores`](crate::stores): a save
+/// applies its request's namespace operations to the latest record under the store's lock.
+/// Records live as long as the process (or until they expire); several app instances each have
+/// their own. Clones share one set of records.
+///
+/// # Example
+///
+/// ```
+/// use axum::Router;
+/// use tower::ServiceBuilder;
+/// use tower_sessions::SessionManagerLayer;
+/// use tower_sessions_controller::{stores::MemoryStore, SessionControllerLayer};
+///
+/// let app: Router = Router::new().layer(
+///     ServiceBuilder::new()
+///         .layer(SessionManagerLayer::new(MemoryStore::default()))
+///         .layer(SessionControllerLayer::new()),
+/// );
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    records: Arc<Mutex<HashMap<Id, Version>>>,
+}
+
+/// One stored record, and how many times it was written.
+struct Version {
+    record: Record,
+    number: u64,
+}
+
+impl MemoryStore {
+    fn records(&self) -> MutexGuard<'_, HashMap<Id, Version>> {
+        // Every change to the map is one statement: a poisoned lock holds nothing half-done.
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Removes the records that have expired. Expired records are never loaded, and each is
+    /// removed when its id is next asked for; this frees the memory of the others (call it now
+    /// and then, for example from a task with `tokio::time::interval`).
+    ///
+    /// ```
+    /// use tower_sessions_controller::stores::MemoryStore;
+    ///
+    /// let store = MemoryStore::default();
+    /// store.delete_expired();
+    /// ```
+    pub fn delete_expired(&self) {
+        let now = OffsetDateTime::now_utc();
+        self.records()
+            .retain(|_, stored| stored.record.expiry_date > now);
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("records", &self.records().len())
+            .finish()
+    }
+}
+
+/// The stored record under `id` that has not expired, if any; an expired one is removed.
+fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Version> {
+    if records
+        .get(id)
+        .is_some_and(|stored| stored.record.expiry_date <= OffsetDateTime::now_utc())
+    {
+        records.remove(id);
+    }
+    records.get_mut(id)
+}
+
+#[async_trait]
+impl CompareAndSet for MemoryStore {
+    async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
+        let mut records = self.records();
+        Ok(live(&mut records, id).map(|stored| (stored.record.clone(), stored.number.to_string())))
+    }
+
+    async fn replace(
+        &self,
+        record: &Record,
+        seen: Option<&str>,
+    ) -> session_store::Result<Replaced> {
+        let mut records = self.records();
+        let current = live(&mut records, &record.id);
+        let number = match (current, seen) {
+            (Some(stored), Some(seen)) if stored.number.to_string() != seen => {
+                let latest = (stored.record.clone(), stored.number.to_string());
+                return Ok(Replaced::Changed(Some(latest)));
+            }
+            (None, Some(_)) => return Ok(Replaced::Changed(None)),
+            (Some(stored), _) => stored.number.wrapping_add(1),
+            (None, None) => 0,
+        };
+        records.insert(
+            record.id,
+            Version {
+                record: record.clone(),
+                number,
+            },
+        );
+        Ok(Replaced::Done)
+    }
+
+    async fn insert(&self, record: &Record) -> session_store::Result<bool> {
+        let mut records = self.records();
+        if live(&mut records, &record.id).is_some() {
+            return Ok(false);
+        }
+        records.insert(
+            record.id,
+            Version {
+                record: record.clone(),
+                number: 0,
+            },
+        );
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        super::create(self, record).await
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        super::save(self, record).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        super::load(self, id).await
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        self.records().remove(id);
+        Ok(())
+    }
+}

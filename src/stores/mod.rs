@@ -1,0 +1,268 @@
+//! The crate's own session stores: each applies a request's namespace operations to the latest
+//! stored record in one atomic step, so overlapping requests lose nothing, across any number of
+//! app instances, with no lock record and no polling.
+//!
+//! They save by **compare-and-set**. A load remembers which version of the record it read (a
+//! token, kept in the record's bookkeeping while the request runs). A save then asks the store to
+//! replace exactly that version: when nobody else saved meanwhile, which is almost always, that is
+//! the one round trip tower-sessions' own stores spend on a save. When somebody did, the store
+//! answers with the latest record instead of writing, the save merges its request's operations
+//! into it (as [`MergingStore`](crate::MergingStore) does) and tries again; after a bounded number
+//! of tries it fails with a clear error. A session that is gone when its request saves (a logout,
+//! an id cycled at login, an expiry) is never written back.
+//!
+//! - [`MemoryStore`]: in the process, the default; no feature needed.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+use tower_sessions::session::{Id, Record};
+use tower_sessions::session_store;
+
+use crate::merge;
+
+/// How many times a save tries to replace the record before it gives up: each failed try means
+/// another request of the same session saved in between.
+const MAX_ATTEMPTS: usize = 16;
+
+/// What a store that saves by compare-and-set provides; [`load`], [`save`] and [`create`] make a
+/// `SessionStore` of it.
+#[async_trait]
+pub(crate) trait CompareAndSet: Send + Sync {
+    /// The record stored under `id`, if any (and not expired), with a token naming this version
+    /// of it.
+    async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>>;
+
+    /// Replaces the record stored under `record.id` with `record` if the store still holds the
+    /// version `seen` names; with `seen` `None`, whatever it holds, or nothing. Otherwise writes
+    /// nothing and returns what the store holds now.
+    async fn replace(&self, record: &Record, seen: Option<&str>)
+        -> session_store::Result<Replaced>;
+
+    /// Stores `record` under its id if no record is stored under it; `false` if one is.
+    async fn insert(&self, record: &Record) -> session_store::Result<bool>;
+}
+
+/// What [`CompareAndSet::replace`] did.
+pub(crate) enum Replaced {
+    /// The record is stored.
+    Done,
+    /// Another save came first: nothing was written; this is the latest record and its token,
+    /// or `None` if none is stored any more.
+    Changed(Option<(Record, String)>),
+}
+
+/// A load: the record, marked for the flush and the save with what the store saw.
+pub(crate) async fn load<S: CompareAndSet>(
+    store: &S,
+    id: &Id,
+) -> session_store::Result<Option<Record>> {
+    Ok(store.fetch(id).await?.map(|(mut record, seen)| {
+        merge::mark_loaded(&mut record, Some(seen));
+        record
+    }))
+}
+
+/// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
+/// try for each save that came first.
+pub(crate) async fn save<S: CompareAndSet>(store: &S, ours: &Record) -> session_store::Result<()> {
+    let mut seen = merge::seen(ours);
+    let mut next = merge::as_stored(ours);
+    for _ in 0..MAX_ATTEMPTS {
+        match store.replace(&next, seen.as_deref()).await? {
+            Replaced::Done => return Ok(()),
+            Replaced::Changed(latest) => {
+                let (latest, token) =
+                    latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
+                next = merge::merge(ours, latest)
+                    .map_err(|refusal| merge::refused(ours.id, refusal))?;
+                seen = token;
+            }
+        }
+    }
+    tracing::error!(
+        session = %ours.id,
+        attempts = MAX_ATTEMPTS,
+        "gave up saving the session: other requests of it kept saving first"
+    );
+    Err(session_store::Error::Backend(
+        "too many concurrent saves of this session".into(),
+    ))
+}
+
+/// A new session (or one whose id was just cycled): stored under a fresh id if its id is taken.
+pub(crate) async fn create<S: CompareAndSet>(
+    store: &S,
+    record: &mut Record,
+) -> session_store::Result<()> {
+    let mut stored = merge::as_stored(record);
+    while !store.insert(&stored).await? {
+        stored.id = Id::default();
+    }
+    record.id = stored.id;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+    use time::{Duration, OffsetDateTime};
+    use tower_sessions::SessionStore;
+
+    use super::*;
+
+    /// The crate's `MemoryStore`, counting the calls its save and load make, and able to let
+    /// another save in just before each of them.
+    #[derive(Default)]
+    struct Counted {
+        store: MemoryStore,
+        fetches: AtomicUsize,
+        replaces: AtomicUsize,
+        /// Before this many replaces, another request's save lands first.
+        interleave: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl CompareAndSet for Counted {
+        async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
+            self.fetches.fetch_add(1, Ordering::SeqCst);
+            self.store.fetch(id).await
+        }
+
+        async fn replace(
+            &self,
+            record: &Record,
+            seen: Option<&str>,
+        ) -> session_store::Result<Replaced> {
+            self.replaces.fetch_add(1, Ordering::SeqCst);
+            let others = self.interleave.load(Ordering::SeqCst);
+            if others > 0 {
+                self.interleave.store(others - 1, Ordering::SeqCst);
+                let (mut other, token) = self.store.fetch(&record.id).await?.expect("stored");
+                other.data.insert(format!("other{others}"), json!(others));
+                self.store.replace(&other, Some(&token)).await?;
+            }
+            self.store.replace(record, seen).await
+        }
+
+        async fn insert(&self, record: &Record) -> session_store::Result<bool> {
+            self.store.insert(record).await
+        }
+    }
+
+    fn record(data: serde_json::Value) -> Record {
+        Record {
+            id: Id::default(),
+            data: data
+                .as_object()
+                .expect("an object")
+                .clone()
+                .into_iter()
+                .collect(),
+            expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_uncontended_save_is_one_compare_and_set_after_one_load() {
+        let store = Counted::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = load(&store, &new.id).await.unwrap().expect("stored");
+        loaded.data.insert("user".into(), json!("bob"));
+        save(&store, &loaded).await.unwrap();
+
+        assert_eq!(store.fetches.load(Ordering::SeqCst), 1);
+        assert_eq!(store.replaces.load(Ordering::SeqCst), 1);
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(stored.data["user"], "bob");
+    }
+
+    #[tokio::test]
+    async fn a_save_that_another_came_before_merges_and_tries_again() {
+        let store = Counted::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = load(&store, &new.id).await.unwrap().expect("stored");
+        loaded.data.insert("user".into(), json!("bob"));
+        store.interleave.store(3, Ordering::SeqCst);
+        save(&store, &loaded).await.unwrap();
+
+        assert_eq!(store.replaces.load(Ordering::SeqCst), 4);
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(stored.data["user"], "bob");
+        for other in 1..=3 {
+            assert_eq!(
+                stored.data[&format!("other{other}")],
+                other,
+                "{:?}",
+                stored.data
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_save_that_keeps_losing_gives_up_with_an_error() {
+        let store = Counted::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let loaded = load(&store, &new.id).await.unwrap().expect("stored");
+        store.interleave.store(usize::MAX, Ordering::SeqCst);
+        let err = save(&store, &loaded).await.unwrap_err();
+        assert!(
+            err.to_string().contains("too many concurrent saves"),
+            "{err}"
+        );
+        assert_eq!(store.replaces.load(Ordering::SeqCst), MAX_ATTEMPTS);
+    }
+
+    #[tokio::test]
+    async fn a_loaded_session_gone_when_it_saves_is_not_written_back() {
+        let store = MemoryStore::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let loaded = load(&store, &new.id).await.unwrap().expect("stored");
+        store.delete(&new.id).await.unwrap();
+
+        let err = save(&store, &loaded).await.unwrap_err();
+        assert!(err.to_string().contains("ended"), "{err}");
+        assert!(store.load(&new.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_expired_record_is_neither_loaded_nor_written_back() {
+        let store = MemoryStore::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = load(&store, &new.id).await.unwrap().expect("stored");
+        // Expire it in the store.
+        let (mut stored, token) = store.fetch(&new.id).await.unwrap().unwrap();
+        stored.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
+        assert!(matches!(
+            store.replace(&stored, Some(&token)).await.unwrap(),
+            Replaced::Done
+        ));
+
+        assert!(store.load(&new.id).await.unwrap().is_none());
+        loaded.data.insert("late".into(), json!(1));
+        assert!(save(&store, &loaded).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn create_never_overwrites_a_stored_session() {
+        let store = MemoryStore::default();
+        let mut first = record(json!({ "user": "ada" }));
+        create(&store, &mut first).await.unwrap();
+        let mut second = record(json!({ "user": "eve" }));
+        second.id = first.id;
+        create(&store, &mut second).await.unwrap();
+
+        assert_ne!(second.id, first.id);
+        let stored = store.load(&first.id).await.unwrap().unwrap();
+        assert_eq!(stored.data["user"], "ada");
+    }
+}

@@ -208,3 +208,8 @@ impl<E: std::fmt::Debug> __DocOutcome for Result<(), E> {
         }
     }
 }
+
+/// The README's Rust blocks, run as doc tests (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

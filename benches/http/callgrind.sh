@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# User-space instructions per request of examples/bench_server.rs over loopback HTTP, counted by
+# User-space instructions per request of benches/http/bench_server.rs over loopback HTTP, counted by
 # callgrind (BENCHMARKS.md, "Loopback HTTP"): repeatable whatever else the machine is doing,
 # blind to the kernel's share. For each contender and route: the server runs under
 # `valgrind --tool=callgrind`, gets one session per connection, 2 s of wrk as warm-up, then its

@@ -9,7 +9,7 @@
 # request over raw tower-sessions' at the same workload and connection count. The CPU time per
 # request is the steadier of the two on a machine that other processes also load.
 #
-# Contenders: examples/bench_server.rs with CONTENDER=bare|raw|controllers|keyed|axum_session,
+# Contenders: benches/http/bench_server.rs with CONTENDER=bare|raw|controllers|keyed|axum_session,
 # and the seed, django-spire's SessionController in the Django project of benches/http/seed,
 # served by gunicorn. Workloads: `add` (POST /cart/add: one more apple in the cart, the session
 # is saved) and `read` (GET /cart: the quantity, nothing saved).
@@ -112,8 +112,8 @@ else
     log "building bench_server from the working tree"
     (cd "$root" && cargo build -q --release --example bench_server)
     built="working tree on $rev"
-    if ! git -C "$root" diff --quiet HEAD -- src Cargo.toml examples/bench_server.rs; then
-        built="$built, with uncommitted changes to src/, Cargo.toml or the example"
+    if ! git -C "$root" diff --quiet HEAD -- src Cargo.toml benches/Cargo.toml benches/http/bench_server.rs; then
+        built="$built, with uncommitted changes to src/, the manifests or bench_server.rs"
     fi
 fi
 cp "$root/target/release/examples/bench_server" "$out/bench_server"

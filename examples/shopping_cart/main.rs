@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --example shopping_cart            # http://127.0.0.1:3000, PORT=8080 to change
-//! SESSION_STORE=redis://127.0.0.1:6379 cargo run --example shopping_cart  # README: "Stores"
+//! SESSION_STORE=redis://127.0.0.1:6379 cargo run --example shopping_cart --features redis
 //! CHECKOUT_EXPIRY_SECS=20 cargo run --example shopping_cart  # watch a checkout expire
 //!
 //! curl -s -c jar -b jar -X POST 'http://127.0.0.1:3000/cart/apple?quantity=2'
@@ -34,8 +34,9 @@
 //!
 //! `SESSION_STORE` picks the session store: `memory` (the default: sessions last as long as the
 //! process), `redis://…`, `postgres://…` (or `postgresql://…`) or `sqlite://…` (the file is
-//! created if missing). The store crates are dev-dependencies of this repository, not
-//! dependencies of the library.
+//! created if missing). The last three need the example's feature of the same name (`--features
+//! redis`, `postgres`, `sqlite`; README: "Stores"): their store crates are optional dependencies
+//! of the example's package, not dependencies of the library.
 
 mod api;
 mod catalogue;

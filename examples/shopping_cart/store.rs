@@ -1,23 +1,41 @@
 //! The session store `SESSION_STORE` names: memory, Redis, PostgreSQL or SQLite.
+//!
+//! The Redis, PostgreSQL and SQLite drivers are the example's cargo features `redis`, `postgres`
+//! and `sqlite`, off by default so that a first `cargo run --example shopping_cart` builds none
+//! of them. A store whose driver this build left out fails at start-up, with the command that
+//! builds it.
 
-use std::{env, str::FromStr, time::Duration as StdDuration};
+use std::env;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use std::str::FromStr;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+use std::time::Duration as StdDuration;
 
+#[cfg(not(all(feature = "redis", feature = "postgres", feature = "sqlite")))]
+use tower_sessions::MemoryStore;
+#[cfg(feature = "redis")]
 use tower_sessions_redis_store::{
     fred::prelude::{
         ClientLike, Config, ConnectionConfig, PerformanceConfig, Pool, ReconnectPolicy,
     },
     RedisStore,
 };
+#[cfg(feature = "sqlite")]
+use tower_sessions_sqlx_store::{
+    sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions},
+    SqliteStore,
+};
+#[cfg(feature = "postgres")]
 use tower_sessions_sqlx_store::{
     sqlx::{
         postgres::{PgConnectOptions, PgPoolOptions},
-        sqlite::{SqliteConnectOptions, SqlitePoolOptions},
         ConnectOptions, Connection,
     },
-    PostgresStore, SqliteStore,
+    PostgresStore,
 };
 
 /// How long start-up waits for a store's server before giving up.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 const STORE_TIMEOUT: StdDuration = StdDuration::from_secs(5);
 
 /// The session store `SESSION_STORE` names (nothing connected yet).
@@ -71,7 +89,38 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The start-up error for `url`, whose store's driver (the cargo feature `feature`) this build
+/// left out.
+#[cfg(not(all(feature = "redis", feature = "postgres", feature = "sqlite")))]
+fn left_out(url: &str, feature: &str) -> String {
+    format!(
+        "SESSION_STORE={:?} needs the example's `{feature}` feature, left out of this build: \
+         run `cargo run --example shopping_cart --features {feature}`",
+        redact(url)
+    )
+}
+
+/// Without the `redis` feature: always the error naming it. (`MemoryStore` only stands for the
+/// store type that `main` serves; none is made.)
+#[cfg(not(feature = "redis"))]
+pub async fn redis_store(url: &str) -> Result<MemoryStore, String> {
+    Err(left_out(url, "redis"))
+}
+
+/// Without the `postgres` feature: always the error naming it.
+#[cfg(not(feature = "postgres"))]
+pub async fn postgres_store(url: &str) -> Result<MemoryStore, String> {
+    Err(left_out(url, "postgres"))
+}
+
+/// Without the `sqlite` feature: always the error naming it.
+#[cfg(not(feature = "sqlite"))]
+pub async fn sqlite_store(url: &str) -> Result<MemoryStore, String> {
+    Err(left_out(url, "sqlite"))
+}
+
 /// A Redis store; fails unless the server answers.
+#[cfg(feature = "redis")]
 pub async fn redis_store(url: &str) -> Result<RedisStore<Pool>, String> {
     let cannot =
         |err: &dyn std::fmt::Display| format!("cannot use the Redis at {}: {err}", redact(url));
@@ -104,6 +153,7 @@ pub async fn redis_store(url: &str) -> Result<RedisStore<Pool>, String> {
 }
 
 /// A PostgreSQL store, its table (`tower_sessions.session`) created if missing.
+#[cfg(feature = "postgres")]
 pub async fn postgres_store(url: &str) -> Result<PostgresStore, String> {
     let cannot = |err: &dyn std::fmt::Display| {
         format!("cannot use the PostgreSQL at {}: {err}", redact(url))
@@ -128,6 +178,7 @@ pub async fn postgres_store(url: &str) -> Result<PostgresStore, String> {
 }
 
 /// A SQLite store in the file `url` names, created if missing, with its table.
+#[cfg(feature = "sqlite")]
 pub async fn sqlite_store(url: &str) -> Result<SqliteStore, String> {
     let cannot = |err: &dyn std::fmt::Display| format!("cannot use the SQLite at {url}: {err}");
     let options = SqliteConnectOptions::from_str(url)

@@ -35,7 +35,8 @@ if [[ ! -d "$here/node_modules/playwright-core" ]]; then
 fi
 
 echo "-- building the example"
-(cd "$root" && cargo build --example shopping_cart)
+# With the SQLite driver: server.test.mjs runs the example on SQLite too.
+(cd "$root" && cargo build --example shopping_cart --features sqlite)
 
 work="$(mktemp -d)"
 servers=()

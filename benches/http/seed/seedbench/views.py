@@ -1,6 +1,6 @@
 """The cart work of the load test, through django-spire's `SessionController`.
 
-The same two routes as examples/bench_server.rs, doing the same work on the same layout:
+The same two routes as benches/http/bench_server.rs, doing the same work on the same layout:
 the `shopping_cart` namespace holds `{"items": {"apple": N}, "_timeout_datestamp": ...}`.
 """
 

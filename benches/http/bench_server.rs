@@ -1,5 +1,5 @@
 //! The target of the loopback HTTP load test (`benches/http/run.sh`, BENCHMARKS.md "Loopback
-//! HTTP"): not a user example — see `shopping_cart.rs` for that.
+//! HTTP"): not a user example — see `examples/shopping_cart/` for that.
 //!
 //! ```text
 //! CONTENDER=controllers PORT=3000 cargo run --release --example bench_server

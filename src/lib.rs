@@ -39,10 +39,14 @@
 //! for server errors, the stored session stays as it was.
 //!
 //! tower-sessions itself saves a visitor's whole record at the end of each request, so of two
-//! overlapping requests the later save undoes the earlier one. Wrap the store in
-//! [`MergingStore`] and each save is merged into the latest stored record instead: every namespace
-//! a request changed gets exactly that request's operations (inserts, removals, a purge) applied
-//! on top of what is stored now, and keys the request did not touch keep their latest value.
+//! overlapping requests the later save undoes the earlier one. A **merging store** merges each
+//! save into the latest stored record instead: every namespace a request changed gets exactly
+//! that request's operations (inserts, removals, a purge) applied on top of what is stored now,
+//! and keys the request did not touch keep their latest value. The crate's own [`stores`] do so
+//! atomically in the store, by compare-and-set ([`stores::MemoryStore`] is the default);
+//! [`MergingStore`] wraps any other store. Under a merging store the flush saves the session
+//! itself, so a session that ended while the request ran (a logout in another tab) is never
+//! written back, and the request answers [`Error::SessionEnded`].
 //!
 //! Corrupt stored data (a namespace that is not an object, a stamp that is not a number, a typed
 //! namespace whose fields no longer deserialize) never fails a request: the namespace reads as
@@ -54,9 +58,9 @@
 //! use axum::{routing::post, Router};
 //! use serde::{Deserialize, Serialize};
 //! use tower::ServiceBuilder;
-//! use tower_sessions::{MemoryStore, SessionManagerLayer};
+//! use tower_sessions::SessionManagerLayer;
 //! use tower_sessions_controller::{
-//!     Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
+//!     stores::MemoryStore, Error, Keyed, Namespace, SessionControllerLayer, SessionControllers,
 //! };
 //!
 //! // A typed namespace: key and expiry checked by the compiler.
@@ -116,10 +120,12 @@
 //!   comes from.
 //! - `stored`: the stored layout of a namespace, its reserved keys and the stamp's codec;
 //!   `budget`: namespace sizes for the budgets.
-//! - `merge`: [`MergingStore`], the store wrapper (`merge/mod.rs`), its locks (`lock`), the
-//!   journal of a request's operations and the record's versions (`journal`), and the rebuild
-//!   of a record from a save and the latest stored one (`rebuild`). The flush reaches it only
-//!   through the journal.
+//! - `merge`: what every merging store shares, and [`MergingStore`], the store wrapper
+//!   (`merge/mod.rs`): its locks (`lock`), the journal of a request's operations and the
+//!   record's versions (`journal`, with the values' digests in `digest`), the rebuild of a
+//!   record from a save and the latest stored one (`rebuild`), and the flush's own save
+//!   (`flushed`). The flush reaches it only through the journal.
+//! - `stores`: the crate's own stores, saved by compare-and-set, one file each.
 //! - `export`: getting namespace data into a page; `error`: what can go wrong.
 
 #![forbid(unsafe_code)]

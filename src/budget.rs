@@ -63,6 +63,19 @@ pub(crate) fn exact(map: &Map<String, Value>) -> Size {
     Size::of_len(exact_map_len(map), true)
 }
 
+/// The size of an object holding `entries` (a session's top-level keys and values): bounds, or
+/// exact.
+pub(crate) fn entries<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+    exact: bool,
+) -> Size {
+    let (size, count) = entries.fold(
+        (Size::of_len(2, exact), 0usize),
+        |(size, count), (key, value)| (size.plus(entry_size(key, value, exact)), count + 1),
+    );
+    size.plus(Size::of_len(count.saturating_sub(1), exact))
+}
+
 /// `map`'s size (`size`, measured before) once `value` is inserted under `key`: the entry it
 /// replaces is subtracted, the new one added, measured as `size` was.
 pub(crate) fn with_entry(size: Size, map: &Map<String, Value>, key: &str, value: &Value) -> Size {

@@ -121,6 +121,24 @@ pub enum Error {
         /// The deepest nesting allowed.
         limit: usize,
     },
+    /// The session as a whole would cross its limits
+    /// ([`SessionControllerLayer::with_session_budget`](crate::SessionControllerLayer::with_session_budget),
+    /// [`SessionControllerLayer::with_max_namespaces`](crate::SessionControllerLayer::with_max_namespaces))
+    /// and the request added to it: nothing of the request was saved.
+    ///
+    /// Only a merging store sees the whole session and can tell
+    /// ([`MergingStore`](crate::MergingStore) and [`stores`](crate::stores)); with another store,
+    /// each namespace's budget and the length of its key still bound what is stored.
+    SessionFull {
+        /// The bytes the session's data would take as stored (JSON).
+        size: usize,
+        /// The top-level keys it would hold (namespaces, and keys written through `Session`).
+        namespaces: usize,
+        /// Its budget, in bytes.
+        budget: usize,
+        /// The most top-level keys it may hold.
+        max_namespaces: usize,
+    },
 }
 
 /// A namespace or key as error messages show it: quoted, and cut short past 64 characters (a key
@@ -260,6 +278,19 @@ impl fmt::Display for Error {
                     Shown(namespace)
                 )
             }
+            Self::SessionFull {
+                size,
+                namespaces,
+                budget,
+                max_namespaces,
+            } => write!(
+                f,
+                "the session would hold {namespaces} namespaces in {size} bytes, over its limits \
+                 of {max_namespaces} namespaces and {budget} bytes; nothing of this request was \
+                 saved (remove or purge namespaces the visitor no longer needs, or raise the \
+                 limits with SessionControllerLayer::with_session_budget and \
+                 SessionControllerLayer::with_max_namespaces)"
+            ),
         }
     }
 }

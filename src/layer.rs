@@ -21,6 +21,7 @@ use tower_sessions::Session;
 use crate::{
     clock::{Clock, SystemClock},
     entry::Limits,
+    merge::SessionLimits,
     state::RequestState,
 };
 
@@ -52,6 +53,7 @@ use crate::{
 pub struct SessionControllerLayer {
     clock: Arc<dyn Clock>,
     limits: Limits,
+    session_limits: SessionLimits,
 }
 
 /// The budget of a namespace unless the layer or the namespace sets another: 1 MiB of JSON as
@@ -79,6 +81,28 @@ pub const DEFAULT_BUDGET: usize = 1 << 20;
 /// ```
 pub const DEFAULT_MAX_DEPTH: usize = 32;
 
+/// The budget of a whole session unless the layer sets another: 4 MiB of JSON as stored, every
+/// namespace and every key written through `Session` directly.
+///
+/// Four namespaces at their default budget; far more than a session needs, and a bound on what
+/// a visitor can make the store keep and send on every request of the session.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::DEFAULT_SESSION_BUDGET, 4 << 20);
+/// ```
+pub const DEFAULT_SESSION_BUDGET: usize = 4 << 20;
+
+/// How many top-level keys a session may hold unless the layer sets another limit: 128
+/// namespaces and keys written through `Session` directly.
+///
+/// An app opens a handful; a limit matters where namespace keys come from what visitors send
+/// (a wizard per item, say), so that one session cannot grow without end.
+///
+/// ```
+/// assert_eq!(tower_sessions_controller::DEFAULT_MAX_NAMESPACES, 128);
+/// ```
+pub const DEFAULT_MAX_NAMESPACES: usize = 128;
+
 impl SessionControllerLayer {
     /// A layer on the [`SystemClock`].
     ///
@@ -94,6 +118,10 @@ impl SessionControllerLayer {
             limits: Limits {
                 budget: DEFAULT_BUDGET,
                 max_depth: DEFAULT_MAX_DEPTH,
+            },
+            session_limits: SessionLimits {
+                budget: DEFAULT_SESSION_BUDGET,
+                namespaces: DEFAULT_MAX_NAMESPACES,
             },
         }
     }
@@ -152,6 +180,48 @@ impl SessionControllerLayer {
         self.limits.max_depth = levels;
         self
     }
+
+    /// Sets the budget of a whole session, in bytes of its JSON as stored (every namespace, and
+    /// every key written through `Session` directly): [`DEFAULT_SESSION_BUDGET`] (4 MiB) unless
+    /// set. A request that would take the session past it by writing to a namespace answers
+    /// [`Error::SessionFull`](crate::Error::SessionFull), and nothing of it is saved; a request
+    /// that removes or purges is always saved.
+    ///
+    /// The whole session is seen where it is saved, so the check is made by a merging store
+    /// ([`MergingStore`](crate::MergingStore), [`stores`](crate::stores)); with another store,
+    /// each namespace's budget still bounds what a write stores.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sessions_controller::SessionControllerLayer;
+    ///
+    /// let layer = SessionControllerLayer::new().with_session_budget(64 * 1024);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_session_budget(mut self, bytes: usize) -> Self {
+        self.session_limits.budget = bytes;
+        self
+    }
+
+    /// Sets how many top-level keys a session may hold (namespaces, and keys written through
+    /// `Session` directly): [`DEFAULT_MAX_NAMESPACES`] (128) unless set. A request that would
+    /// create a namespace past it answers [`Error::SessionFull`](crate::Error::SessionFull), and
+    /// nothing of it is saved. Checked by merging stores, as
+    /// [`with_session_budget`](Self::with_session_budget) is.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use tower_sessions_controller::SessionControllerLayer;
+    ///
+    /// let layer = SessionControllerLayer::new().with_max_namespaces(16);
+    /// # let _ = layer;
+    /// ```
+    pub fn with_max_namespaces(mut self, count: usize) -> Self {
+        self.session_limits.namespaces = count;
+        self
+    }
 }
 
 impl Default for SessionControllerLayer {
@@ -166,6 +236,8 @@ impl fmt::Debug for SessionControllerLayer {
             .field("now", &self.clock.now())
             .field("budget", &self.limits.budget)
             .field("max_depth", &self.limits.max_depth)
+            .field("session_budget", &self.session_limits.budget)
+            .field("max_namespaces", &self.session_limits.namespaces)
             .finish()
     }
 }
@@ -178,6 +250,7 @@ impl<S> Layer<S> for SessionControllerLayer {
             inner,
             clock: Arc::clone(&self.clock),
             limits: self.limits,
+            session_limits: self.session_limits,
         }
     }
 }
@@ -198,6 +271,7 @@ pub struct SessionControllerService<S> {
     inner: S,
     clock: Arc<dyn Clock>,
     limits: Limits,
+    session_limits: SessionLimits,
 }
 
 impl<S: fmt::Debug> fmt::Debug for SessionControllerService<S> {
@@ -222,7 +296,12 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let session = req.extensions().get::<Session>().cloned();
-        let state = Arc::new(RequestState::new(session, self.clock.now(), self.limits));
+        let state = Arc::new(RequestState::new(
+            session,
+            self.clock.now(),
+            self.limits,
+            self.session_limits,
+        ));
         req.extensions_mut().insert(Arc::clone(&state));
         // The inner service was polled ready and is called now: it needs no clone, and the
         // future it returns owns what it needs.

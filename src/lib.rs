@@ -153,7 +153,7 @@ pub use export::{escape_js, json_script};
 pub use keyed::{Keyed, Namespace};
 pub use layer::{
     ResponseFuture, SessionControllerLayer, SessionControllerService, DEFAULT_BUDGET,
-    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_DEPTH, DEFAULT_MAX_NAMESPACES, DEFAULT_SESSION_BUDGET,
 };
 pub use merge::MergingStore;
 pub use stored::{HOPS_KEY, LIFETIMES_KEY, STAMP_KEY};
@@ -173,6 +173,10 @@ pub fn __doc_controllers() -> SessionControllers {
         entry::Limits {
             budget: DEFAULT_BUDGET,
             max_depth: DEFAULT_MAX_DEPTH,
+        },
+        merge::SessionLimits {
+            budget: DEFAULT_SESSION_BUDGET,
+            namespaces: DEFAULT_MAX_NAMESPACES,
         },
     )))
 }

@@ -24,7 +24,7 @@ use crate::{
     entry::{Change, Entry, Limits, MapNeed},
     error::Error,
     expiry::ExpiryPolicy,
-    merge::{self, Journal, Refusal},
+    merge::{self, Journal, Refusal, SessionLimits},
 };
 
 /// The longest key a namespace may have, in bytes.
@@ -54,6 +54,8 @@ pub(crate) struct RequestState {
     pub(crate) now: OffsetDateTime,
     /// The layer's budget and nesting limit.
     pub(crate) limits: Limits,
+    /// The layer's limits of the whole session.
+    session_limits: SessionLimits,
     /// The response has been produced: changes from now on are not saved.
     responded: AtomicBool,
     /// The namespaces opened so far. A request opens one or two, so a list beats a hash map.
@@ -64,11 +66,17 @@ pub(crate) struct RequestState {
 }
 
 impl RequestState {
-    pub(crate) fn new(session: Option<Session>, now: OffsetDateTime, limits: Limits) -> Self {
+    pub(crate) fn new(
+        session: Option<Session>,
+        now: OffsetDateTime,
+        limits: Limits,
+        session_limits: SessionLimits,
+    ) -> Self {
         Self {
             session,
             now,
             limits,
+            session_limits,
             responded: AtomicBool::new(false),
             entries: Mutex::new(Vec::new()),
             merging: OnceLock::new(),
@@ -217,7 +225,8 @@ impl RequestState {
     /// A typed namespace that does not serialize to an object (or holds a reserved key, or is
     /// over its budget), a store failure, or a refused save: [`Error::SessionEnded`] when the
     /// session ended while the request ran (the session is then flushed, so its cookie goes), or
-    /// [`Error::OverBudget`] when the merged namespace would cross its budget.
+    /// [`Error::OverBudget`] when the merged namespace would cross its budget, or
+    /// [`Error::SessionFull`] when the session would cross its limits.
     pub(crate) async fn flush(
         &self,
         changed: Vec<Arc<Entry>>,
@@ -228,7 +237,7 @@ impl RequestState {
             return Ok(());
         };
         let merging = self.is_merging().await?;
-        let mut journal = merging.then(|| Journal::new(self.now));
+        let mut journal = merging.then(|| Journal::new(self.now).limited(self.session_limits));
         for entry in changed {
             let namespace = entry.namespace();
             if entry.loaded_from().is_some() && session.id().is_none() && session.is_empty().await {
@@ -308,6 +317,16 @@ impl RequestState {
                         key: None,
                         size,
                         limit: budget,
+                    }),
+                    Some(Refusal::SessionFull {
+                        size,
+                        namespaces,
+                        limits,
+                    }) => Err(Error::SessionFull {
+                        size,
+                        namespaces,
+                        budget: limits.budget,
+                        max_namespaces: limits.namespaces,
                     }),
                     None => Err(Error::Store(err)),
                 }

@@ -795,3 +795,53 @@ async fn a_write_to_the_session_after_the_flush_is_saved_too() {
         assert_eq!(record.data["cart"]["a"], true, "{:?}", record.data);
     }
 }
+
+/// `routes` for two overlapping requests behind the session manager on `store`, with a layer
+/// that allows a session two top-level keys.
+fn with_two_namespaces<S: SessionStore + Clone>(store: S) -> Router {
+    routes(2).layer(
+        tower::ServiceBuilder::new()
+            .layer(SessionManagerLayer::new(store).with_secure(false))
+            .layer(SessionControllerLayer::new().with_max_namespaces(2)),
+    )
+}
+
+#[tokio::test]
+async fn overlapping_requests_that_each_fit_the_sessions_limit_are_checked_merged() {
+    let merging = MemoryStore::default();
+    let atomic = tower_sessions_controller::stores::MemoryStore::default();
+    let apps: [(Router, Arc<dyn SessionStore>); 2] = [
+        (
+            with_two_namespaces(MergingStore::new(merging.clone())),
+            Arc::new(merging),
+        ),
+        (with_two_namespaces(atomic.clone()), Arc::new(atomic)),
+    ];
+    for (router, records) in apps {
+        let mut app = TestApp::atomic(Router::new());
+        app.router = router;
+        app.records = records;
+        // One namespace, then two requests that each create one more: alone each fits in two.
+        assert_eq!(app.post("/seed/cart").await.status, 200);
+        let (a, b) = both(&app, "/insert/one/a", "/insert/two/b").await;
+
+        let mut answers = [a.status.as_u16(), b.status.as_u16()];
+        answers.sort_unstable();
+        assert_eq!(answers, [200, 500], "{a:?} {b:?}");
+        let refused = if a.status == 500 { &a } else { &b };
+        assert!(
+            refused.body.contains("namespaces") && refused.body.contains("with_max_namespaces"),
+            "{refused:?}"
+        );
+        let record = app.record().await.expect("stored");
+        let keys = record
+            .data
+            .keys()
+            .filter(|key| !key.starts_with("tower_sessions_controller."))
+            .count();
+        assert_eq!(keys, 2, "{:?}", record.data);
+
+        // A full session still takes writes to the namespaces it holds.
+        assert_eq!(app.post("/seed/cart").await.status, 200);
+    }
+}

@@ -115,6 +115,16 @@ pub(crate) struct Ops {
     pub(crate) budget: Option<usize>,
 }
 
+/// The limits of a whole session, set on the layer: how many bytes its data may take as stored
+/// (JSON, every top-level key and value but the merge's bookkeeping) and how many top-level keys
+/// (namespaces, and keys written through `Session` directly) it may hold. A merging store checks
+/// them on the record it is about to store, where the whole session is seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionLimits {
+    pub(crate) budget: usize,
+    pub(crate) namespaces: usize,
+}
+
 /// What one request did to the namespaces it changed, and the instant it judged expiry by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Journal {
@@ -127,6 +137,9 @@ pub(crate) struct Journal {
     /// A random number naming the request, for the flush's own save (see `flushed`).
     #[serde(default)]
     request: u64,
+    /// The session's limits, for the save to check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<SessionLimits>,
 }
 
 /// What replaces the journal once the flush saved the session itself: the request's number.
@@ -179,7 +192,24 @@ impl Journal {
             namespaces: BTreeMap::new(),
             // Random: the low half of a fresh session id.
             request: Id::default().0 as u64,
+            limits: None,
         }
+    }
+
+    /// The journal, with the session's limits for the save to check.
+    pub(crate) fn limited(mut self, limits: SessionLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    /// The session's limits, if the journal carries them.
+    pub(super) fn limits(&self) -> Option<SessionLimits> {
+        self.limits
+    }
+
+    /// The namespaces the request changed, with its operations on each.
+    pub(super) fn namespaces(&self) -> impl Iterator<Item = (&String, &Ops)> {
+        self.namespaces.iter()
     }
 
     /// The number naming the request.
@@ -273,6 +303,14 @@ impl Versions {
     /// in the store when the request began.
     pub(super) fn is_loaded(&self) -> bool {
         self.loaded.as_deref() == Some(load_mark())
+    }
+
+    /// Whether `key` was absent from the record these versions were loaded with. Without
+    /// digests, no key counts as absent.
+    pub(super) fn lacked(&self, key: &str) -> bool {
+        self.digests
+            .as_ref()
+            .is_some_and(|digests| !digests.contains_key(key))
     }
 
     /// Whether the request changed `key` since it loaded these versions: `own` (its value now,

@@ -24,10 +24,10 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, RESERVED_PREFIX,
+    is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, merge, Refusal};
+pub(crate) use rebuild::{as_stored, check_session, merge, Refusal};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.

@@ -6,7 +6,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
-use super::journal::{Journal, Ops, Versions, JOURNAL_KEY, VERSIONS_KEY};
+use super::journal::{Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, VERSIONS_KEY};
 use crate::{budget, expiry, stored::Stored};
 
 /// Why a save is refused: nothing of it is stored.
@@ -21,6 +21,15 @@ pub(crate) enum Refusal {
         namespace: String,
         size: usize,
         budget: usize,
+    },
+    /// The session would hold more than its limits allow (bytes of data, or top-level keys), and
+    /// this request added to it.
+    SessionFull {
+        /// The bytes its data would take as stored.
+        size: usize,
+        /// The top-level keys it would hold.
+        namespaces: usize,
+        limits: SessionLimits,
     },
 }
 
@@ -37,6 +46,16 @@ impl fmt::Display for Refusal {
                 "namespace {} merged with concurrent changes would be {size} bytes, over its \
                  budget of {budget} bytes",
                 crate::error::Shown(namespace)
+            ),
+            Self::SessionFull {
+                size,
+                namespaces,
+                limits,
+            } => write!(
+                f,
+                "the session would hold {namespaces} namespaces in {size} bytes, over its limits \
+                 of {} namespaces and {} bytes",
+                limits.namespaces, limits.budget
             ),
         }
     }
@@ -65,6 +84,62 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
     }
 }
 
+/// Checks `next`, the record a save of `ours` is about to store, against the session's limits
+/// that `ours`'s journal carries. Cheap when the session is well inside them: a count of its
+/// keys and a walk of its values (not of their bytes).
+///
+/// A session over a limit is refused only a request that adds to it: one that creates a
+/// namespace when there are too many, or sets a key when there are too many bytes. A request
+/// that removes or purges is stored, so a full session can always be emptied.
+///
+/// # Errors
+///
+/// [`Refusal::SessionFull`].
+pub(crate) fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
+    let Some(journal) = Journal::read(ours) else {
+        return Ok(());
+    };
+    let Some(limits) = journal.limits() else {
+        return Ok(());
+    };
+    let data = || next.data.iter().filter(|(key, _)| is_data(key));
+    let namespaces = data().count();
+    let mut size = budget::entries(data(), false);
+    if size.high > limits.budget {
+        size = budget::entries(data(), true);
+    }
+    let (too_many, too_large) = (namespaces > limits.namespaces, size.low > limits.budget);
+    if !too_many && !too_large {
+        return Ok(());
+    }
+    let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
+    let adds = journal.namespaces().any(|(namespace, ops)| {
+        let Some(own) = next.data.get(namespace) else {
+            return false;
+        };
+        let created = loaded
+            .as_ref()
+            .is_some_and(|loaded| loaded.lacked(namespace));
+        let sets = || {
+            ops.typed && ops.wrote
+                || Stored::decode(own.clone())
+                    .is_ok_and(|own| ops.touched.iter().any(|key| own.map.contains_key(key)))
+        };
+        (too_many && created) || (too_large && sets())
+    });
+    if !adds {
+        return Ok(());
+    }
+    if !size.is_exact() {
+        size = budget::entries(data(), true);
+    }
+    Err(Refusal::SessionFull {
+        size: size.low,
+        namespaces,
+        limits,
+    })
+}
+
 /// The record to store: `ours` (what this request would save) merged into `latest` (what the
 /// store holds now, if anything).
 ///
@@ -84,7 +159,9 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
         if loaded.as_ref().is_some_and(Versions::is_loaded) {
             return Err(Refusal::Ended);
         }
-        return Ok(as_stored(ours));
+        let next = as_stored(ours);
+        check_session(ours, &next)?;
+        return Ok(next);
     };
     latest.data.remove(JOURNAL_KEY);
     latest.data.remove(VERSIONS_KEY);
@@ -118,11 +195,13 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     }
     let versions = Versions::of(data.iter());
     data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
-    Ok(Record {
+    let next = Record {
         id: ours.id,
         data,
         expiry_date: ours.expiry_date,
-    })
+    };
+    check_session(ours, &next)?;
+    Ok(next)
 }
 
 /// One namespace's operations applied to its latest stored form. `own` is the namespace as this
@@ -517,5 +596,102 @@ mod tests {
             merge(&ours, Some(latest)),
             Err(Refusal::OverBudget { budget: 30, .. })
         ));
+    }
+
+    /// A journal of writes (`touched` keys set or removed) to `namespaces`, with session limits.
+    fn limited(namespaces: &[(&str, &[&str])], limits: SessionLimits) -> Value {
+        let mut journal = Journal::new(NOW).limited(limits);
+        for (key, touched) in namespaces {
+            journal.record(
+                (*key).to_owned(),
+                Ops {
+                    touched: touched.iter().map(|k| (*k).to_owned()).collect(),
+                    wrote: true,
+                    ..Ops::default()
+                },
+            );
+        }
+        serde_json::to_value(journal).unwrap()
+    }
+
+    const TWO_NAMESPACES: SessionLimits = SessionLimits {
+        budget: 1 << 20,
+        namespaces: 2,
+    };
+
+    #[test]
+    fn a_request_that_creates_a_namespace_past_the_sessions_limit_is_refused() {
+        let stored = json!({ "a": { "x": 1 }, "b": { "x": 1 } });
+        let ours = record(json!({
+            "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
+            JOURNAL_KEY: limited(&[("c", &["x"])], TWO_NAMESPACES),
+            VERSIONS_KEY: loaded(stored.clone()),
+        }));
+        let latest =
+            record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));
+        assert_eq!(
+            merge(&ours, Some(latest.clone())).unwrap_err(),
+            Refusal::SessionFull {
+                size: 37,
+                namespaces: 3,
+                limits: TWO_NAMESPACES,
+            }
+        );
+        // The same on the first try of a compare-and-set, without a merge.
+        assert!(check_session(&ours, &as_stored(&ours)).is_err());
+
+        // Writing to a namespace the session holds is not refused.
+        let mut write = ours.clone();
+        write.data.remove("c");
+        write.data.insert("b".to_owned(), json!({ "x": 2 }));
+        write.data.insert(
+            JOURNAL_KEY.to_owned(),
+            limited(&[("b", &["x"])], TWO_NAMESPACES),
+        );
+        assert!(merge(&write, Some(latest)).is_ok());
+    }
+
+    #[test]
+    fn a_session_over_its_budget_refuses_sets_and_stores_removals() {
+        let limits = SessionLimits {
+            budget: 40,
+            namespaces: 128,
+        };
+        let stored = json!({ "a": { "x": "0123456789", "y": "0123456789" } });
+        let set = record(json!({
+            "a": { "x": "0123456789", "y": "0123456789", "z": 1 },
+            JOURNAL_KEY: limited(&[("a", &["z"])], limits),
+            VERSIONS_KEY: loaded(stored.clone()),
+        }));
+        let latest = record(json!({ "a": stored["a"], VERSIONS_KEY: versions(stored.clone()) }));
+        assert!(matches!(
+            merge(&set, Some(latest.clone())),
+            Err(Refusal::SessionFull { size: 47, .. })
+        ));
+
+        // Still over the budget, but smaller: a removal is stored.
+        let remove = record(json!({
+            "a": { "x": "0123456789", "y": "0123456789" },
+            "other": "a long value that another request stored",
+            JOURNAL_KEY: limited(&[("a", &["gone"])], limits),
+            VERSIONS_KEY: loaded(stored),
+        }));
+        assert!(merge(&remove, Some(latest)).is_ok());
+    }
+
+    #[test]
+    fn a_journal_without_limits_is_not_checked() {
+        let stored = json!({ "a": { "x": 1 }, "b": { "x": 1 } });
+        let ours = record(json!({
+            "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
+            JOURNAL_KEY: journal(&[("c", false, &["x"])]),
+            VERSIONS_KEY: loaded(stored.clone()),
+        }));
+        let latest =
+            record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));
+        assert_eq!(
+            merge(&ours, Some(latest)).unwrap().data["c"],
+            json!({ "x": 1 })
+        );
     }
 }

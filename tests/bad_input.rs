@@ -568,6 +568,16 @@ fn router_with_layers_in_the_wrong_order(store: CountingStore<MemoryStore>) -> R
         .layer(SessionControllerLayer::new())
 }
 
+/// The same mistake in one `ServiceBuilder`: there the first layer added runs first, so the
+/// controller layer comes before the session manager.
+fn service_builder_in_the_wrong_order(store: CountingStore<MemoryStore>) -> Router {
+    extractor_routes().layer(
+        tower::ServiceBuilder::new()
+            .layer(SessionControllerLayer::new())
+            .layer(SessionManagerLayer::new(store).with_secure(false)),
+    )
+}
+
 /// Asserts a misconfigured route answers 500 with a message naming `fix`, logged at ERROR, and
 /// touches no store.
 async fn assert_misconfigured(
@@ -676,6 +686,28 @@ async fn extractors_under_the_controller_layer_without_a_session_manager_answer_
     let router = extractor_routes().layer(SessionControllerLayer::new());
     for uri in ["/controllers", "/keyed"] {
         assert_misconfigured(router.clone(), &store, "POST", uri, "SessionManagerLayer").await;
+    }
+}
+
+/// The message gives the fix for both ways of adding layers, each in its own words: in a
+/// `ServiceBuilder` the session manager is added first, with `Router::layer` last.
+#[tokio::test]
+async fn layers_in_the_wrong_order_answer_with_the_fix_for_service_builder_and_router_layer() {
+    let store = CountingStore::new(MemoryStore::default());
+    let service_builder = "In one `tower::ServiceBuilder`, add `SessionManagerLayer::new(store)` \
+        first and `SessionControllerLayer::new()` after it";
+    let router_layer = "with separate `Router::layer` calls, call \
+        `.layer(SessionControllerLayer::new())` first and \
+        `.layer(SessionManagerLayer::new(store))` after it";
+    for router in [
+        service_builder_in_the_wrong_order(store.clone()),
+        router_with_layers_in_the_wrong_order(store.clone()),
+    ] {
+        for uri in ["/controllers", "/keyed"] {
+            for fix in [service_builder, router_layer] {
+                assert_misconfigured(router.clone(), &store, "POST", uri, fix).await;
+            }
+        }
     }
 }
 

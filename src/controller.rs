@@ -356,6 +356,51 @@ impl SessionController {
         self.insert_for(key, value, None)
     }
 
+    /// Changes the value under `key` in place: `change` gets it deserialized into `T` (or
+    /// `T::default()` if the namespace holds none), and what it leaves is stored as by
+    /// [`insert`](Self::insert): the stamp moves as the [policy](Self::policy) says, the budget
+    /// and the nesting limit are checked, a [`Lifetime`](crate::Lifetime) the key has stays.
+    /// Returns what `change` returns.
+    ///
+    /// The usual step of a cart, a counter or a wizard: one call instead of a
+    /// [`get`](Self::get) and an [`insert`](Self::insert).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// # tower_sessions_controller::__doc_controller(|mut cart| {
+    /// let apples = cart.update("items", |items: &mut BTreeMap<String, u32>| {
+    ///     let count = items.entry("apple".to_owned()).or_default();
+    ///     *count += 1;
+    ///     *count
+    /// })?;
+    /// assert_eq!(apples, 1);
+    /// assert_eq!(cart.get::<BTreeMap<String, u32>>("items")?.unwrap()["apple"], 1);
+    /// # Ok::<(), tower_sessions_controller::Error>(())
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::Deserialize`] if the stored value does not deserialize into `T`: then
+    ///   `change` is not called.
+    /// - As [`insert`](Self::insert) for what `change` leaves.
+    ///
+    /// On error nothing is written.
+    pub fn update<T, R>(&mut self, key: &str, change: impl FnOnce(&mut T) -> R) -> Result<R, Error>
+    where
+        T: DeserializeOwned + Serialize + Default,
+    {
+        if stored::is_reserved(key) {
+            return Err(Error::ReservedKey {
+                key: key.to_owned(),
+            });
+        }
+        let mut value = self.get::<T>(key)?.unwrap_or_default();
+        let outcome = change(&mut value);
+        self.insert_for(key, value, None)?;
+        Ok(outcome)
+    }
+
     /// [`insert`](Self::insert), giving the key its own `lifetime` in the same step.
     fn insert_for(
         &mut self,

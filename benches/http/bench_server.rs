@@ -24,7 +24,7 @@
 //! |---|---|
 //! | `bare` | no session layer; constant answers (the floor) |
 //! | `raw` | tower-sessions' `Session`: `get_value`, the expiry rule by hand, `insert_value` |
-//! | `controllers` | this crate's `SessionControllers::open`, `get`, `insert` |
+//! | `controllers` | this crate's `SessionControllers::open`, `get` (read), `update` (add) |
 //! | `keyed` | this crate's `Keyed<Cart>` extractor |
 //! | `axum_session` | axum_session's `Session<SessionNullPool>`, the rule by hand, `set` |
 //!
@@ -154,13 +154,11 @@ async fn controllers_read(controllers: SessionControllers) -> Result<String, Err
 
 async fn controllers_add(controllers: SessionControllers) -> Result<String, Error> {
     let mut cart = controllers.open(KEY).await?;
-    let mut items = cart
-        .get::<BTreeMap<String, u64>>("items")?
-        .unwrap_or_default();
-    let quantity = items.entry(ITEM.to_owned()).or_default();
-    *quantity += 1;
-    let next = *quantity;
-    cart.insert("items", items)?;
+    let next = cart.update("items", |items: &mut BTreeMap<String, u64>| {
+        let quantity = items.entry(ITEM.to_owned()).or_default();
+        *quantity += 1;
+        *quantity
+    })?;
     Ok(next.to_string())
 }
 

@@ -311,8 +311,10 @@ async fn controllers_read(controllers: SessionControllers) -> Result<String, Err
 
 async fn controllers_change(controllers: SessionControllers) -> Result<String, Error> {
     let mut ns = controllers.open(KEY).await?;
-    let next = ns.get::<u64>("counter")?.unwrap_or(0) + 1;
-    ns.insert("counter", next)?;
+    let next = ns.update("counter", |counter: &mut u64| {
+        *counter += 1;
+        *counter
+    })?;
     Ok(next.to_string())
 }
 

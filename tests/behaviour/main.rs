@@ -10,6 +10,7 @@
 //! - `store_traffic`: the store calls each kind of request makes, counted exactly;
 //! - `one_state_per_request`: sharing one namespace within a request;
 //! - `sessions`: visitors, and tower-sessions' own `cycle_id` / `flush`.
+//! - `update`: `SessionController::update`, a value changed in place (its own small app).
 //!
 //! Every module drives the one app below: its routes report what the controllers see.
 
@@ -23,6 +24,7 @@ mod store_traffic;
 mod stored_layout;
 #[path = "../support/mod.rs"]
 mod support;
+mod update;
 
 use std::collections::HashMap;
 

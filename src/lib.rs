@@ -9,7 +9,8 @@
 //! JSON object of that feature's keys and values, plus an expiry **stamp**. It is the Rust form
 //! of django-spire's `SessionController`, and it reads and writes the same stored layout.
 //!
-//! - A **write** (an [`insert`](SessionController::insert), or any mutable access to a
+//! - A **write** (an [`insert`](SessionController::insert) or
+//!   [`update`](SessionController::update), or any mutable access to a
 //!   [`Keyed<T>`]) slides the stamp to *now + expiry* (five minutes by default). Reads never move
 //!   it.
 //! - A namespace whose stamp has passed is **dropped when it is opened**: the handler sees it

@@ -25,10 +25,12 @@
 //! | `bare` | no session layer; constant answers (the floor) |
 //! | `raw` | tower-sessions' `Session`: `get_value`, the expiry rule by hand, `insert_value` |
 //! | `controllers` | this crate's `SessionControllers::open`, `get` (read), `update` (add) |
+//! | `embedded` | `controllers` on this crate's own `stores::MemoryStore` (merged by compare-and-set): the README's recommended setup |
 //! | `keyed` | this crate's `Keyed<Cart>` extractor |
 //! | `axum_session` | axum_session's `Session<SessionNullPool>`, the rule by hand, `set` |
 //!
-//! All sessions live in memory (tower-sessions' `MemoryStore`; axum_session's memory cache).
+//! All sessions live in memory (tower-sessions' `MemoryStore` unless said otherwise; axum_session's
+//! memory cache).
 //! Cookies are sent without `Secure`, since the load test speaks plain HTTP.
 
 use std::{collections::BTreeMap, env, net::SocketAddr, process::ExitCode};
@@ -45,7 +47,7 @@ use time::{Duration, OffsetDateTime};
 use tower::ServiceBuilder;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 use tower_sessions_controller::{
-    Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
+    stores, Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
 };
 
 /// The namespace's key in the session.
@@ -218,6 +220,16 @@ async fn app(contender: &str) -> Option<Router> {
                     .layer(store())
                     .layer(SessionControllerLayer::new()),
             ),
+        "embedded" => Router::new()
+            .route("/cart", get(controllers_read))
+            .route("/cart/add", post(controllers_add))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(
+                        SessionManagerLayer::new(stores::MemoryStore::default()).with_secure(false),
+                    )
+                    .layer(SessionControllerLayer::new()),
+            ),
         "keyed" => Router::new()
             .route("/cart", get(keyed_read))
             .route("/cart/add", post(keyed_add))
@@ -245,7 +257,7 @@ async fn main() -> ExitCode {
     let contender = env::var("CONTENDER").unwrap_or_else(|_| "controllers".to_owned());
     let Some(app) = app(&contender).await else {
         eprintln!(
-            "CONTENDER={contender:?}: expected bare, raw, controllers, keyed or axum_session"
+            "CONTENDER={contender:?}: expected bare, raw, controllers, embedded, keyed or axum_session"
         );
         return ExitCode::FAILURE;
     };

@@ -9,7 +9,7 @@
 # request over raw tower-sessions' at the same workload and connection count. The CPU time per
 # request is the steadier of the two on a machine that other processes also load.
 #
-# Contenders: benches/http/bench_server.rs with CONTENDER=bare|raw|controllers|keyed|axum_session,
+# Contenders: benches/http/bench_server.rs with CONTENDER=bare|raw|controllers|embedded|keyed|axum_session,
 # and the seed, django-spire's SessionController in the Django project of benches/http/seed,
 # served by gunicorn. Workloads: `add` (POST /cart/add: one more apple in the cart, the session
 # is saved) and `read` (GET /cart: the quantity, nothing saved).
@@ -22,7 +22,7 @@
 #   DURATION=10        seconds measured per run
 #   WARMUP=3           seconds of load before each measured run, not counted
 #   CONNECTIONS="1 16 64"
-#   CONTENDERS="bare raw controllers keyed axum_session seed"
+#   CONTENDERS="bare raw controllers embedded keyed axum_session seed"
 #   WORKLOADS="add read"
 #   ROUNDS=1           repeat the whole matrix; the table shows each figure's median
 #   SEED_THREADS=4     gunicorn's threads in its one worker process (see seed/seedbench/settings.py)
@@ -44,7 +44,7 @@ venv=$out/venv
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNECTIONS=${CONNECTIONS:-"1 16 64"}
-CONTENDERS=${CONTENDERS:-"bare raw controllers keyed axum_session seed"}
+CONTENDERS=${CONTENDERS:-"bare raw controllers embedded keyed axum_session seed"}
 WORKLOADS=${WORKLOADS:-"add read"}
 ROUNDS=${ROUNDS:-1}
 SEED_THREADS=${SEED_THREADS:-4}
@@ -296,6 +296,7 @@ names = {
     "bare": "bare axum (floor)",
     "raw": "raw tower-sessions",
     "controllers": "SessionControllers",
+    "embedded": "SessionControllers on stores::MemoryStore",
     "keyed": "Keyed<T>",
     "axum_session": "axum_session",
     "seed": "seed: django-spire + Django + gunicorn",

@@ -97,15 +97,11 @@ impl CompareAndSet for MemoryStore {
         Ok(live(&mut records, id).map(|stored| (stored.record.clone(), stored.number.to_string())))
     }
 
-    async fn replace(
-        &self,
-        record: &Record,
-        seen: Option<&str>,
-    ) -> session_store::Result<Replaced> {
+    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced> {
         let mut records = self.records();
         let current = live(&mut records, &record.id);
         let number = match (current, seen) {
-            (Some(stored), Some(seen)) if stored.number.to_string() != seen => {
+            (Some(stored), Some(seen)) if seen.parse() != Ok(stored.number) => {
                 let latest = (stored.record.clone(), stored.number.to_string());
                 return Ok(Replaced::Changed(Some(latest)));
             }
@@ -113,13 +109,7 @@ impl CompareAndSet for MemoryStore {
             (Some(stored), _) => stored.number.wrapping_add(1),
             (None, None) => 0,
         };
-        records.insert(
-            record.id,
-            Version {
-                record: record.clone(),
-                number,
-            },
-        );
+        records.insert(record.id, Version { record, number });
         Ok(Replaced::Done)
     }
 

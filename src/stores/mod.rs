@@ -37,9 +37,9 @@ pub(crate) trait CompareAndSet: Send + Sync {
 
     /// Replaces the record stored under `record.id` with `record` if the store still holds the
     /// version `seen` names; with `seen` `None`, whatever it holds, or nothing. Otherwise writes
-    /// nothing and returns what the store holds now.
-    async fn replace(&self, record: &Record, seen: Option<&str>)
-        -> session_store::Result<Replaced>;
+    /// nothing and returns what the store holds now. The record is the store's to keep: a store
+    /// in memory keeps it without a copy.
+    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced>;
 
     /// Stores `record` under its id if no record is stored under it; `false` if one is.
     async fn insert(&self, record: &Record) -> session_store::Result<bool>;
@@ -78,7 +78,7 @@ pub(crate) async fn save<S: CompareAndSet>(
     let mut next = merge::as_stored(&ours);
     merge::check_session(&ours, &next).map_err(|refusal| merge::refused(&ours, refusal))?;
     for _ in 0..MAX_ATTEMPTS {
-        match store.replace(&next, seen.as_deref()).await? {
+        match store.replace(next, seen.as_deref()).await? {
             Replaced::Done => {
                 merge::saved(&ours);
                 return Ok(());
@@ -146,7 +146,7 @@ mod tests {
 
         async fn replace(
             &self,
-            record: &Record,
+            record: Record,
             seen: Option<&str>,
         ) -> session_store::Result<Replaced> {
             self.replaces.fetch_add(1, Ordering::SeqCst);
@@ -155,7 +155,7 @@ mod tests {
                 self.interleave.store(others - 1, Ordering::SeqCst);
                 let (mut other, token) = self.store.fetch(&record.id).await?.expect("stored");
                 other.data.insert(format!("other{others}"), json!(others));
-                self.store.replace(&other, Some(&token)).await?;
+                self.store.replace(other, Some(&token)).await?;
             }
             self.store.replace(record, seen).await
         }
@@ -254,7 +254,7 @@ mod tests {
         let (mut stored, token) = store.fetch(&new.id).await.unwrap().unwrap();
         stored.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
         assert!(matches!(
-            store.replace(&stored, Some(&token)).await.unwrap(),
+            store.replace(stored, Some(&token)).await.unwrap(),
             Replaced::Done
         ));
 

@@ -12,10 +12,16 @@
 //! an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
+//! - `RedisStore`: in Redis, on a fred client (a pool, a client, a Redis Cluster), with the
+//!   records of tower-sessions-redis-store; cargo feature `redis`.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};

@@ -75,8 +75,13 @@ async fn on_a_cluster_overlapping_writes_lose_nothing_and_logouts_stay() {
             let router = if n % 2 == 0 { &a } else { &b };
             let cookie = cookies[session].as_str();
             async move {
-                let reply = send(router, Some(cookie), Method::POST, &format!("/ns/log/k{i}/{i}"))
-                    .await;
+                let reply = send(
+                    router,
+                    Some(cookie),
+                    Method::POST,
+                    &format!("/ns/log/k{i}/{i}"),
+                )
+                .await;
                 (reply.status != StatusCode::OK).then(|| format!("{session}/{i}: {reply:?}"))
             }
         })
@@ -84,13 +89,20 @@ async fn on_a_cluster_overlapping_writes_lose_nothing_and_logouts_stay() {
         .filter_map(|failed| async move { failed })
         .collect()
         .await;
-    assert!(failed.is_empty(), "writes that did not answer 200: {failed:#?}");
+    assert!(
+        failed.is_empty(),
+        "writes that did not answer 200: {failed:#?}"
+    );
     let mut expected: Vec<String> = (0..WRITES).map(|i| format!("k{i}")).collect();
     expected.push("seed".to_owned());
     expected.sort();
     for visitor in &visitors {
         let id = visitor.session_id().expect("a session");
-        assert_eq!(stored_keys(&store, &id, "log").await, expected, "session {id}");
+        assert_eq!(
+            stored_keys(&store, &id, "log").await,
+            expected,
+            "session {id}"
+        );
     }
     let shards = cluster.keys_per_shard();
     assert_eq!(shards.iter().sum::<u64>(), SESSIONS as u64, "{shards:?}");

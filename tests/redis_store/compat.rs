@@ -50,9 +50,12 @@ fn data(record: &Record) -> Value {
 
 /// `EXPIRETIME key`: the Unix second at which Redis removes it.
 async fn expire_time(pool: &fred::prelude::Pool, key: &str) -> i64 {
-    pool.custom(CustomCommand::new_static("EXPIRETIME", None, false), vec![key])
-        .await
-        .expect("EXPIRETIME")
+    pool.custom(
+        CustomCommand::new_static("EXPIRETIME", None, false),
+        vec![key],
+    )
+    .await
+    .expect("EXPIRETIME")
 }
 
 #[tokio::test]
@@ -120,14 +123,15 @@ async fn an_app_that_switches_store_keeps_its_visitors_sessions() {
     on_redis(
         "compat::an_app_that_switches_store_keeps_its_visitors_sessions",
         |shared| async move {
-            let theirs = shared
-                .a
-                .sharing(TheirStore::new(shared.pools[0].clone()));
+            let theirs = shared.a.sharing(TheirStore::new(shared.pools[0].clone()));
             let on_theirs = app(routes(Gate::default()), theirs);
             let on_ours = app(routes(Gate::default()), shared.b.clone());
 
             let mut visitor = Visitor::default();
-            visitor.post(&on_theirs, "/ns/cart/apple/1").await.assert_ok();
+            visitor
+                .post(&on_theirs, "/ns/cart/apple/1")
+                .await
+                .assert_ok();
             let cookie = visitor.cookie.clone().expect("a session");
 
             // Switched to ours: the same session, and writes go on.
@@ -139,7 +143,10 @@ async fn an_app_that_switches_store_keeps_its_visitors_sessions() {
             // And back.
             let reply = visitor.get(&on_theirs, "/ns/cart").await;
             assert_eq!(reply.json(), json!({ "apple": "1", "pear": "2" }));
-            visitor.post(&on_theirs, "/ns/wizard/step/3").await.assert_ok();
+            visitor
+                .post(&on_theirs, "/ns/wizard/step/3")
+                .await
+                .assert_ok();
             visitor.post(&on_ours, "/ns/cart/fig/4").await.assert_ok();
             assert_eq!(
                 visitor.get(&on_theirs, "/ns/wizard").await.json(),
@@ -149,7 +156,11 @@ async fn an_app_that_switches_store_keeps_its_visitors_sessions() {
                 visitor.get(&on_ours, "/ns/cart").await.json(),
                 json!({ "apple": "1", "pear": "2", "fig": "4" })
             );
-            assert_eq!(visitor.cookie.as_ref(), Some(&cookie), "one session all along");
+            assert_eq!(
+                visitor.cookie.as_ref(),
+                Some(&cookie),
+                "one session all along"
+            );
         },
     )
     .await;

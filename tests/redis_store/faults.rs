@@ -137,7 +137,10 @@ async fn a_write_across_another_save_is_merged_into_it() {
             store.heal();
             reply.assert_ok();
             other_reply.assert_ok();
-            assert_eq!(stored_keys(&store.inner, &id, "cart").await, ["a", "b", "c"]);
+            assert_eq!(
+                stored_keys(&store.inner, &id, "cart").await,
+                ["a", "b", "c"]
+            );
         },
     )
     .await;

@@ -65,7 +65,10 @@ async fn overlapping_writes_on_two_instances_lose_nothing() {
             visitor.post(&a, "/ns/other/seed/1").await.assert_ok();
 
             let (stored, failed) = overlapping_writes(&a, &b, &shared.a, &visitor).await;
-            assert!(failed.is_empty(), "writes that did not answer 200: {failed:#?}");
+            assert!(
+                failed.is_empty(),
+                "writes that did not answer 200: {failed:#?}"
+            );
             assert_eq!(stored, all_keys(), "{} of {WRITES} stored", stored.len());
             // The other namespace, which no write touched, is intact.
             assert_eq!(
@@ -87,7 +90,10 @@ async fn logged_in(a: &Router) -> Visitor {
 /// After a race ended the session `old`: its key is gone from Redis, and the visitor (with the
 /// cookie it kept, if any, or the old one) gets a brand-new session on its next write.
 async fn ended(shared_pool: &fred::prelude::Pool, app: &Router, visitor: &mut Visitor, old: &str) {
-    assert!(!exists(shared_pool, old).await, "the ended session came back");
+    assert!(
+        !exists(shared_pool, old).await,
+        "the ended session came back"
+    );
     if visitor.cookie.is_none() {
         visitor.cookie = Some(format!("id={old}"));
     }
@@ -95,9 +101,16 @@ async fn ended(shared_pool: &fred::prelude::Pool, app: &Router, visitor: &mut Vi
     reply.assert_ok();
     let new = visitor.session_id().expect("a new session");
     assert_ne!(new.to_string(), old, "a new session, not the old one");
-    assert_eq!(reply.json(), json!({ "pear": "2" }), "nothing of the old one");
+    assert_eq!(
+        reply.json(),
+        json!({ "pear": "2" }),
+        "nothing of the old one"
+    );
     assert!(exists(shared_pool, &new.to_string()).await);
-    assert!(!exists(shared_pool, old).await, "the ended session came back");
+    assert!(
+        !exists(shared_pool, old).await,
+        "the ended session came back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +212,10 @@ async fn an_id_cycled_during_a_slow_write_is_never_written_back() {
             let write = write.await.expect("the write");
             assert_session_ended(&write, "the write that raced the id cycle");
 
-            assert!(!exists(&shared.pools[0], &old).await, "the old id came back");
+            assert!(
+                !exists(&shared.pools[0], &old).await,
+                "the old id came back"
+            );
             // The session lives on under its new id, without the refused write.
             assert_eq!(
                 stored_keys(&shared.a, &new, "cart").await,
@@ -211,7 +227,10 @@ async fn an_id_cycled_during_a_slow_write_is_never_written_back() {
                 visitor.get(&a, "/ns/cart").await.json(),
                 json!({ "apple": "1", "kiwi": "4" })
             );
-            assert!(!exists(&shared.pools[0], &old).await, "the old id came back");
+            assert!(
+                !exists(&shared.pools[0], &old).await,
+                "the old id came back"
+            );
 
             // A brand-new session is still created, for the old cookie as for a new visitor.
             let mut stale = Visitor {

@@ -26,10 +26,22 @@ impl Monitor {
     fn start(port: u16) -> Self {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("a MONITOR connection");
         stream.write_all(b"MONITOR\r\n").expect("MONITOR");
+        // Commands count from the server's `+OK`: it monitors from then on.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        let mut reader = BufReader::new(stream);
+        let mut ok = String::new();
+        reader.read_line(&mut ok).expect("MONITOR's answer");
+        assert_eq!(ok.trim_end(), "+OK", "MONITOR's answer");
+        reader
+            .get_ref()
+            .set_read_timeout(None)
+            .expect("no read timeout");
         let (sender, lines) = unbounded_channel();
         // The thread ends when the server closes the connection (the server dies with the test).
         std::thread::spawn(move || {
-            for line in BufReader::new(stream).lines() {
+            for line in reader.lines() {
                 let Ok(line) = line else { break };
                 if sender.send(line).is_err() {
                     break;
@@ -91,7 +103,11 @@ async fn a_write_is_two_commands_a_read_one_an_anonymous_read_none() {
     monitor.take(&pool).await;
 
     visitor.get(&router, "/ns/cart").await.assert_ok();
-    assert_eq!(monitor.take(&pool).await, commands(&[]), "an anonymous read");
+    assert_eq!(
+        monitor.take(&pool).await,
+        commands(&[]),
+        "an anonymous read"
+    );
 
     visitor.post(&router, "/ns/cart/a/1").await.assert_ok();
     assert_eq!(

@@ -4,7 +4,7 @@
 //! nothing (with tower-sessions-redis-store it answers `200` and is lost: the `#[ignore]`d
 //! limitation test there).
 
-use std::{collections::HashMap, time::Duration as StdDuration};
+use std::collections::HashMap;
 
 use axum::{
     extract::Path,
@@ -82,24 +82,23 @@ async fn a_write_across_a_vanishing_record_answers_an_error_and_stores_nothing()
         "faults::a_write_across_a_vanishing_record_answers_an_error_and_stores_nothing",
         |shared| async move {
             let store = FaultStore::new(shared.a.clone());
-            let router = app(routes(Gate::default()), store.clone());
+            let gate = Gate::default();
+            let router = app(routes(gate.clone()), store.clone());
             let mut visitor = Visitor::default();
             visitor.post(&router, "/ns/cart/a/1").await.assert_ok();
             let id = visitor.session_id().expect("a session");
 
-            // The save waits 200 ms; the record goes 50 ms into the wait (evicted, expired, lost
-            // with a Redis restart, or a logout).
-            store.set(
-                Op::Save,
-                Pick::Calls(vec![1]),
-                Fault::Delay(StdDuration::from_millis(200)),
-            );
-            let vanish = async {
-                tokio::time::sleep(StdDuration::from_millis(50)).await;
-                store.inner.delete(&id).await.expect("delete");
-            };
-            let (reply, ()) = tokio::join!(visitor.post(&router, "/ns/cart/b/2"), vanish);
-            store.heal();
+            // The write loads the session and stops before its save; meanwhile the record goes
+            // (evicted, expired, lost with a Redis restart, or a logout).
+            let mut writer = visitor.clone();
+            let write = tokio::spawn({
+                let router = router.clone();
+                async move { writer.post(&router, "/gated/cart/b/2").await }
+            });
+            gate.entered.notified().await;
+            store.inner.delete(&id).await.expect("delete");
+            gate.release.notify_one();
+            let reply = write.await.expect("the write");
             assert_session_ended(&reply, "a write across a vanishing record");
             assert!(
                 store.inner.load(&id).await.expect("load").is_none(),
@@ -116,27 +115,23 @@ async fn a_write_across_another_save_is_merged_into_it() {
         "faults::a_write_across_another_save_is_merged_into_it",
         |shared| async move {
             let store = FaultStore::new(shared.a.clone());
-            let router = app(routes(Gate::default()), store.clone());
+            let gate = Gate::default();
+            let router = app(routes(gate.clone()), store.clone());
             let other = app(routes(Gate::default()), shared.b.clone());
             let mut visitor = Visitor::default();
             visitor.post(&router, "/ns/cart/a/1").await.assert_ok();
             let id = visitor.session_id().expect("a session");
 
-            store.set(
-                Op::Save,
-                Pick::Calls(vec![1]),
-                Fault::Delay(StdDuration::from_millis(200)),
-            );
-            let mut tab = visitor.clone();
-            let meanwhile = async {
-                tokio::time::sleep(StdDuration::from_millis(50)).await;
-                tab.post(&other, "/ns/cart/c/3").await
-            };
-            let (reply, other_reply) =
-                tokio::join!(visitor.post(&router, "/ns/cart/b/2"), meanwhile);
-            store.heal();
-            reply.assert_ok();
-            other_reply.assert_ok();
+            // Another instance saves between the write's load and its save.
+            let mut writer = visitor.clone();
+            let write = tokio::spawn({
+                let router = router.clone();
+                async move { writer.post(&router, "/gated/cart/b/2").await }
+            });
+            gate.entered.notified().await;
+            visitor.post(&other, "/ns/cart/c/3").await.assert_ok();
+            gate.release.notify_one();
+            write.await.expect("the write").assert_ok();
             assert_eq!(
                 stored_keys(&store.inner, &id, "cart").await,
                 ["a", "b", "c"]

@@ -55,8 +55,10 @@ end
 return current
 ";
 
-/// The SHA-1 of [`REPLACE_SCRIPT`], by which `EVALSHA` names it (checked against Redis' own in
-/// the tests).
+/// The SHA-1 of [`REPLACE_SCRIPT`], by which `EVALSHA` names it. Change both together: a server
+/// that knows the old script under this name would go on running it. (`tests/redis_store/
+/// round_trips.rs` checks on a fresh server that `EVALSHA` finds the script by this name once
+/// `EVAL` has run it.)
 const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 
 /// Session records in Redis (through a [fred](https://docs.rs/fred/10) client), merged

@@ -56,9 +56,9 @@ return current
 ";
 
 /// The SHA-1 of [`REPLACE_SCRIPT`], by which `EVALSHA` names it. Change both together: a server
-/// that knows the old script under this name would go on running it. (`tests/redis_store/
-/// round_trips.rs` checks on a fresh server that `EVALSHA` finds the script by this name once
-/// `EVAL` has run it.)
+/// that knows the old script under this name would go on running it (a unit test below checks
+/// the name, and `tests/redis_store/round_trips.rs` that a fresh server finds the script by it
+/// once `EVAL` has run it).
 const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 
 /// Session records in Redis (through a [fred](https://docs.rs/fred/10) client), merged
@@ -319,6 +319,58 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SHA-1 (FIPS 180-4), for the test below only.
+    fn sha1(message: &[u8]) -> String {
+        let mut h: [u32; 5] = [
+            0x6745_2301,
+            0xefcd_ab89,
+            0x98ba_dcfe,
+            0x1032_5476,
+            0xc3d2_e1f0,
+        ];
+        let mut padded = message.to_vec();
+        padded.push(0x80);
+        while padded.len() % 64 != 56 {
+            padded.push(0);
+        }
+        padded.extend_from_slice(&(message.len() as u64 * 8).to_be_bytes());
+        for block in padded.chunks_exact(64) {
+            let mut w = [0u32; 80];
+            for (i, word) in block.chunks_exact(4).enumerate() {
+                w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+            }
+            for i in 16..80 {
+                w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+            }
+            let [mut a, mut b, mut c, mut d, mut e] = h;
+            for (i, word) in w.iter().enumerate() {
+                let (f, k) = match i {
+                    0..=19 => ((b & c) | (!b & d), 0x5a82_7999),
+                    20..=39 => (b ^ c ^ d, 0x6ed9_eba1),
+                    40..=59 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
+                    _ => (b ^ c ^ d, 0xca62_c1d6),
+                };
+                let t = a
+                    .rotate_left(5)
+                    .wrapping_add(f)
+                    .wrapping_add(e)
+                    .wrapping_add(k)
+                    .wrapping_add(*word);
+                (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
+            }
+            for (state, value) in h.iter_mut().zip([a, b, c, d, e]) {
+                *state = state.wrapping_add(value);
+            }
+        }
+        h.iter().map(|word| format!("{word:08x}")).collect()
+    }
+
+    #[test]
+    fn the_scripts_name_is_its_sha1() {
+        assert_eq!(sha1(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(sha1(REPLACE_SCRIPT.as_bytes()), REPLACE_SCRIPT_SHA1);
+    }
 
     #[test]
     fn tokens_are_the_bytes_in_hex_and_back() {

@@ -18,7 +18,7 @@ use tower_sessions::{
 };
 use tower_sessions_redis_store::RedisStore as TheirStore;
 
-use crate::{app, on_redis, routes, Gate, Visitor};
+use crate::{app, on_redis, routes, support::Logs, Gate, Visitor};
 
 /// The key under which the crate's merge keeps a record's versions.
 const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
@@ -188,7 +188,16 @@ async fn a_record_that_cannot_be_decoded_reads_as_a_fresh_session() {
 
             // The key is deleted at the end whatever happens (and expires in 10 minutes).
             let outcome = AssertUnwindSafe(async {
+                let (logs, _guard) = Logs::capture();
                 assert!(shared.a.load(&id).await.expect("no error").is_none());
+                let warned = logs.lines_at("WARN");
+                assert!(
+                    warned
+                        .iter()
+                        .any(|line| line.contains("cannot be decoded") && line.contains(&key)),
+                    "the undecodable record is logged at WARN:\n{}",
+                    logs.text()
+                );
                 let on_ours = app(routes(Gate::default()), shared.a.clone());
                 let mut visitor = Visitor {
                     cookie: Some(format!("id={id}")),

@@ -34,7 +34,8 @@
 //! lock and reported an error) is cleared by the instance's next save of the session. A
 //! limitation of the Redis store is kept as an `#[ignore]`d test that fails today: a write whose record vanishes between the request's load and
 //! its save answers `200` and is lost (`a_write_answered_200_is_stored_*_on_redis`, `#[ignore]`d;
-//! the same test passes on memory).
+//! the same test passes on memory). The crate's own `stores::RedisStore` does not have it
+//! (`tests/redis_store/faults.rs`).
 //!
 //! Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); without it the Redis tests print
 //! `SKIPPED ...` and pass, unless `REQUIRE_SERVICES=1`. Every Redis record a test wrote is
@@ -1244,6 +1245,8 @@ async fn a_write_answered_200_is_stored_even_if_the_record_vanished_meanwhile_on
 /// vanished between the request's load and its save (a Redis restart, an eviction) answers `200`
 /// and is lost; `MergingStore`, which saves the request's record as it is when the latest one is
 /// gone (src/merge.rs, `merge`: "Gone from the store meanwhile"), goes through the same `save`.
+/// The crate's own `stores::RedisStore` does not have this limitation: such a write answers
+/// `409` and stores nothing (`tests/redis_store/faults.rs`).
 #[tokio::test]
 #[ignore = "LIMITATION: on Redis, a write answered 200 is lost if its record vanished between \
             load and save (tower-sessions-redis-store's save is SET XX)"]

@@ -12,10 +12,16 @@
 //! an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
+//! - `RedisStore`: in Redis, on a fred client (a pool, a client, a Redis Cluster), with the
+//!   records of tower-sessions-redis-store; cargo feature `redis`.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisStore;
 
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};
@@ -24,8 +30,10 @@ use tower_sessions::session_store;
 use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
-/// another request of the same session saved in between.
-const MAX_ATTEMPTS: usize = 16;
+/// another request of the same session saved in between. Generous, as a try is cheap and fails
+/// only to another save that succeeded: with 16 requests of one session in flight on two
+/// instances, an unlucky save was seen losing more than 16 times in a row.
+const MAX_ATTEMPTS: usize = 64;
 
 /// What a store that saves by compare-and-set provides; [`load`], [`save`] and [`create`] make a
 /// `SessionStore` of it.

@@ -2,7 +2,8 @@
 //! `behaviour_suite!`, two app instances sharing one Redis or one PostgreSQL (`instances.rs`),
 //! and a stress harness of overlapping requests on one session (`stress.rs`).
 //!
-//! Stores: tower-sessions' `MemoryStore`; the crate's own `stores::MemoryStore`; Redis at `REDIS_URL` (default
+//! Stores: tower-sessions' `MemoryStore`; the crate's own `stores::MemoryStore` and
+//! `stores::RedisStore`; Redis at `REDIS_URL` (default
 //! `redis://127.0.0.1:6379`); PostgreSQL at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); SQLite in a file under the system's temp dir; and
 //! `CachingSessionStore` (Moka in front of Redis).
@@ -444,6 +445,22 @@ pub async fn sqlite(_test: &'static str) -> Option<Fixture<SqliteStore>> {
     Some(Fixture::new(store, Teardown::Sqlite { pool, path }))
 }
 
+/// The crate's own Redis store, which merges by compare-and-set.
+pub async fn atomic_redis(
+    test: &'static str,
+) -> Option<Fixture<tower_sessions_controller::stores::RedisStore<Pool>>> {
+    match connect_redis().await {
+        Ok((_, pool)) => Some(Fixture::new(
+            tower_sessions_controller::stores::RedisStore::new(pool.clone()),
+            Teardown::Redis(pool),
+        )),
+        Err(err) => {
+            services::unreachable(test, "Redis", &redis_url(), &err);
+            None
+        }
+    }
+}
+
 /// Moka in front of Redis.
 pub async fn cached_redis(
     test: &'static str,
@@ -647,6 +664,7 @@ macro_rules! behaviour_suite {
 behaviour_suite!(memory, crate::memory);
 behaviour_suite!(atomic_memory, crate::atomic_memory);
 behaviour_suite!(redis, crate::redis);
+behaviour_suite!(atomic_redis, crate::atomic_redis);
 behaviour_suite!(postgres, crate::postgres);
 behaviour_suite!(sqlite, crate::sqlite);
 behaviour_suite!(cached_redis, crate::cached_redis);

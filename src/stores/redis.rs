@@ -1,0 +1,409 @@
+//! The Redis store: session records in Redis, read and written as tower-sessions-redis-store
+//! reads and writes them, and saved by an atomic compare-and-set in one round trip.
+//!
+//! # Records
+//!
+//! Exactly what `tower-sessions-redis-store` 0.16 stores: the key is the session id
+//! (`Id::to_string`), the value the whole `Record` in MessagePack (`rmp_serde::to_vec`), and the
+//! key expires at the record's expiry date (`SET ... EXAT`, in whole Unix seconds). Either store
+//! reads what the other wrote, so an app that switches keeps its visitors logged in.
+//!
+//! # The compare-and-set
+//!
+//! - A load is one `GET`. The token that names the version read is the bytes read themselves
+//!   (hex-encoded, as the token is a string): two versions are the same version exactly when
+//!   their bytes are equal.
+//! - A save is one `EVALSHA` of a short Lua script (`EVAL` once per server, when the server does
+//!   not know the script yet): it compares the stored value with the bytes the request loaded
+//!   and, if they are equal, `SET`s the new record with `EXAT`; otherwise it writes nothing and
+//!   answers the stored value (or nil, when the session is gone), which the save merges into and
+//!   tries again with, without another `GET`. Redis runs a script atomically, on the server that
+//!   holds the key, so this is also correct in a Redis Cluster.
+//! - A new session is one `SET NX EXAT`; a taken id makes `create` try another.
+//!
+//! Why compare the whole bytes rather than a digest or a version number: a version number would
+//! have to live in the record, which tower-sessions-redis-store does not write (and would carry
+//! along into the app's session data); a digest would have to match Redis' own (`redis.sha1hex`),
+//! which needs a SHA-1 on the client. Comparing the bytes needs neither, costs Redis a `memcmp`,
+//! and is never wrong: equal bytes are an equal record, so a save that finds them merges into
+//! exactly what it would have merged into. The price is that a save sends the record it loaded
+//! along with the new one (about twice a `SET`'s upload), and a request keeps a hex copy of the
+//! record it loaded until it ends.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use fred::{
+    interfaces::{KeysInterface, LuaInterface},
+    types::{Expiration, SetOptions, Value},
+};
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+
+use super::{CompareAndSet, Replaced};
+
+/// The compare-and-set: `KEYS[1]` the session's key, `ARGV[1]` the value the save loaded,
+/// `ARGV[2]` the new value, `ARGV[3]` its expiry (Unix seconds). `1` once stored; otherwise the
+/// stored value, or nil if none.
+const REPLACE_SCRIPT: &str = "local current = redis.call('GET', KEYS[1])
+if current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[3])
+  return 1
+end
+return current
+";
+
+/// The SHA-1 of [`REPLACE_SCRIPT`], by which `EVALSHA` names it. Change both together: a server
+/// that knows the old script under this name would go on running it (a unit test below checks
+/// the name, and `tests/redis_store/round_trips.rs` that a fresh server finds the script by it
+/// once `EVAL` has run it).
+const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
+
+/// Session records in Redis (through a [fred](https://docs.rs/fred/10) client), merged
+/// atomically: overlapping requests of one visitor lose nothing, across any number of app
+/// instances, with no lock and no polling. Behind the cargo feature `redis`.
+///
+/// The records are those of `tower-sessions-redis-store` 0.16 (same key, same MessagePack value,
+/// same expiry): switching from it to this store, or back, keeps every visitor's session. What
+/// changes is the save: it applies the request's namespace operations to the latest stored record
+/// by compare-and-set (see [`stores`](crate::stores)), in one round trip when no other request of
+/// the session saved meanwhile, as `tower-sessions-redis-store`'s own save; a load is one `GET`.
+/// A session that ended meanwhile (a logout, an id cycled at login, an expiry) is never written
+/// back.
+///
+/// `C` is any fred client that runs key and Lua commands: a `Pool`, a `Client`, a client of a
+/// Redis Cluster (each session is one key, so every command goes to one shard). Build it, connect
+/// it (`init`), and give it to [`RedisStore::new`]. A record that cannot be decoded reads as no
+/// session (and is logged); a Redis failure is a store error the request answers with a `500`.
+///
+/// # Example
+///
+/// ```no_run
+/// use axum::Router;
+/// use fred::prelude::{ClientLike, Config, Pool};
+/// use tower::ServiceBuilder;
+/// use tower_sessions::SessionManagerLayer;
+/// use tower_sessions_controller::{stores::RedisStore, SessionControllerLayer};
+///
+/// # async fn app() -> Result<Router, fred::error::Error> {
+/// let pool = Pool::new(Config::from_url("redis://127.0.0.1:6379")?, None, None, None, 4)?;
+/// pool.init().await?;
+///
+/// let app: Router = Router::new().layer(
+///     ServiceBuilder::new()
+///         .layer(SessionManagerLayer::new(RedisStore::new(pool)))
+///         .layer(SessionControllerLayer::new()),
+/// );
+/// # Ok(app)
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore<C> {
+    client: C,
+}
+
+impl<C> RedisStore<C> {
+    /// A store on `client`, which should be connected (fred's `init`, or `connect` and
+    /// `wait_for_connect`).
+    pub fn new(client: C) -> Self {
+        Self { client }
+    }
+
+    /// The client the store uses.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+}
+
+impl<C: fmt::Debug> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("client", &self.client)
+            .finish()
+    }
+}
+
+/// A Redis failure as a store error: what failed and fred's description (its kind and Redis'
+/// message, never the connection's URL or password).
+fn backend(what: &str, err: &fred::error::Error) -> session_store::Error {
+    session_store::Error::Backend(format!(
+        "Redis {what} failed: {:?}: {}",
+        err.kind(),
+        err.details()
+    ))
+}
+
+/// The record's encoding, as tower-sessions-redis-store writes it.
+fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
+}
+
+/// The record stored as `bytes` under `key`, with its token; `None`, logged, if it cannot be
+/// decoded: it reads as no session, as tower-sessions' stores read an unreadable record.
+fn decode(key: &str, bytes: &[u8]) -> Option<(Record, String)> {
+    match rmp_serde::from_slice::<Record>(bytes) {
+        Ok(record) => Some((record, hex(bytes))),
+        Err(err) => {
+            tracing::warn!(
+                session = key,
+                error = %err,
+                "a session record in Redis cannot be decoded: read as no session"
+            );
+            None
+        }
+    }
+}
+
+/// The key's expiry for `record`: its expiry date in whole Unix seconds, at least 1 (Redis
+/// refuses 0 and less; a record that old has expired anyway, and Redis removes it at once).
+fn expire_at(record: &Record) -> i64 {
+    record.expiry_date.unix_timestamp().max(1)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    out
+}
+
+/// The bytes `token` names, `None` if it is not an even run of hex digits.
+fn unhex(token: &str) -> Option<Vec<u8>> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let token = token.as_bytes();
+    if token.len() % 2 != 0 {
+        return None;
+    }
+    token
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+impl<C> RedisStore<C>
+where
+    C: KeysInterface + LuaInterface + Send + Sync,
+{
+    /// Runs the compare-and-set script: by its SHA-1, or whole when the server does not know it
+    /// yet (which also makes the server keep it).
+    async fn run_replace(&self, key: &str, args: Vec<Value>) -> session_store::Result<Value> {
+        match self
+            .client
+            .evalsha::<Value, _, _, _>(REPLACE_SCRIPT_SHA1, key, args.clone())
+            .await
+        {
+            Err(err) if err.details().starts_with("NOSCRIPT") => self
+                .client
+                .eval::<Value, _, _, _>(REPLACE_SCRIPT, key, args)
+                .await
+                .map_err(|err| backend("EVAL", &err)),
+            result => result.map_err(|err| backend("EVALSHA", &err)),
+        }
+    }
+}
+
+#[async_trait]
+impl<C> CompareAndSet for RedisStore<C>
+where
+    C: KeysInterface + LuaInterface + Send + Sync,
+{
+    async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
+        let key = id.to_string();
+        let bytes: Option<Vec<u8>> = self
+            .client
+            .get(key.as_str())
+            .await
+            .map_err(|err| backend("GET", &err))?;
+        Ok(bytes.and_then(|bytes| decode(&key, &bytes)))
+    }
+
+    async fn replace(
+        &self,
+        record: &Record,
+        seen: Option<&str>,
+    ) -> session_store::Result<Replaced> {
+        let key = record.id.to_string();
+        let value = encode(record)?;
+        let Some(seen) = seen else {
+            let _: Value = self
+                .client
+                .set(
+                    key.as_str(),
+                    value.as_slice(),
+                    Some(Expiration::EXAT(expire_at(record))),
+                    None,
+                    false,
+                )
+                .await
+                .map_err(|err| backend("SET", &err))?;
+            return Ok(Replaced::Done);
+        };
+        // A token is always one this store made; one that is not hex matches no stored value,
+        // so the save goes on with the latest record and its true token.
+        let seen = unhex(seen).unwrap_or_default();
+        let args = vec![
+            Value::from(seen.as_slice()),
+            Value::from(value.as_slice()),
+            Value::from(expire_at(record)),
+        ];
+        match self.run_replace(&key, args).await? {
+            Value::Integer(1) => Ok(Replaced::Done),
+            Value::Null => Ok(Replaced::Changed(None)),
+            latest => match latest.as_bytes() {
+                // An undecodable latest record counts as none: the session is not written back
+                // over it.
+                Some(bytes) => Ok(Replaced::Changed(decode(&key, bytes))),
+                None => Err(session_store::Error::Backend(format!(
+                    "Redis compare-and-set answered an unexpected {}",
+                    latest.kind()
+                ))),
+            },
+        }
+    }
+
+    async fn insert(&self, record: &Record) -> session_store::Result<bool> {
+        let value = encode(record)?;
+        let stored: Value = self
+            .client
+            .set(
+                record.id.to_string(),
+                value.as_slice(),
+                Some(Expiration::EXAT(expire_at(record))),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await
+            .map_err(|err| backend("SET NX", &err))?;
+        Ok(!stored.is_null())
+    }
+}
+
+#[async_trait]
+impl<C> SessionStore for RedisStore<C>
+where
+    C: KeysInterface + LuaInterface + Clone + fmt::Debug + Send + Sync + 'static,
+{
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        super::create(self, record).await
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        super::save(self, record).await
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        super::load(self, id).await
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        let _: Value = self
+            .client
+            .del(id.to_string())
+            .await
+            .map_err(|err| backend("DEL", &err))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SHA-1 (FIPS 180-4), for the test below only.
+    fn sha1(message: &[u8]) -> String {
+        let mut h: [u32; 5] = [
+            0x6745_2301,
+            0xefcd_ab89,
+            0x98ba_dcfe,
+            0x1032_5476,
+            0xc3d2_e1f0,
+        ];
+        let mut padded = message.to_vec();
+        padded.push(0x80);
+        while padded.len() % 64 != 56 {
+            padded.push(0);
+        }
+        padded.extend_from_slice(&(message.len() as u64 * 8).to_be_bytes());
+        for block in padded.chunks_exact(64) {
+            let mut w = [0u32; 80];
+            for (i, word) in block.chunks_exact(4).enumerate() {
+                w[i] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+            }
+            for i in 16..80 {
+                w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotate_left(1);
+            }
+            let [mut a, mut b, mut c, mut d, mut e] = h;
+            for (i, word) in w.iter().enumerate() {
+                let (f, k) = match i {
+                    0..=19 => ((b & c) | (!b & d), 0x5a82_7999),
+                    20..=39 => (b ^ c ^ d, 0x6ed9_eba1),
+                    40..=59 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
+                    _ => (b ^ c ^ d, 0xca62_c1d6),
+                };
+                let t = a
+                    .rotate_left(5)
+                    .wrapping_add(f)
+                    .wrapping_add(e)
+                    .wrapping_add(k)
+                    .wrapping_add(*word);
+                (e, d, c, b, a) = (d, c, b.rotate_left(30), a, t);
+            }
+            for (state, value) in h.iter_mut().zip([a, b, c, d, e]) {
+                *state = state.wrapping_add(value);
+            }
+        }
+        h.iter().map(|word| format!("{word:08x}")).collect()
+    }
+
+    #[test]
+    fn the_scripts_name_is_its_sha1() {
+        assert_eq!(sha1(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
+        assert_eq!(sha1(REPLACE_SCRIPT.as_bytes()), REPLACE_SCRIPT_SHA1);
+    }
+
+    #[test]
+    fn tokens_are_the_bytes_in_hex_and_back() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let token = hex(&bytes);
+        assert_eq!(&token[..8], "00010203");
+        assert_eq!(unhex(&token), Some(bytes));
+        assert_eq!(unhex(""), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_token_that_is_not_hex_names_nothing() {
+        assert_eq!(unhex("abc"), None);
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("AB"), None);
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_decoded_reads_as_none() {
+        assert!(decode("k", b"\xc1not messagepack").is_none());
+        assert!(decode("k", b"").is_none());
+    }
+
+    #[test]
+    fn the_expiry_is_in_whole_seconds_and_never_below_one() {
+        let mut record = Record {
+            id: Id::default(),
+            data: Default::default(),
+            expiry_date: time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+                + time::Duration::milliseconds(900),
+        };
+        assert_eq!(expire_at(&record), 1_800_000_000);
+        record.expiry_date = time::OffsetDateTime::UNIX_EPOCH - time::Duration::days(1);
+        assert_eq!(expire_at(&record), 1);
+    }
+}

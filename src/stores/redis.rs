@@ -228,20 +228,16 @@ where
         Ok(bytes.and_then(|bytes| decode(&key, &bytes)))
     }
 
-    async fn replace(
-        &self,
-        record: &Record,
-        seen: Option<&str>,
-    ) -> session_store::Result<Replaced> {
+    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced> {
         let key = record.id.to_string();
-        let value = encode(record)?;
+        let value = encode(&record)?;
         let Some(seen) = seen else {
             let _: Value = self
                 .client
                 .set(
                     key.as_str(),
                     value.as_slice(),
-                    Some(Expiration::EXAT(expire_at(record))),
+                    Some(Expiration::EXAT(expire_at(&record))),
                     None,
                     false,
                 )
@@ -255,7 +251,7 @@ where
         let args = vec![
             Value::from(seen.as_slice()),
             Value::from(value.as_slice()),
-            Value::from(expire_at(record)),
+            Value::from(expire_at(&record)),
         ];
         match self.run_replace(&key, args).await? {
             Value::Integer(1) => Ok(Replaced::Done),
@@ -279,7 +275,7 @@ where
             .set(
                 record.id.to_string(),
                 value.as_slice(),
-                Some(Expiration::EXAT(expire_at(record))),
+                Some(Expiration::EXAT(expire_at(&record))),
                 Some(SetOptions::NX),
                 false,
             )

@@ -89,6 +89,7 @@ enum Res {
     ReservedKey,
     InvalidExpiry,
     OverBudget,
+    TooDeep,
 }
 
 /// What the handler saw and left. Handed over beside the HTTP response rather than in its body:
@@ -410,6 +411,7 @@ fn result(result: Result<(), Error>) -> Res {
         Err(Error::ReservedKey { .. }) => Res::ReservedKey,
         Err(Error::InvalidExpiry { .. }) => Res::InvalidExpiry,
         Err(Error::OverBudget { .. }) => Res::OverBudget,
+        Err(Error::TooDeep { .. }) => Res::TooDeep,
         Err(err) => panic!("unexpected error: {err}"),
     }
 }
@@ -549,7 +551,8 @@ mod rules {
     use serde_json::{Map, Value};
     use time::Duration;
     use tower_sessions_controller::{
-        ExpiryPolicy, Lifetime, DEFAULT_BUDGET, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY,
+        ExpiryPolicy, Lifetime, DEFAULT_BUDGET, DEFAULT_MAX_DEPTH, HOPS_KEY, LIFETIMES_KEY,
+        STAMP_KEY,
     };
 
     use super::{seconds, Op, Res, NOW};
@@ -583,6 +586,25 @@ mod rules {
         pub stamp: Option<f64>,
         pub hops: Option<u32>,
         pub lifetimes: BTreeMap<String, Life>,
+    }
+
+    /// How many levels of arrays and objects `value` nests (`[1]` is one level).
+    fn depth(value: &Value) -> usize {
+        let mut deepest = 0;
+        let mut pending = vec![(value, 0)];
+        while let Some((value, depth)) = pending.pop() {
+            let inner: Vec<&Value> = match value {
+                Value::Array(items) => items.iter().collect(),
+                Value::Object(map) => map.values().collect(),
+                _ => {
+                    deepest = deepest.max(depth);
+                    continue;
+                }
+            };
+            deepest = deepest.max(depth + 1);
+            pending.extend(inner.into_iter().map(|inner| (inner, depth + 1)));
+        }
+        deepest
     }
 
     /// An instant: a number of seconds within the calendar.
@@ -809,6 +831,10 @@ mod rules {
         }
 
         fn insert(&mut self, key: &str, value: &Value) -> Res {
+            // The layer's depth limit comes before the budget, and refuses without a change.
+            if depth(value) > DEFAULT_MAX_DEPTH {
+                return Res::TooDeep;
+            }
             let mut data = self.ns.data.clone();
             data.insert(key.to_owned(), value.clone());
             let size = serde_json::to_vec(&data)

@@ -588,6 +588,12 @@ mod rules {
         pub lifetimes: BTreeMap<String, Life>,
     }
 
+    /// Whether user data of `size` bytes, with its bookkeeping, may be over the budget: the
+    /// bookkeeping of a namespace is a few dozen bytes per key with a lifetime.
+    fn near_budget(size: usize) -> bool {
+        size + 64 * 1024 > DEFAULT_BUDGET
+    }
+
     /// How many levels of arrays and objects `value` nests (`[1]` is one level).
     fn depth(value: &Value) -> usize {
         let mut deepest = 0;
@@ -807,6 +813,9 @@ mod rules {
         dirty: bool,
         /// Written under an instant that had passed: the flush stores nothing.
         past: bool,
+        /// A write came near the budget, where the bytes of the bookkeeping (stamp, hops, key
+        /// lifetimes), which the budget counts too, decide: either outcome is allowed.
+        near_budget: bool,
     }
 
     impl Model {
@@ -843,6 +852,7 @@ mod rules {
             if size > DEFAULT_BUDGET {
                 return Res::OverBudget;
             }
+            self.near_budget |= near_budget(size);
             self.ns.data = data;
             self.write();
             Res::Done
@@ -850,6 +860,13 @@ mod rules {
 
         /// A lifetime belongs to the key, held or not; it does not move the stamp.
         fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Res {
+            // The lifetime of a held key is stored, and counts against the budget.
+            if self.ns.data.contains_key(key) {
+                let size = serde_json::to_vec(&self.ns.data)
+                    .expect("JSON values serialize")
+                    .len();
+                self.near_budget |= near_budget(size);
+            }
             let life = match lifetime {
                 Lifetime::For(d) if !d.is_positive() => return Res::InvalidExpiry,
                 Lifetime::For(d) => Life::Until(after(d)),
@@ -924,6 +941,7 @@ mod rules {
             policy,
             dirty: opened.dirty,
             past: false,
+            near_budget: false,
         };
         let data = model.ns.data.clone();
         // Sliding on access: opening a namespace that holds something stamps it.
@@ -935,6 +953,9 @@ mod rules {
             }
         }
         let results = ops.iter().map(|op| model.apply(op)).collect();
+        if model.near_budget {
+            return None;
+        }
         let flushed = model.flush(opened.stored);
         let (after, or) = match (model.dirty, opened.ghosts) {
             (true, _) => (flushed, None),

@@ -12,7 +12,8 @@
 # sanitizer, -malloc_limit_mb): going past it is reported as a crash. See fuzz/README.md.
 # New corpus entries go to fuzz/target/corpus/<target> (not committed); the committed seeds in
 # fuzz/corpus/<target> are only read. A crash leaves its input in fuzz/artifacts/<target>/ and
-# the command to replay it in the log named in the summary. Exits 1 if any target crashed.
+# the command to replay it in the log named in the summary. A target's dictionary, if any, is
+# fuzz/<target>.dict. Exits 1 if any target crashed.
 set -euo pipefail
 
 seconds=${1:-60}
@@ -46,9 +47,13 @@ for target in "${targets[@]}"; do
     before=$(find "artifacts/$target" -type f | wc -l)
     echo "== $target: $seconds s (log: fuzz/$log)"
     status=0
+    dict=()
+    if [ -f "$target.dict" ]; then
+        dict=(-dict="$PWD/$target.dict")
+    fi
     cargo fuzz run --sanitizer "$sanitizer" "$target" "$scratch" "corpus/$target" -- \
         -max_total_time="$seconds" -print_final_stats=1 -rss_limit_mb=2048 \
-        -malloc_limit_mb=1024 >"$log" 2>&1 || status=$?
+        -malloc_limit_mb=1024 "${dict[@]}" >"$log" 2>&1 || status=$?
     after=$(find "artifacts/$target" -type f | wc -l)
     crashes=$((after - before))
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

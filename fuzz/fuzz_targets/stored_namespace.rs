@@ -89,6 +89,7 @@ enum Res {
     ReservedKey,
     InvalidExpiry,
     OverBudget,
+    TooDeep,
 }
 
 /// What the handler saw and left. Handed over beside the HTTP response rather than in its body:
@@ -410,6 +411,7 @@ fn result(result: Result<(), Error>) -> Res {
         Err(Error::ReservedKey { .. }) => Res::ReservedKey,
         Err(Error::InvalidExpiry { .. }) => Res::InvalidExpiry,
         Err(Error::OverBudget { .. }) => Res::OverBudget,
+        Err(Error::TooDeep { .. }) => Res::TooDeep,
         Err(err) => panic!("unexpected error: {err}"),
     }
 }
@@ -549,7 +551,8 @@ mod rules {
     use serde_json::{Map, Value};
     use time::Duration;
     use tower_sessions_controller::{
-        ExpiryPolicy, Lifetime, DEFAULT_BUDGET, HOPS_KEY, LIFETIMES_KEY, STAMP_KEY,
+        ExpiryPolicy, Lifetime, DEFAULT_BUDGET, DEFAULT_MAX_DEPTH, HOPS_KEY, LIFETIMES_KEY,
+        STAMP_KEY,
     };
 
     use super::{seconds, Op, Res, NOW};
@@ -583,6 +586,31 @@ mod rules {
         pub stamp: Option<f64>,
         pub hops: Option<u32>,
         pub lifetimes: BTreeMap<String, Life>,
+    }
+
+    /// Whether user data of `size` bytes, with its bookkeeping, may be over the budget: the
+    /// bookkeeping of a namespace is a few dozen bytes per key with a lifetime.
+    fn near_budget(size: usize) -> bool {
+        size + 64 * 1024 > DEFAULT_BUDGET
+    }
+
+    /// How many levels of arrays and objects `value` nests (`[1]` is one level).
+    fn depth(value: &Value) -> usize {
+        let mut deepest = 0;
+        let mut pending = vec![(value, 0)];
+        while let Some((value, depth)) = pending.pop() {
+            let inner: Vec<&Value> = match value {
+                Value::Array(items) => items.iter().collect(),
+                Value::Object(map) => map.values().collect(),
+                _ => {
+                    deepest = deepest.max(depth);
+                    continue;
+                }
+            };
+            deepest = deepest.max(depth + 1);
+            pending.extend(inner.into_iter().map(|inner| (inner, depth + 1)));
+        }
+        deepest
     }
 
     /// An instant: a number of seconds within the calendar.
@@ -785,6 +813,9 @@ mod rules {
         dirty: bool,
         /// Written under an instant that had passed: the flush stores nothing.
         past: bool,
+        /// A write came near the budget, where the bytes of the bookkeeping (stamp, hops, key
+        /// lifetimes), which the budget counts too, decide: either outcome is allowed.
+        near_budget: bool,
     }
 
     impl Model {
@@ -809,6 +840,10 @@ mod rules {
         }
 
         fn insert(&mut self, key: &str, value: &Value) -> Res {
+            // The layer's depth limit comes before the budget, and refuses without a change.
+            if depth(value) > DEFAULT_MAX_DEPTH {
+                return Res::TooDeep;
+            }
             let mut data = self.ns.data.clone();
             data.insert(key.to_owned(), value.clone());
             let size = serde_json::to_vec(&data)
@@ -817,6 +852,7 @@ mod rules {
             if size > DEFAULT_BUDGET {
                 return Res::OverBudget;
             }
+            self.near_budget |= near_budget(size);
             self.ns.data = data;
             self.write();
             Res::Done
@@ -824,6 +860,13 @@ mod rules {
 
         /// A lifetime belongs to the key, held or not; it does not move the stamp.
         fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Res {
+            // The lifetime of a held key is stored, and counts against the budget.
+            if self.ns.data.contains_key(key) {
+                let size = serde_json::to_vec(&self.ns.data)
+                    .expect("JSON values serialize")
+                    .len();
+                self.near_budget |= near_budget(size);
+            }
             let life = match lifetime {
                 Lifetime::For(d) if !d.is_positive() => return Res::InvalidExpiry,
                 Lifetime::For(d) => Life::Until(after(d)),
@@ -898,6 +941,7 @@ mod rules {
             policy,
             dirty: opened.dirty,
             past: false,
+            near_budget: false,
         };
         let data = model.ns.data.clone();
         // Sliding on access: opening a namespace that holds something stamps it.
@@ -909,6 +953,9 @@ mod rules {
             }
         }
         let results = ops.iter().map(|op| model.apply(op)).collect();
+        if model.near_budget {
+            return None;
+        }
         let flushed = model.flush(opened.stored);
         let (after, or) = match (model.dirty, opened.ghosts) {
             (true, _) => (flushed, None),

@@ -462,6 +462,10 @@ impl SessionController {
     ///
     /// - [`Error::ReservedKey`] for the reserved keys.
     /// - [`Error::InvalidExpiry`] for a duration that is zero or negative.
+    /// - [`Error::OverBudget`] if the lifetime, stored with the namespace, would take it past
+    ///   its [budget](Self::budget).
+    ///
+    /// On error nothing changes.
     pub fn set_lifetime(&mut self, key: &str, lifetime: Lifetime) -> Result<(), Error> {
         if stored::is_reserved(key) {
             return Err(Error::ReservedKey {

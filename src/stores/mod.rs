@@ -12,10 +12,28 @@
 //! an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
+//! - [`PostgresStore`] (feature `postgres`): in a PostgreSQL table, the one of
+//!   tower-sessions-sqlx-store's `PostgresStore`.
+//! - [`SqliteStore`] (feature `sqlite`): in a SQLite table, the one of
+//!   tower-sessions-sqlx-store's `SqliteStore`.
+//!
+//! The SQL stores compare the stored bytes of the record: a save is one `update ... where data =
+//! <the bytes the load read>`, so they need no column beyond tower-sessions-sqlx-store's and an
+//! app switches to them keeping its sessions (the `sql` module's source tells more).
 
 mod memory;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
 
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use sql::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteStore;
+/// The sqlx this crate's SQL stores are built on (0.8), for their pools:
+/// `stores::sqlx::PgPool`, `stores::sqlx::SqlitePool`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sqlx;
 
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};

@@ -35,6 +35,11 @@ pub use sql::SqliteStore;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sqlx;
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+};
+
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store;
@@ -42,7 +47,8 @@ use tower_sessions::session_store;
 use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
-/// another request of the same session saved in between.
+/// another request of the same session saved in between (in another instance: within one, saves
+/// of a session take turns).
 const MAX_ATTEMPTS: usize = 16;
 
 /// What a store that saves by compare-and-set provides; [`load`], [`save`] and [`create`] make a
@@ -85,6 +91,10 @@ pub(crate) async fn load<S: CompareAndSet>(
 
 /// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
 /// try for each save that came first.
+///
+/// Saves of one session in this process take turns (the compare-and-set still decides): a save
+/// then competes only with other instances' saves, never with a crowd of its own instance's,
+/// which could otherwise keep coming first until it gives up.
 pub(crate) async fn save<S: CompareAndSet>(
     store: &S,
     record: &Record,
@@ -92,6 +102,7 @@ pub(crate) async fn save<S: CompareAndSet>(
     let merge::Prepared::Save(ours) = merge::prepare(record) else {
         return Ok(());
     };
+    let _turn = Turn::take(ours.id).await;
     let mut seen = merge::seen(&ours);
     let mut next = merge::as_stored(&ours);
     for _ in 0..MAX_ATTEMPTS {
@@ -117,6 +128,46 @@ pub(crate) async fn save<S: CompareAndSet>(
     Err(session_store::Error::Backend(
         "too many concurrent saves of this session".into(),
     ))
+}
+
+/// A session's turn to save in this process, held while one save runs; released on drop.
+struct Turn {
+    id: Id,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// The turn of each session a save of this process holds or waits for.
+fn turns() -> MutexGuard<'static, HashMap<Id, Arc<tokio::sync::Mutex<()>>>> {
+    static TURNS: OnceLock<Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    TURNS
+        .get_or_init(Mutex::default)
+        .lock()
+        // Every change to the map is one statement: a poisoned lock holds nothing half-done.
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Turn {
+    async fn take(id: Id) -> Self {
+        let mutex = Arc::clone(turns().entry(id).or_default());
+        let guard = Arc::clone(&mutex).lock_owned().await;
+        Self {
+            id,
+            mutex,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut turns = turns();
+        // Nobody else holds or waits for it: the map's and ours are the only references.
+        if Arc::strong_count(&self.mutex) == 2 {
+            turns.remove(&self.id);
+        }
+    }
 }
 
 /// A new session (or one whose id was just cycled): stored under a fresh id if its id is taken.

@@ -150,7 +150,12 @@ fn app<S: SessionStore + Clone>(store: S) -> Router {
 }
 
 /// One request; the status and the `id=...` cookie it set, if any.
-async fn send(router: &Router, cookie: Option<&str>, method: Method, uri: &str) -> (StatusCode, Option<String>) {
+async fn send(
+    router: &Router,
+    cookie: Option<&str>,
+    method: Method,
+    uri: &str,
+) -> (StatusCode, Option<String>) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, cookie);
@@ -347,7 +352,13 @@ async fn overlapping(db: &Db, contender: Contender) -> (usize, usize, usize, f64
                         .is_none()
                 })
                 .count();
-            (ok.len(), WRITES - ok.len(), lost, wall, sent as f64 / WRITES as f64)
+            (
+                ok.len(),
+                WRITES - ok.len(),
+                lost,
+                wall,
+                sent as f64 / WRITES as f64,
+            )
         })
     });
     pool_a.close().await;
@@ -386,7 +397,10 @@ async fn clean(db: &Db) {
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else is read from the command line.
     let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture));
-    let rounds: usize = env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3);
+    let rounds: usize = env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let url = env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
 

@@ -31,7 +31,11 @@ async fn records_cross_both_ways(db: Db) {
 
     let mut written = record("bob");
     ours.create(&mut written).await.expect("create");
-    let loaded = theirs.load(&written.id).await.expect("load").expect("found");
+    let loaded = theirs
+        .load(&written.id)
+        .await
+        .expect("load")
+        .expect("found");
     assert_eq!(loaded.data["user"], json!("bob"));
     assert_eq!(loaded.expiry_date, written.expiry_date);
     assert_eq!(db.ids().await.len(), 2);
@@ -47,7 +51,11 @@ async fn an_app_switches_and_its_visitors_stay(db: Db) {
     visitor.post(&before, "/ns/cart/apple/1").await.assert_ok();
     let id = id_of(&visitor);
     let reply = visitor.get(&after, "/ns/cart").await;
-    assert_eq!(reply.json(), json!({ "apple": "1" }), "the old store's session");
+    assert_eq!(
+        reply.json(),
+        json!({ "apple": "1" }),
+        "the old store's session"
+    );
     visitor.post(&after, "/ns/cart/pear/2").await.assert_ok();
     assert_eq!(id_of(&visitor), id, "the same session");
 
@@ -56,11 +64,17 @@ async fn an_app_switches_and_its_visitors_stay(db: Db) {
     assert_eq!(reply.json(), json!({ "apple": "1", "pear": "2" }));
     visitor.post(&before, "/ns/cart/plum/3").await.assert_ok();
     let reply = visitor.get(&after, "/ns/cart").await;
-    assert_eq!(reply.json(), json!({ "apple": "1", "pear": "2", "plum": "3" }));
+    assert_eq!(
+        reply.json(),
+        json!({ "apple": "1", "pear": "2", "plum": "3" })
+    );
     assert_eq!(id_of(&visitor), id);
     let stored = db.record(&id).await.expect("one row");
     assert_eq!(keys(&stored.data["cart"]), ["apple", "pear", "plum"]);
     assert_eq!(db.ids().await, [id.to_string()]);
 }
 
-on_both!(records_cross_both_ways, an_app_switches_and_its_visitors_stay);
+on_both!(
+    records_cross_both_ways,
+    an_app_switches_and_its_visitors_stay
+);

@@ -52,7 +52,10 @@ async fn a_session_expiring_during_a_write_is_not_written_back(db: Db) {
     assert_eq!(reply.status, StatusCode::CONFLICT, "{reply:?}");
     // The ended session's row may be deleted with its cookie; it is never written.
     let now = db.data(&id).await;
-    assert!(now.is_none() || now == expired, "the expired row was written");
+    assert!(
+        now.is_none() || now == expired,
+        "the expired row was written"
+    );
 }
 
 /// `delete_expired` removes the expired rows, whoever wrote them, and only them.

@@ -31,8 +31,15 @@ const KINDS: [(&str, Method, &str, bool); 4] = [
 
 /// A failed request: `500`, and nothing of the store's error in the body.
 fn assert_clear_failure(reply: &Reply, what: &str) {
-    assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR, "{what}: {reply:?}");
-    assert!(!reply.body.contains(SECRET), "{what}: the store's message: {reply:?}");
+    assert_eq!(
+        reply.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "{what}: {reply:?}"
+    );
+    assert!(
+        !reply.body.contains(SECRET),
+        "{what}: the store's message: {reply:?}"
+    );
     assert!(!reply.body.contains("injected"), "{what}: {reply:?}");
 }
 
@@ -166,7 +173,10 @@ async fn every_third_save_failing(db: Db) {
         if *status == StatusCode::OK {
             assert_eq!(value, &json!(i.to_string()), "write {i} answered 200");
         } else {
-            assert!(value.is_null() || value == &json!(i.to_string()), "write {i}");
+            assert!(
+                value.is_null() || value == &json!(i.to_string()),
+                "write {i}"
+            );
         }
     }
     assert!(
@@ -195,7 +205,10 @@ async fn the_database_gone(db: Db) {
         .expect_err("a closed pool");
     let message = err.to_string();
     assert!(message.contains("session store: load failed"), "{message}");
-    assert!(!message.contains("postgres://") && !message.contains(".db"), "{message}");
+    assert!(
+        !message.contains("postgres://") && !message.contains(".db"),
+        "{message}"
+    );
 }
 
 on_both!(

@@ -30,7 +30,11 @@ pub async fn overlapping_writes<S: SessionStore>(
             let mut visitor = Visitor {
                 cookie: cookie.clone(),
             };
-            async move { visitor.post(router, &format!("/ns/n{}/k{i}/{i}", i % 4)).await }
+            async move {
+                visitor
+                    .post(router, &format!("/ns/n{}/k{i}/{i}", i % 4))
+                    .await
+            }
         })
         .buffer_unordered(IN_FLIGHT)
         .collect()
@@ -79,7 +83,10 @@ async fn overlapping_writes_lose_nothing(db: Db) {
     let mut visitor = Visitor::default();
     visitor.post(&a, "/ns/seed/k/v").await.assert_ok();
     let (_, stored) = overlapping_writes(&a, &b, &visitor, &legacy).await;
-    assert!(stored < 240, "tower-sessions-sqlx-store lost none: the writes did not overlap");
+    assert!(
+        stored < 240,
+        "tower-sessions-sqlx-store lost none: the writes did not overlap"
+    );
 }
 
 /// A visitor with a session holding `cart.a`, on `a`.
@@ -93,8 +100,7 @@ async fn signed_in(a: &Router) -> Visitor {
 async fn slow_write(b: &Router, visitor: &Visitor, gate: &Gate) -> tokio::task::JoinHandle<Reply> {
     let router = b.clone();
     let mut racer = visitor.clone();
-    let handle =
-        tokio::spawn(async move { racer.post(&router, "/slow/cart/late/2").await });
+    let handle = tokio::spawn(async move { racer.post(&router, "/slow/cart/late/2").await });
     gate.wait_loaded().await;
     handle
 }

@@ -26,7 +26,10 @@ static ERRORS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// The events logged at `ERROR` so far in this run (by any test: for failure messages).
 pub fn errors() -> Vec<String> {
-    ERRORS.lock().unwrap_or_else(|poison| poison.into_inner()).clone()
+    ERRORS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .clone()
 }
 
 struct Capture;
@@ -40,7 +43,9 @@ impl<S: Subscriber> Layer<S> for Capture {
         let mut text = String::new();
         event.record(&mut Fields(&mut text));
         let log = if errors { &ERRORS } else { &LOG };
-        log.lock().unwrap_or_else(|poison| poison.into_inner()).push(text);
+        log.lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(text);
     }
 }
 
@@ -61,7 +66,8 @@ pub fn install() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // A test binary of its own: nobody else sets the global subscriber.
-        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture));
+        let _ =
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Capture));
     });
 }
 
@@ -92,7 +98,9 @@ async fn statements_per_request(db: Db) {
     take(&db, &pool).await;
 
     let mut visitor = Visitor::default();
-    visitor.ok(&router, axum::http::Method::POST, "/ns/cart/a/1").await;
+    visitor
+        .ok(&router, axum::http::Method::POST, "/ns/cart/a/1")
+        .await;
     let first = take(&db, &pool).await;
     assert_eq!(first.len(), 1, "a new visitor's first write: {first:#?}");
     assert!(first[0].contains("insert into"), "{first:#?}");
@@ -114,7 +122,11 @@ async fn statements_per_request(db: Db) {
     let reply = anonymous.get(&router, "/ns/cart").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json(), json!({}));
-    assert_eq!(take(&db, &pool).await, Vec::<String>::new(), "an anonymous read");
+    assert_eq!(
+        take(&db, &pool).await,
+        Vec::<String>::new(),
+        "an anonymous read"
+    );
 }
 
 on_both!(statements_per_request);

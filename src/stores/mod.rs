@@ -8,8 +8,9 @@
 //! the one round trip tower-sessions' own stores spend on a save. When somebody did, the store
 //! answers with the latest record instead of writing, the save merges its request's operations
 //! into it (as [`MergingStore`](crate::MergingStore) does) and tries again; after a bounded number
-//! of tries it fails with a clear error. A session that is gone when its request saves (a logout,
-//! an id cycled at login, an expiry) is never written back.
+//! of tries it fails with a clear error. Within one process, the saves of one session take turns,
+//! so a save only ever competes with other instances' saves. A session that is gone when its
+//! request saves (a logout, an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
 //! - [`PostgresStore`] (feature `postgres`): in a PostgreSQL table, the one of
@@ -297,6 +298,39 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.replaces.load(Ordering::SeqCst), MAX_ATTEMPTS);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_saves_in_one_process_take_turns_and_all_land() {
+        let store = Arc::new(Counted::default());
+        let mut new = record(json!({}));
+        create(&*store, &mut new).await.unwrap();
+        let loaded: Vec<Record> = loads(&store, new.id, 32).await;
+        let saves = loaded.into_iter().enumerate().map(|(n, mut record)| {
+            let store = Arc::clone(&store);
+            record.data.insert(format!("key{n}"), json!(n));
+            tokio::spawn(async move { save(&*store, &record).await })
+        });
+        for handle in saves.collect::<Vec<_>>() {
+            handle.await.unwrap().unwrap();
+        }
+
+        // Each save lost at most once: to the one before it in its turn.
+        assert!(store.replaces.load(Ordering::SeqCst) <= 2 * 32);
+        assert!(!turns().contains_key(&new.id), "the turn is released");
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        for n in 0..32 {
+            assert_eq!(stored.data[&format!("key{n}")], n, "{:?}", stored.data);
+        }
+    }
+
+    /// `count` loads of the record under `id`, one after the other.
+    async fn loads(store: &Counted, id: Id, count: usize) -> Vec<Record> {
+        let mut loaded = Vec::with_capacity(count);
+        for _ in 0..count {
+            loaded.push(load(store, &id).await.unwrap().expect("stored"));
+        }
+        loaded
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@
 //!
 //! The SQL stores compare the stored bytes of the record: a save is one `update ... where data =
 //! <the bytes the load read>`, so they need no column beyond tower-sessions-sqlx-store's and an
-//! app switches to them keeping its sessions (the `sql` module's source tells more).
+//! app switches to them keeping its sessions ([`PostgresStore`] and [`SqliteStore`] tell more).
 
 mod memory;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]

@@ -244,9 +244,16 @@ fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
     rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
 }
 
+/// How deep the values of a stored record may nest: far deeper than a namespace may be written
+/// (`DEFAULT_MAX_DEPTH`, 32, unless the layer sets more), and shallow enough that decoding a
+/// record stays far from the end of a thread's stack. A deeper record reads as no session.
+const MAX_DECODE_DEPTH: usize = 128;
+
 /// The record stored under `id` as `data`, or `None` (logged) if it cannot be decoded.
 fn decode(id: &Id, data: &[u8]) -> Option<Record> {
-    match rmp_serde::from_slice::<Record>(data) {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(data);
+    decoder.set_max_depth(MAX_DECODE_DEPTH);
+    match <Record as serde::Deserialize>::deserialize(&mut decoder) {
         Ok(mut record) => {
             // The row's id is the record's, whatever its value says.
             record.id = *id;
@@ -362,6 +369,35 @@ mod tests {
         for bad in ["0", "0g", "é0", "abc"] {
             assert_eq!(unhex(bad), None, "{bad}");
         }
+    }
+
+    /// A record whose value nests `depth` arrays, as bytes (no value that deep is built).
+    fn nested(depth: usize) -> Vec<u8> {
+        let record = Record {
+            id: Id::default(),
+            data: [("x".to_owned(), serde_json::Value::Null)]
+                .into_iter()
+                .collect(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        };
+        let bytes = encode(&record).expect("encodes");
+        let null = bytes
+            .windows(3)
+            .position(|window| window == [0xa1, b'x', 0xc0])
+            .expect("the key x and its null")
+            + 2;
+        let mut nested = bytes[..null].to_vec();
+        nested.extend(std::iter::repeat_n(0x91, depth));
+        nested.extend(&bytes[null..]);
+        nested
+    }
+
+    #[test]
+    fn deeply_nested_records_never_exhaust_the_stack() {
+        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH - 4)).is_some());
+        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH)).is_none());
+        // Past the decoder's depth limit: no session, no overflow.
+        assert!(decode(&Id::default(), &nested(100_000)).is_none());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Store failures under the SQL stores, with the fault schedules of `tests/faults.rs`
 //! (`faults/fault_store.rs` wraps the store): every store call of a request failed (before or
 //! after reaching the database) or delayed in turn, a store failing every call, every third save
-//! failing, and the database gone (its pool closed). A request answered `200` is stored; a
+//! failing, overlapping writes through two instances under random delays and failures, and the
+//! database gone (its pool closed). A request answered `200` is stored; a
 //! failure answers `500` without the store's message; no namespace is ever half written; the next
 //! request succeeds.
 
@@ -11,12 +12,13 @@ use axum::{
     http::{Method, StatusCode},
     Router,
 };
+use futures::{stream, StreamExt};
 use serde_json::{json, Value};
 use tower_sessions::SessionStore;
 
 use crate::{
     app,
-    fault_store::{Fault, FaultStore, Op, Pick, SECRET},
+    fault_store::{Fault, FaultStore, Jitter, Op, Pick, SECRET},
     id_of, keys, on_both, Db, Gate, Reply, Store, Visitor,
 };
 
@@ -211,7 +213,81 @@ async fn the_database_gone(db: Db) {
     );
 }
 
+/// Overlapping writes of one session through two instances, with random delays on every load
+/// and save and random failures of a tenth of them: every write answered `200` is stored, every
+/// other answered `500`.
+async fn overlapping_writes_under_faults(db: Db) {
+    let store = db.store().await;
+    let gate = Gate::default().into();
+    let (a_store, b_store) = (
+        FaultStore::new(store.clone()),
+        FaultStore::new(db.store().await),
+    );
+    let (a, b) = (app(a_store.clone(), &gate), app(b_store.clone(), &gate));
+    let visitor = visitor_of(&a, true).await;
+    for (seed, faulty) in [(7, &a_store), (11, &b_store)] {
+        for op in [Op::Load, Op::Save] {
+            faulty.jitter(op, Jitter { seed, max_ms: 3 });
+            faulty.set(
+                op,
+                Pick::Random {
+                    seed: seed + 1,
+                    per_mille: 100,
+                },
+                Fault::Fail,
+            );
+        }
+    }
+    let cookie = visitor.cookie.clone();
+    let replies: Vec<(usize, Reply)> = stream::iter(0..96)
+        .map(|i| {
+            let router = if i % 2 == 0 { &a } else { &b };
+            let mut visitor = Visitor {
+                cookie: cookie.clone(),
+            };
+            async move {
+                (
+                    i,
+                    visitor
+                        .post(router, &format!("/ns/n{}/k{i}/{i}", i % 4))
+                        .await,
+                )
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    a_store.heal();
+    b_store.heal();
+
+    let record = store
+        .load(&id_of(&visitor))
+        .await
+        .expect("load")
+        .expect("the session");
+    let mut failed = 0;
+    for (i, reply) in &replies {
+        let stored = &record
+            .data
+            .get(&format!("n{}", i % 4))
+            .map(|ns| ns[format!("k{i}")].clone());
+        if reply.status == StatusCode::OK {
+            assert_eq!(
+                stored,
+                &Some(json!(i.to_string())),
+                "write {i} answered 200"
+            );
+        } else {
+            assert_clear_failure(reply, &format!("write {i}"));
+            failed += 1;
+        }
+    }
+    assert!(failed > 0, "no fault was injected");
+    assert!(failed < replies.len(), "every write failed");
+}
+
 on_both!(
+    overlapping_writes_under_faults,
     every_store_call_faulted_in_turn,
     a_store_failing_every_call,
     every_third_save_failing,

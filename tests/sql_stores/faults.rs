@@ -2,9 +2,8 @@
 //! (`faults/fault_store.rs` wraps the store): every store call of a request failed (before or
 //! after reaching the database) or delayed in turn, a store failing every call, every third save
 //! failing, overlapping writes through two instances under random delays and failures, and the
-//! database gone (its pool closed). A request answered `200` is stored; a
-//! failure answers `500` without the store's message; no namespace is ever half written; the next
-//! request succeeds.
+//! database gone (its pool closed). A request answered `200` is stored; a failure answers `500`
+//! without the store's message; no namespace is ever half written; the next request succeeds.
 
 use std::time::Duration as StdDuration;
 

@@ -8,20 +8,45 @@
 //! the one round trip tower-sessions' own stores spend on a save. When somebody did, the store
 //! answers with the latest record instead of writing, the save merges its request's operations
 //! into it (as [`MergingStore`](crate::MergingStore) does) and tries again; after a bounded number
-//! of tries it fails with a clear error. A session that is gone when its request saves (a logout,
-//! an id cycled at login, an expiry) is never written back.
+//! of tries it fails with a clear error. Within one process, the saves of one session take turns,
+//! so a save only ever competes with other instances' saves. A session that is gone when its
+//! request saves (a logout, an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
-//! - `RedisStore`: in Redis, on a fred client (a pool, a client, a Redis Cluster), with the
-//!   records of tower-sessions-redis-store; cargo feature `redis`.
+//! - [`RedisStore`] (feature `redis`): in Redis, on a fred client (a pool, a client, a Redis
+//!   Cluster), with the records of tower-sessions-redis-store.
+//! - [`PostgresStore`] (feature `postgres`): in a PostgreSQL table, the one of
+//!   tower-sessions-sqlx-store's `PostgresStore`.
+//! - [`SqliteStore`] (feature `sqlite`): in a SQLite table, the one of
+//!   tower-sessions-sqlx-store's `SqliteStore`.
+//!
+//! Each compares what the load read: Redis in a Lua script, the SQL stores with `update ... where
+//! data = <the bytes the load read>`; so none needs a key or a column beyond those of
+//! tower-sessions' own store crates, and an app switches to them keeping its sessions
+//! ([`RedisStore`], [`PostgresStore`] and [`SqliteStore`] tell more).
 
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod sql;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisStore;
+#[cfg(feature = "postgres")]
+pub use sql::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sql::SqliteStore;
+/// The sqlx this crate's SQL stores are built on (0.8), for their pools:
+/// `stores::sqlx::PgPool`, `stores::sqlx::SqlitePool`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub use sqlx;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+};
 
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};
@@ -30,10 +55,10 @@ use tower_sessions::session_store;
 use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
-/// another request of the same session saved in between. Generous, as a try is cheap and fails
-/// only to another save that succeeded: with 16 requests of one session in flight on two
-/// instances, an unlucky save was seen losing more than 16 times in a row.
-const MAX_ATTEMPTS: usize = 64;
+/// another request of the same session saved in between (in another instance: within one, saves
+/// of a session take turns). Generous, as a try is cheap and fails only to another save that
+/// succeeded.
+const MAX_ATTEMPTS: usize = 32;
 
 /// What a store that saves by compare-and-set provides; [`load`], [`save`] and [`create`] make a
 /// `SessionStore` of it.
@@ -75,6 +100,10 @@ pub(crate) async fn load<S: CompareAndSet>(
 
 /// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
 /// try for each save that came first.
+///
+/// Saves of one session in this process take turns (the compare-and-set still decides): a save
+/// then competes only with other instances' saves, never with a crowd of its own instance's,
+/// which could otherwise keep coming first until it gives up.
 pub(crate) async fn save<S: CompareAndSet>(
     store: &S,
     record: &Record,
@@ -82,6 +111,7 @@ pub(crate) async fn save<S: CompareAndSet>(
     let merge::Prepared::Save(ours) = merge::prepare(record) else {
         return Ok(());
     };
+    let _turn = Turn::take(ours.id).await;
     let mut seen = merge::seen(&ours);
     let mut next = merge::as_stored(&ours);
     merge::check_session(&ours, &next).map_err(|refusal| merge::refused(&ours, refusal))?;
@@ -108,6 +138,46 @@ pub(crate) async fn save<S: CompareAndSet>(
     Err(session_store::Error::Backend(
         "too many concurrent saves of this session".into(),
     ))
+}
+
+/// A session's turn to save in this process, held while one save runs; released on drop.
+struct Turn {
+    id: Id,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// The turn of each session a save of this process holds or waits for.
+fn turns() -> MutexGuard<'static, HashMap<Id, Arc<tokio::sync::Mutex<()>>>> {
+    static TURNS: OnceLock<Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    TURNS
+        .get_or_init(Mutex::default)
+        .lock()
+        // Every change to the map is one statement: a poisoned lock holds nothing half-done.
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Turn {
+    async fn take(id: Id) -> Self {
+        let mutex = Arc::clone(turns().entry(id).or_default());
+        let guard = Arc::clone(&mutex).lock_owned().await;
+        Self {
+            id,
+            mutex,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut turns = turns();
+        // Nobody else holds or waits for it: the map's and ours are the only references.
+        if Arc::strong_count(&self.mutex) == 2 {
+            turns.remove(&self.id);
+        }
+    }
 }
 
 /// A new session (or one whose id was just cycled): stored under a fresh id if its id is taken.
@@ -237,6 +307,39 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.replaces.load(Ordering::SeqCst), MAX_ATTEMPTS);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_saves_in_one_process_take_turns_and_all_land() {
+        let store = Arc::new(Counted::default());
+        let mut new = record(json!({}));
+        create(&*store, &mut new).await.unwrap();
+        let loaded: Vec<Record> = loads(&store, new.id, 32).await;
+        let saves = loaded.into_iter().enumerate().map(|(n, mut record)| {
+            let store = Arc::clone(&store);
+            record.data.insert(format!("key{n}"), json!(n));
+            tokio::spawn(async move { save(&*store, &record).await })
+        });
+        for handle in saves.collect::<Vec<_>>() {
+            handle.await.unwrap().unwrap();
+        }
+
+        // Each save lost at most once: to the one before it in its turn.
+        assert!(store.replaces.load(Ordering::SeqCst) <= 2 * 32);
+        assert!(!turns().contains_key(&new.id), "the turn is released");
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        for n in 0..32 {
+            assert_eq!(stored.data[&format!("key{n}")], n, "{:?}", stored.data);
+        }
+    }
+
+    /// `count` loads of the record under `id`, one after the other.
+    async fn loads(store: &Counted, id: Id, count: usize) -> Vec<Record> {
+        let mut loaded = Vec::with_capacity(count);
+        for _ in 0..count {
+            loaded.push(load(store, &id).await.unwrap().expect("stored"));
+        }
+        loaded
     }
 
     #[tokio::test]

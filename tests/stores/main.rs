@@ -2,8 +2,8 @@
 //! `behaviour_suite!`, two app instances sharing one Redis or one PostgreSQL (`instances.rs`),
 //! and a stress harness of overlapping requests on one session (`stress.rs`).
 //!
-//! Stores: tower-sessions' `MemoryStore`; the crate's own `stores::MemoryStore` and
-//! `stores::RedisStore`; Redis at `REDIS_URL` (default
+//! Stores: tower-sessions' `MemoryStore`; the crate's own `stores::MemoryStore`,
+//! `stores::RedisStore`, `PostgresStore` and `SqliteStore` (`atomic_sql.rs`); Redis at `REDIS_URL` (default
 //! `redis://127.0.0.1:6379`); PostgreSQL at `DATABASE_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`); SQLite in a file under the system's temp dir; and
 //! `CachingSessionStore` (Moka in front of Redis).
@@ -16,6 +16,7 @@
 //! end), and every Redis record a test wrote (sessions, whose ids are random, and
 //! `MergingStore`'s locks) is deleted at the end by the ids the counting store saw written.
 
+mod atomic_sql;
 mod instances;
 mod stress;
 mod suite;
@@ -667,6 +668,8 @@ behaviour_suite!(redis, crate::redis);
 behaviour_suite!(atomic_redis, crate::atomic_redis);
 behaviour_suite!(postgres, crate::postgres);
 behaviour_suite!(sqlite, crate::sqlite);
+behaviour_suite!(atomic_postgres, crate::atomic_sql::atomic_postgres);
+behaviour_suite!(atomic_sqlite, crate::atomic_sql::atomic_sqlite);
 behaviour_suite!(cached_redis, crate::cached_redis);
 behaviour_suite!(merging_memory, crate::merging_memory);
 behaviour_suite!(merging_redis, crate::merging_redis);

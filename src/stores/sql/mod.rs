@@ -1,0 +1,415 @@
+//! The SQL stores: [`PostgresStore`] and [`SqliteStore`], on sqlx, in the tables of
+//! tower-sessions-sqlx-store.
+//!
+//! # Tables and encoding
+//!
+//! The same tables, made by the same `migrate` statements, as tower-sessions-sqlx-store 0.15
+//! makes: in PostgreSQL `"tower_sessions"."session"` (`id text primary key, data bytea,
+//! expiry_date timestamptz`), in SQLite `tower_sessions` (`id text primary key, data blob,
+//! expiry_date integer`, where sqlx stores the date as RFC 3339 text). `data` is the record
+//! encoded as MessagePack (`rmp_serde::to_vec`). An app that switches between these stores and
+//! tower-sessions-sqlx-store's keeps its visitors logged in, in both directions, with no change
+//! to the schema.
+//!
+//! # Compare-and-set without a version column
+//!
+//! A load remembers the bytes of `data` it read. A save is one statement that writes only if the
+//! row still holds them:
+//!
+//! ```sql
+//! update <table> set data = $new, expiry_date = $expiry
+//! where id = $id and data = $seen and expiry_date > $now
+//! ```
+//!
+//! One row changed: the save is done, in the one round trip a save of tower-sessions' own store
+//! costs. No row changed: another request saved the session meanwhile, or it ended (deleted,
+//! expired); one `select` of the live row gives the latest record, the save merges its request's
+//! operations into it and tries again (or, the session being gone, is refused and writes
+//! nothing). Comparing the whole value needs no new column (a version number would), and it is
+//! exact where a hash (PostgreSQL's `md5(data)`, absent from FIPS builds) is not: whatever wrote
+//! the row, this crate's store or tower-sessions-sqlx-store's, the comparison sees it. A value
+//! written back byte for byte as it was is the same record, so merging into it is merging into
+//! the latest. The cost is the loaded bytes sent back once per save, and kept (hex encoded) in
+//! the request's bookkeeping while it runs.
+//!
+//! A new session (or a cycled id) is one `insert ... on conflict (id) do update ... where` the
+//! row under the id has expired: it stores the record unless a live session holds the id, in
+//! one statement. A load is one `select` of the row if it has not expired. A record that cannot
+//! be decoded is logged (`warn`) and reads as no session: the visitor gets a new one.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+use time::OffsetDateTime;
+use tower_sessions::{
+    session::{Id, Record},
+    session_store,
+};
+
+use super::Replaced;
+
+/// What differs between the databases beyond sqlx's own types.
+pub(crate) trait Dialect: Database {
+    /// The number of rows a statement changed.
+    fn rows_affected(result: &Self::QueryResult) -> u64;
+
+    /// SQL: whether the expiry date in `column` is later than the instant bound at `param`.
+    fn later(column: &str, param: &str) -> String;
+}
+
+/// The statements of a store on one table.
+struct Statements {
+    fetch: String,
+    replace: String,
+    upsert: String,
+    insert: String,
+    delete: String,
+    delete_expired: String,
+}
+
+impl Statements {
+    /// The statements on `table`, a name ready to be written into SQL (quoted).
+    fn new<DB: Dialect>(table: &str) -> Self {
+        Self {
+            fetch: format!(
+                "select data from {table} where id = $1 and {}",
+                DB::later("expiry_date", "$2")
+            ),
+            replace: format!(
+                "update {table} set data = $2, expiry_date = $3 \
+                 where id = $1 and data = $4 and {}",
+                DB::later("expiry_date", "$5")
+            ),
+            upsert: format!(
+                "insert into {table} (id, data, expiry_date) values ($1, $2, $3) \
+                 on conflict (id) do update \
+                 set data = excluded.data, expiry_date = excluded.expiry_date"
+            ),
+            insert: format!(
+                "insert into {table} as stored (id, data, expiry_date) values ($1, $2, $3) \
+                 on conflict (id) do update \
+                 set data = excluded.data, expiry_date = excluded.expiry_date \
+                 where not ({})",
+                DB::later("stored.expiry_date", "$4")
+            ),
+            delete: format!("delete from {table} where id = $1"),
+            delete_expired: format!(
+                "delete from {table} where not ({})",
+                DB::later("expiry_date", "$1")
+            ),
+        }
+    }
+}
+
+/// A session table of one database: the pool and the statements on the table.
+pub(crate) struct Table<DB: Database> {
+    pool: Pool<DB>,
+    sql: Arc<Statements>,
+}
+
+impl<DB: Database> Clone for Table<DB> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            sql: Arc::clone(&self.sql),
+        }
+    }
+}
+
+impl<DB: Database> Table<DB> {
+    pub(crate) fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+impl<DB> Table<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> OffsetDateTime: Encode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    /// The table `table` (a name ready to be written into SQL) of the database of `pool`.
+    pub(crate) fn new(pool: Pool<DB>, table: &str) -> Self {
+        Self {
+            pool,
+            sql: Arc::new(Statements::new::<DB>(table)),
+        }
+    }
+
+    pub(crate) async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
+        let row = sqlx::query(&self.sql.fetch)
+            .bind(id.to_string())
+            .bind(OffsetDateTime::now_utc())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(failed::<DB>("load"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let data: Vec<u8> = row.try_get(0).map_err(failed::<DB>("load"))?;
+        Ok(decode(id, &data).map(|record| (record, hex(&data))))
+    }
+
+    pub(crate) async fn replace(
+        &self,
+        record: &Record,
+        seen: Option<&str>,
+    ) -> session_store::Result<Replaced> {
+        let data = encode(record)?;
+        let Some(seen) = seen else {
+            sqlx::query(&self.sql.upsert)
+                .bind(record.id.to_string())
+                .bind(data)
+                .bind(record.expiry_date)
+                .execute(&self.pool)
+                .await
+                .map_err(failed::<DB>("save"))?;
+            return Ok(Replaced::Done);
+        };
+        // A token is always one of ours; one that is not names no stored value.
+        if let Some(seen) = unhex(seen) {
+            let result = sqlx::query(&self.sql.replace)
+                .bind(record.id.to_string())
+                .bind(data)
+                .bind(record.expiry_date)
+                .bind(seen)
+                .bind(OffsetDateTime::now_utc())
+                .execute(&self.pool)
+                .await
+                .map_err(failed::<DB>("save"))?;
+            if DB::rows_affected(&result) > 0 {
+                return Ok(Replaced::Done);
+            }
+        }
+        Ok(Replaced::Changed(self.fetch(&record.id).await?))
+    }
+
+    pub(crate) async fn insert(&self, record: &Record) -> session_store::Result<bool> {
+        let result = sqlx::query(&self.sql.insert)
+            .bind(record.id.to_string())
+            .bind(encode(record)?)
+            .bind(record.expiry_date)
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(failed::<DB>("create"))?;
+        Ok(DB::rows_affected(&result) > 0)
+    }
+
+    pub(crate) async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        sqlx::query(&self.sql.delete)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(failed::<DB>("delete"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn delete_expired(&self) -> session_store::Result<()> {
+        sqlx::query(&self.sql.delete_expired)
+            .bind(OffsetDateTime::now_utc())
+            .execute(&self.pool)
+            .await
+            .map_err(failed::<DB>("deletion of expired sessions"))?;
+        Ok(())
+    }
+
+    pub(crate) async fn continuously_delete_expired(
+        self,
+        period: Duration,
+    ) -> session_store::Result<()> {
+        let mut interval = tokio::time::interval(period);
+        // The first tick completes at once.
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            self.delete_expired().await?;
+        }
+    }
+}
+
+/// The store error for a failed `what` on `DB`. sqlx's messages name the failure (a lost
+/// connection, a closed pool, the server's message), never the connection string.
+fn failed<DB: Database>(what: &'static str) -> impl FnOnce(sqlx::Error) -> session_store::Error {
+    move |err| {
+        session_store::Error::Backend(format!("{} session store: {what} failed: {err}", DB::NAME))
+    }
+}
+
+fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
+}
+
+/// How deep the values of a stored record may nest: far deeper than a namespace may be written
+/// (`DEFAULT_MAX_DEPTH`, 32, unless the layer sets more), and shallow enough that decoding a
+/// record stays far from the end of a thread's stack. A deeper record reads as no session.
+const MAX_DECODE_DEPTH: usize = 128;
+
+/// The record stored under `id` as `data`, or `None` (logged) if it cannot be decoded.
+fn decode(id: &Id, data: &[u8]) -> Option<Record> {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(data);
+    decoder.set_max_depth(MAX_DECODE_DEPTH);
+    match <Record as serde::Deserialize>::deserialize(&mut decoder) {
+        Ok(mut record) => {
+            // The row's id is the record's, whatever its value says.
+            record.id = *id;
+            Some(record)
+        }
+        Err(err) => {
+            tracing::warn!(
+                session = %id,
+                error = %err,
+                "the stored session record cannot be decoded: read as no session"
+            );
+            None
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    hex
+}
+
+fn unhex(hex: &str) -> Option<Vec<u8>> {
+    let digit = |byte: u8| char::from(byte).to_digit(16);
+    hex.as_bytes()
+        .chunks(2)
+        .map(|pair| match *pair {
+            [high, low] => u8::try_from((digit(high)? << 4) | digit(low)?).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why `name` cannot name a `what` (schema or table): `rule` says what a name may be.
+fn invalid(what: &str, name: &str, rule: &str) -> String {
+    format!("invalid {what} name {name:?}: {rule}")
+}
+
+/// The `CompareAndSet`, `SessionStore` and `ExpiredDeletion` of a store whose table is its
+/// field `table`.
+macro_rules! sql_session_store {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::stores::CompareAndSet for $store {
+            async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
+                self.table.fetch(id).await
+            }
+
+            async fn replace(
+                &self,
+                record: Record,
+                seen: Option<&str>,
+            ) -> session_store::Result<$crate::stores::Replaced> {
+                self.table.replace(&record, seen).await
+            }
+
+            async fn insert(&self, record: &Record) -> session_store::Result<bool> {
+                self.table.insert(record).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl tower_sessions::SessionStore for $store {
+            async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+                $crate::stores::create(self, record).await
+            }
+
+            async fn save(&self, record: &Record) -> session_store::Result<()> {
+                $crate::stores::save(self, record).await
+            }
+
+            async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+                $crate::stores::load(self, id).await
+            }
+
+            async fn delete(&self, id: &Id) -> session_store::Result<()> {
+                self.table.delete(id).await
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl tower_sessions::ExpiredDeletion for $store {
+            async fn delete_expired(&self) -> session_store::Result<()> {
+                self.table.delete_expired().await
+            }
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_refuses_what_is_not_hex() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
+        assert_eq!(unhex(""), Some(vec![]));
+        for bad in ["0", "0g", "é0", "abc"] {
+            assert_eq!(unhex(bad), None, "{bad}");
+        }
+    }
+
+    /// A record whose value nests `depth` arrays, as bytes (no value that deep is built).
+    fn nested(depth: usize) -> Vec<u8> {
+        let record = Record {
+            id: Id::default(),
+            data: [("x".to_owned(), serde_json::Value::Null)]
+                .into_iter()
+                .collect(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        };
+        let bytes = encode(&record).expect("encodes");
+        let null = bytes
+            .windows(3)
+            .position(|window| window == [0xa1, b'x', 0xc0])
+            .expect("the key x and its null")
+            + 2;
+        let mut nested = bytes[..null].to_vec();
+        nested.extend(std::iter::repeat_n(0x91, depth));
+        nested.extend(&bytes[null..]);
+        nested
+    }
+
+    #[test]
+    fn deeply_nested_records_never_exhaust_the_stack() {
+        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH - 4)).is_some());
+        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH)).is_none());
+        // Past the decoder's depth limit: no session, no overflow.
+        assert!(decode(&Id::default(), &nested(100_000)).is_none());
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_decoded_reads_as_none() {
+        assert!(decode(&Id::default(), b"\xc1 not messagepack").is_none());
+        let record = Record {
+            id: Id::default(),
+            data: Default::default(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        };
+        let other = Id::default();
+        let decoded = decode(&other, &encode(&record).expect("encodes")).expect("decodes");
+        assert_eq!(decoded.id, other);
+    }
+}

@@ -59,7 +59,7 @@ use axum::{
 use time::Duration;
 use tower::ServiceBuilder;
 use tower_sessions::{SessionManagerLayer, SessionStore};
-use tower_sessions_controller::{stores::MemoryStore, MergingStore, SessionControllerLayer};
+use tower_sessions_controller::{stores::MemoryStore, SessionControllerLayer};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
@@ -91,9 +91,8 @@ fn app<S: SessionStore + Clone>(store: S, expiries: Expiries) -> Router {
         // `with_secure(true)`, so the session cookie never travels in clear text. The default
         // `SameSite=Strict` stays: another site's form cannot post with the visitor's session.
         //
-        // The store merges each save into the latest record (the crate's own `MemoryStore`, or
-        // `MergingStore` around the others), so two overlapping requests (two tabs adding to
-        // the cart) never undo each other's changes.
+        // The store merges each save into the latest record (the crate's own stores), so two
+        // overlapping requests (two tabs adding to the cart) never undo each other's changes.
         //
         // Outside both, `explain_bare_errors` gives a message to any error without one, such as
         // a store that fails while the session is saved.
@@ -203,14 +202,7 @@ async fn run() -> Result<(), String> {
         StoreChoice::Redis(url) => {
             let store = store::redis_store(&url).await?;
             println!("session store: Redis at {}", redact(&url));
-            serve(
-                listener,
-                addr,
-                header_read_timeout,
-                MergingStore::new(store),
-                expiries,
-            )
-            .await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
         StoreChoice::Postgres(url) => {
             let store = store::postgres_store(&url).await?;
@@ -218,26 +210,12 @@ async fn run() -> Result<(), String> {
                 "session store: PostgreSQL at {} (table tower_sessions.session)",
                 redact(&url)
             );
-            serve(
-                listener,
-                addr,
-                header_read_timeout,
-                MergingStore::new(store),
-                expiries,
-            )
-            .await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
         StoreChoice::Sqlite(url) => {
             let store = store::sqlite_store(&url).await?;
             println!("session store: SQLite at {url} (table tower_sessions)");
-            serve(
-                listener,
-                addr,
-                header_read_timeout,
-                MergingStore::new(store),
-                expiries,
-            )
-            .await
+            serve(listener, addr, header_read_timeout, store, expiries).await
         }
     }
     Ok(())

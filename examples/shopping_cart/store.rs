@@ -1,8 +1,9 @@
 //! The session store `SESSION_STORE` names: memory, Redis, PostgreSQL or SQLite.
 //!
-//! The Redis, PostgreSQL and SQLite drivers are the example's cargo features `redis`, `postgres`
-//! and `sqlite`, off by default so that a first `cargo run --example shopping_cart` builds none
-//! of them. A store whose driver this build left out fails at start-up, with the command that
+//! Each is a merging store of the crate (`stores::MemoryStore`, `stores::RedisStore`,
+//! `stores::PostgresStore`, `stores::SqliteStore`). Redis, PostgreSQL and SQLite are the
+//! example's cargo features `redis`, `postgres` and `sqlite`, which turn on the crate's feature
+//! of the same name. A store whose driver this build left out fails at start-up, with the command that
 //! builds it.
 
 use std::env;
@@ -11,22 +12,21 @@ use std::str::FromStr;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 use std::time::Duration as StdDuration;
 
+#[cfg(feature = "redis")]
+use fred::prelude::{
+    ClientLike, Config, ConnectionConfig, PerformanceConfig, Pool, ReconnectPolicy,
+};
 #[cfg(not(all(feature = "redis", feature = "postgres", feature = "sqlite")))]
 use tower_sessions::MemoryStore;
 #[cfg(feature = "redis")]
-use tower_sessions_redis_store::{
-    fred::prelude::{
-        ClientLike, Config, ConnectionConfig, PerformanceConfig, Pool, ReconnectPolicy,
-    },
-    RedisStore,
-};
+use tower_sessions_controller::stores::RedisStore;
 #[cfg(feature = "sqlite")]
-use tower_sessions_sqlx_store::{
+use tower_sessions_controller::stores::{
     sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions},
     SqliteStore,
 };
 #[cfg(feature = "postgres")]
-use tower_sessions_sqlx_store::{
+use tower_sessions_controller::stores::{
     sqlx::{
         postgres::{PgConnectOptions, PgPoolOptions},
         ConnectOptions, Connection,

@@ -275,7 +275,7 @@ where
             .set(
                 record.id.to_string(),
                 value.as_slice(),
-                Some(Expiration::EXAT(expire_at(&record))),
+                Some(Expiration::EXAT(expire_at(record))),
                 Some(SetOptions::NX),
                 false,
             )

@@ -90,11 +90,12 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
 pub(crate) fn seen(record: &Record) -> Option<String> {
-    let versions = Versions::read(record.data.get(VERSIONS_KEY)?);
-    if !versions.is_loaded() {
+    // Read without the digests, which a save needs only when it merges.
+    let versions = record.data.get(VERSIONS_KEY)?;
+    if versions.get("loaded")?.as_str()? != load_mark() {
         return None;
     }
-    versions.seen
+    Some(versions.get("seen")?.as_str()?.to_owned())
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
@@ -163,11 +164,20 @@ pub(crate) async fn mark_flushed(
     Ok(())
 }
 
-/// The request whose flush saved `record`, if the flush did.
+/// The request whose flush saved `record`, if the flush did. (Read without deserializing: a
+/// journal is not a mark, and every save asks.)
 pub(super) fn flushed(record: &Record) -> Option<u64> {
-    Flushed::deserialize(record.data.get(JOURNAL_KEY)?)
-        .ok()
-        .map(|mark| mark.flushed)
+    record.data.get(JOURNAL_KEY)?.get("flushed")?.as_u64()
+}
+
+/// The number of the request whose journal `record` carries, read without the rest of it.
+pub(super) fn request_of(record: &Record) -> Option<u64> {
+    record.data.get(JOURNAL_KEY)?.get("request")?.as_u64()
+}
+
+/// The session's limits that the journal `record` carries, read without the rest of it.
+pub(super) fn limits_of(record: &Record) -> Option<SessionLimits> {
+    SessionLimits::deserialize(record.data.get(JOURNAL_KEY)?.get("limits")?).ok()
 }
 
 /// Replaces the digests of the versions `record` carries: what a save compares the record with
@@ -200,11 +210,6 @@ impl Journal {
     pub(crate) fn limited(mut self, limits: SessionLimits) -> Self {
         self.limits = Some(limits);
         self
-    }
-
-    /// The session's limits, if the journal carries them.
-    pub(super) fn limits(&self) -> Option<SessionLimits> {
-        self.limits
     }
 
     /// The namespaces the request changed, with its operations on each.

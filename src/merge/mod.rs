@@ -206,8 +206,10 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
     let Some(at_flush) = flushed::take_saved(ours, request) else {
         return Prepared::Save(Cow::Borrowed(ours));
     };
-    let now = flushed::digests(data(ours));
-    if now == at_flush {
+    // Compared key by key, without building the map: the usual answer is "unchanged".
+    let unchanged = data(ours).count() == at_flush.len()
+        && data(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
+    if unchanged {
         return Prepared::Nothing;
     }
     let mut ours = ours.clone();
@@ -218,8 +220,8 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 /// The last step of a merging store's successful save of `ours` (under its final id): a flush's
 /// save notes what it stored, for the session manager's save that follows.
 pub(crate) fn saved(ours: &Record) {
-    if let Some(journal) = Journal::read(ours) {
-        flushed::note_saved(ours.id, journal.request(), flushed::digests(data(ours)));
+    if let Some(request) = journal::request_of(ours) {
+        flushed::note_saved(ours.id, request, flushed::digests(data(ours)));
     }
 }
 
@@ -228,8 +230,8 @@ pub(crate) fn saved(ours: &Record) {
 pub(crate) fn refused(ours: &Record, refusal: Refusal) -> session_store::Error {
     tracing::warn!(session = %ours.id, "{refusal}: nothing of this request is saved");
     let error = session_store::Error::Backend(refusal.to_string());
-    if let Some(journal) = Journal::read(ours) {
-        flushed::note_refused(ours.id, journal.request(), refusal);
+    if let Some(request) = journal::request_of(ours) {
+        flushed::note_refused(ours.id, request, refusal);
     }
     error
 }

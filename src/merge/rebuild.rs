@@ -6,7 +6,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
-use super::journal::{Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, VERSIONS_KEY};
+use super::journal::{self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, VERSIONS_KEY};
 use crate::{budget, expiry, stored::Stored};
 
 /// Why a save is refused: nothing of it is stored.
@@ -96,10 +96,7 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 ///
 /// [`Refusal::SessionFull`].
 pub(crate) fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
-    let Some(journal) = Journal::read(ours) else {
-        return Ok(());
-    };
-    let Some(limits) = journal.limits() else {
+    let Some(limits) = journal::limits_of(ours) else {
         return Ok(());
     };
     let data = || next.data.iter().filter(|(key, _)| is_data(key));
@@ -112,6 +109,9 @@ pub(crate) fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal>
     if !too_many && !too_large {
         return Ok(());
     }
+    let Some(journal) = Journal::read(ours) else {
+        return Ok(());
+    };
     let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let adds = journal.namespaces().any(|(namespace, ops)| {
         let Some(own) = next.data.get(namespace) else {

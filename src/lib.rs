@@ -127,7 +127,8 @@
 //!   record from a save and the latest stored one (`rebuild`), and the flush's own save
 //!   (`flushed`). The flush reaches it only through the journal.
 //! - `stores`: the crate's own stores, saved by compare-and-set: what they share (`stores/mod.rs`),
-//!   then `memory`, `redis` (feature `redis`) and `sql` (features `postgres` and `sqlite`: the
+//!   then `memory`, `encoded` (a record as the Redis and SQL stores keep it), `redis` (feature
+//!   `redis`) and `sql` (features `postgres` and `sqlite`: the
 //!   code both share, then `postgres` and `sqlite`).
 //! - `export`: getting namespace data into a page; `error`: what can go wrong.
 

@@ -25,6 +25,8 @@
 //! tower-sessions' own store crates, and an app switches to them keeping its sessions
 //! ([`RedisStore`], [`PostgresStore`] and [`SqliteStore`] tell more).
 
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+mod encoded;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

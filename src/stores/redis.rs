@@ -42,7 +42,10 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-use super::{CompareAndSet, Replaced};
+use super::{
+    encoded::{bytes_of, decode, encode, token},
+    CompareAndSet, Replaced,
+};
 
 /// The compare-and-set: `KEYS[1]` the session's key, `ARGV[1]` the value the save loaded,
 /// `ARGV[2]` the new value, `ARGV[3]` its expiry (Unix seconds). `1` once stored; otherwise the
@@ -135,60 +138,10 @@ fn backend(what: &str, err: &fred::error::Error) -> session_store::Error {
     ))
 }
 
-/// The record's encoding, as tower-sessions-redis-store writes it.
-fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
-    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
-}
-
-/// The record stored as `bytes` under `key`, with its token; `None`, logged, if it cannot be
-/// decoded: it reads as no session, as tower-sessions' stores read an unreadable record.
-fn decode(key: &str, bytes: &[u8]) -> Option<(Record, String)> {
-    match rmp_serde::from_slice::<Record>(bytes) {
-        Ok(record) => Some((record, hex(bytes))),
-        Err(err) => {
-            tracing::warn!(
-                session = key,
-                error = %err,
-                "a session record in Redis cannot be decoded: read as no session"
-            );
-            None
-        }
-    }
-}
-
 /// The key's expiry for `record`: its expiry date in whole Unix seconds, at least 1 (Redis
 /// refuses 0 and less; a record that old has expired anyway, and Redis removes it at once).
 fn expire_at(record: &Record) -> i64 {
     record.expiry_date.unix_timestamp().max(1)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
-    }
-    out
-}
-
-/// The bytes `token` names, `None` if it is not an even run of hex digits.
-fn unhex(token: &str) -> Option<Vec<u8>> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    let token = token.as_bytes();
-    if token.len() % 2 != 0 {
-        return None;
-    }
-    token
-        .chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
 }
 
 impl<C> RedisStore<C>
@@ -225,7 +178,7 @@ where
             .get(key.as_str())
             .await
             .map_err(|err| backend("GET", &err))?;
-        Ok(bytes.and_then(|bytes| decode(&key, &bytes)))
+        Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, token(&bytes)))))
     }
 
     async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced> {
@@ -247,7 +200,7 @@ where
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
-        let seen = unhex(seen).unwrap_or_default();
+        let seen = bytes_of(seen).unwrap_or_default();
         let args = vec![
             Value::from(seen.as_slice()),
             Value::from(value.as_slice()),
@@ -259,7 +212,9 @@ where
             latest => match latest.as_bytes() {
                 // An undecodable latest record counts as none: the session is not written back
                 // over it.
-                Some(bytes) => Ok(Replaced::Changed(decode(&key, bytes))),
+                Some(bytes) => Ok(Replaced::Changed(
+                    decode(&key, bytes).map(|record| (record, token(bytes))),
+                )),
                 None => Err(session_store::Error::Backend(format!(
                     "Redis compare-and-set answered an unexpected {}",
                     latest.kind()
@@ -366,28 +321,6 @@ mod tests {
     fn the_scripts_name_is_its_sha1() {
         assert_eq!(sha1(b"abc"), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_eq!(sha1(REPLACE_SCRIPT.as_bytes()), REPLACE_SCRIPT_SHA1);
-    }
-
-    #[test]
-    fn tokens_are_the_bytes_in_hex_and_back() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        let token = hex(&bytes);
-        assert_eq!(&token[..8], "00010203");
-        assert_eq!(unhex(&token), Some(bytes));
-        assert_eq!(unhex(""), Some(Vec::new()));
-    }
-
-    #[test]
-    fn a_token_that_is_not_hex_names_nothing() {
-        assert_eq!(unhex("abc"), None);
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("AB"), None);
-    }
-
-    #[test]
-    fn a_record_that_cannot_be_decoded_reads_as_none() {
-        assert!(decode("k", b"\xc1not messagepack").is_none());
-        assert!(decode("k", b"").is_none());
     }
 
     #[test]

@@ -46,7 +46,10 @@ use tower_sessions::{
     session_store,
 };
 
-use super::Replaced;
+use super::{
+    encoded::{self, bytes_of, encode, token},
+    Replaced,
+};
 
 /// What differs between the databases beyond sqlx's own types.
 pub(crate) trait Dialect: Database {
@@ -151,7 +154,7 @@ where
             return Ok(None);
         };
         let data: Vec<u8> = row.try_get(0).map_err(failed::<DB>("load"))?;
-        Ok(decode(id, &data).map(|record| (record, hex(&data))))
+        Ok(decode(id, &data).map(|record| (record, token(&data))))
     }
 
     pub(crate) async fn replace(
@@ -171,7 +174,7 @@ where
             return Ok(Replaced::Done);
         };
         // A token is always one of ours; one that is not names no stored value.
-        if let Some(seen) = unhex(seen) {
+        if let Some(seen) = bytes_of(seen) {
             let result = sqlx::query(&self.sql.replace)
                 .bind(record.id.to_string())
                 .bind(data)
@@ -240,55 +243,12 @@ fn failed<DB: Database>(what: &'static str) -> impl FnOnce(sqlx::Error) -> sessi
     }
 }
 
-fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
-    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
-}
-
-/// How deep the values of a stored record may nest: far deeper than a namespace may be written
-/// (`DEFAULT_MAX_DEPTH`, 32, unless the layer sets more), and shallow enough that decoding a
-/// record stays far from the end of a thread's stack. A deeper record reads as no session.
-const MAX_DECODE_DEPTH: usize = 128;
-
-/// The record stored under `id` as `data`, or `None` (logged) if it cannot be decoded.
+/// The record stored under `id` as `data`, or `None` (logged) if it cannot be decoded. The
+/// row's id is the record's, whatever its value says.
 fn decode(id: &Id, data: &[u8]) -> Option<Record> {
-    let mut decoder = rmp_serde::Deserializer::from_read_ref(data);
-    decoder.set_max_depth(MAX_DECODE_DEPTH);
-    match <Record as serde::Deserialize>::deserialize(&mut decoder) {
-        Ok(mut record) => {
-            // The row's id is the record's, whatever its value says.
-            record.id = *id;
-            Some(record)
-        }
-        Err(err) => {
-            tracing::warn!(
-                session = %id,
-                error = %err,
-                "the stored session record cannot be decoded: read as no session"
-            );
-            None
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    hex
-}
-
-fn unhex(hex: &str) -> Option<Vec<u8>> {
-    let digit = |byte: u8| char::from(byte).to_digit(16);
-    hex.as_bytes()
-        .chunks(2)
-        .map(|pair| match *pair {
-            [high, low] => u8::try_from((digit(high)? << 4) | digit(low)?).ok(),
-            _ => None,
-        })
-        .collect()
+    let mut record = encoded::decode(id, data)?;
+    record.id = *id;
+    Some(record)
 }
 
 /// Why `name` cannot name a `what` (schema or table): `rule` says what a name may be.
@@ -362,47 +322,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hex_round_trips_and_refuses_what_is_not_hex() {
-        let bytes: Vec<u8> = (0..=255).collect();
-        assert_eq!(unhex(&hex(&bytes)), Some(bytes));
-        assert_eq!(unhex(""), Some(vec![]));
-        for bad in ["0", "0g", "é0", "abc"] {
-            assert_eq!(unhex(bad), None, "{bad}");
-        }
-    }
-
-    /// A record whose value nests `depth` arrays, as bytes (no value that deep is built).
-    fn nested(depth: usize) -> Vec<u8> {
-        let record = Record {
-            id: Id::default(),
-            data: [("x".to_owned(), serde_json::Value::Null)]
-                .into_iter()
-                .collect(),
-            expiry_date: OffsetDateTime::UNIX_EPOCH,
-        };
-        let bytes = encode(&record).expect("encodes");
-        let null = bytes
-            .windows(3)
-            .position(|window| window == [0xa1, b'x', 0xc0])
-            .expect("the key x and its null")
-            + 2;
-        let mut nested = bytes[..null].to_vec();
-        nested.extend(std::iter::repeat_n(0x91, depth));
-        nested.extend(&bytes[null..]);
-        nested
-    }
-
-    #[test]
-    fn deeply_nested_records_never_exhaust_the_stack() {
-        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH - 4)).is_some());
-        assert!(decode(&Id::default(), &nested(MAX_DECODE_DEPTH)).is_none());
-        // Past the decoder's depth limit: no session, no overflow.
-        assert!(decode(&Id::default(), &nested(100_000)).is_none());
-    }
-
-    #[test]
-    fn a_record_that_cannot_be_decoded_reads_as_none() {
-        assert!(decode(&Id::default(), b"\xc1 not messagepack").is_none());
+    fn a_decoded_record_takes_the_rows_id() {
         let record = Record {
             id: Id::default(),
             data: Default::default(),

@@ -1,0 +1,126 @@
+//! A record as the crate's Redis and SQL stores keep it, and as tower-sessions' own store crates
+//! do: the whole `Record` in MessagePack. Also the token a load hands to the save: the bytes it
+//! read, in hex.
+
+use std::fmt;
+
+use tower_sessions::{session::Record, session_store};
+
+/// How deep the values of a stored record may nest: far deeper than a namespace may be written
+/// (`DEFAULT_MAX_DEPTH`, 32, unless the layer sets more), and shallow enough that decoding a
+/// record stays far from the end of a thread's stack. A deeper record reads as no session.
+pub(super) const MAX_DECODE_DEPTH: usize = 128;
+
+/// The record's bytes.
+pub(super) fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
+}
+
+/// The record stored as `bytes` for `session`; `None`, logged, if it cannot be decoded (nested
+/// too deep included): it reads as no session, as tower-sessions' stores read an unreadable
+/// record.
+pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record> {
+    let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
+    decoder.set_max_depth(MAX_DECODE_DEPTH);
+    match <Record as serde::Deserialize>::deserialize(&mut decoder) {
+        Ok(record) => Some(record),
+        Err(err) => {
+            tracing::warn!(
+                session = %session,
+                error = %err,
+                "the stored session record cannot be decoded: read as no session"
+            );
+            None
+        }
+    }
+}
+
+/// The token naming the stored `bytes`: they, in lower-case hex.
+pub(super) fn token(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut token = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        token.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        token.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    token
+}
+
+/// The bytes `token` names; `None` if it is not an even run of lower-case hex digits (no token
+/// [`token`] made).
+pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    let token = token.as_bytes();
+    if token.len() % 2 != 0 {
+        return None;
+    }
+    token
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use time::OffsetDateTime;
+    use tower_sessions::session::Id;
+
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_bytes_in_hex_and_back() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let token = token(&bytes);
+        assert_eq!(&token[..8], "00010203");
+        assert_eq!(bytes_of(&token), Some(bytes));
+        assert_eq!(bytes_of(""), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_token_that_is_not_hex_names_nothing() {
+        for bad in ["0", "0g", "é0", "abc", "zz", "AB"] {
+            assert_eq!(bytes_of(bad), None, "{bad}");
+        }
+    }
+
+    /// A record whose value nests `depth` arrays, as bytes (no value that deep is built).
+    fn nested(depth: usize) -> Vec<u8> {
+        let record = Record {
+            id: Id::default(),
+            data: [("x".to_owned(), serde_json::Value::Null)]
+                .into_iter()
+                .collect(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        };
+        let bytes = encode(&record).expect("encodes");
+        let null = bytes
+            .windows(3)
+            .position(|window| window == [0xa1, b'x', 0xc0])
+            .expect("the key x and its null")
+            + 2;
+        let mut nested = bytes[..null].to_vec();
+        nested.extend(std::iter::repeat_n(0x91, depth));
+        nested.extend(&bytes[null..]);
+        nested
+    }
+
+    #[test]
+    fn deeply_nested_records_never_exhaust_the_stack() {
+        assert!(decode("s", &nested(MAX_DECODE_DEPTH - 4)).is_some());
+        assert!(decode("s", &nested(MAX_DECODE_DEPTH)).is_none());
+        // Past the decoder's depth limit: no session, no overflow.
+        assert!(decode("s", &nested(100_000)).is_none());
+    }
+
+    #[test]
+    fn a_record_that_cannot_be_decoded_reads_as_none() {
+        assert!(decode("s", b"\xc1 not messagepack").is_none());
+        assert!(decode("s", b"").is_none());
+    }
+}

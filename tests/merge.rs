@@ -768,21 +768,32 @@ fn with_a_late_middleware<S: SessionStore + Clone>(store: S) -> Router {
     )
 }
 
-#[tokio::test]
-async fn a_write_to_the_session_after_the_flush_is_saved_too() {
-    let merging = MemoryStore::default();
-    let atomic = tower_sessions_controller::stores::MemoryStore::default();
-    let apps: [(Router, Arc<dyn SessionStore>); 2] = [
-        (
-            with_a_late_middleware(MergingStore::new(merging.clone())),
-            Arc::new(merging),
-        ),
-        (with_a_late_middleware(atomic.clone()), Arc::new(atomic)),
+/// The apps of `merging` (on `MergingStore` over tower-sessions' `MemoryStore`) and `atomic` (on
+/// the crate's own `stores::MemoryStore`), each reading its records from its store: one builder
+/// of the routes behind the session manager, given twice for its two store types.
+fn on_both_merging_stores(
+    merging: fn(MergingStore<MemoryStore>) -> Router,
+    atomic: fn(tower_sessions_controller::stores::MemoryStore) -> Router,
+) -> [TestApp; 2] {
+    let (memory, own) = (
+        MemoryStore::default(),
+        tower_sessions_controller::stores::MemoryStore::default(),
+    );
+    let stores: [(Router, Arc<dyn SessionStore>); 2] = [
+        (merging(MergingStore::new(memory.clone())), Arc::new(memory)),
+        (atomic(own.clone()), Arc::new(own)),
     ];
-    for (router, records) in apps {
+    stores.map(|(router, records)| {
         let mut app = TestApp::atomic(Router::new());
         app.router = router;
         app.records = records;
+        app
+    })
+}
+
+#[tokio::test]
+async fn a_write_to_the_session_after_the_flush_is_saved_too() {
+    for mut app in on_both_merging_stores(with_a_late_middleware, with_a_late_middleware) {
         assert_eq!(app.post("/seed/cart").await.status, 200);
         assert_eq!(app.post("/insert/cart/a").await.status, 200);
 
@@ -808,19 +819,7 @@ fn with_two_namespaces<S: SessionStore + Clone>(store: S) -> Router {
 
 #[tokio::test]
 async fn overlapping_requests_that_each_fit_the_sessions_limit_are_checked_merged() {
-    let merging = MemoryStore::default();
-    let atomic = tower_sessions_controller::stores::MemoryStore::default();
-    let apps: [(Router, Arc<dyn SessionStore>); 2] = [
-        (
-            with_two_namespaces(MergingStore::new(merging.clone())),
-            Arc::new(merging),
-        ),
-        (with_two_namespaces(atomic.clone()), Arc::new(atomic)),
-    ];
-    for (router, records) in apps {
-        let mut app = TestApp::atomic(Router::new());
-        app.router = router;
-        app.records = records;
+    for mut app in on_both_merging_stores(with_two_namespaces, with_two_namespaces) {
         // One namespace, then two requests that each create one more: alone each fits in two.
         assert_eq!(app.post("/seed/cart").await.status, 200);
         let (a, b) = both(&app, "/insert/one/a", "/insert/two/b").await;

@@ -84,6 +84,18 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
     }
 }
 
+/// The record to store for `ours` when the store still holds what the request loaded
+/// ([`as_stored`]), checked against the session's limits: a merging store's first try.
+///
+/// # Errors
+///
+/// [`Refusal::SessionFull`].
+pub(crate) fn unmerged(ours: &Record) -> Result<Record, Refusal> {
+    let next = as_stored(ours);
+    check_session(ours, &next)?;
+    Ok(next)
+}
+
 /// Checks `next`, the record a save of `ours` is about to store, against the session's limits
 /// that `ours`'s journal carries. Cheap when the session is well inside them: a count of its
 /// keys and a walk of its values (not of their bytes).
@@ -95,7 +107,7 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-pub(crate) fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
+fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
     let Some(limits) = journal::limits_of(ours) else {
         return Ok(());
     };
@@ -159,9 +171,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
         if loaded.as_ref().is_some_and(Versions::is_loaded) {
             return Err(Refusal::Ended);
         }
-        let next = as_stored(ours);
-        check_session(ours, &next)?;
-        return Ok(next);
+        return unmerged(ours);
     };
     latest.data.remove(JOURNAL_KEY);
     latest.data.remove(VERSIONS_KEY);
@@ -638,7 +648,7 @@ mod tests {
             }
         );
         // The same on the first try of a compare-and-set, without a merge.
-        assert!(check_session(&ours, &as_stored(&ours)).is_err());
+        assert!(unmerged(&ours).is_err());
 
         // Writing to a namespace the session holds is not refused.
         let mut write = ours.clone();

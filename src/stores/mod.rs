@@ -115,8 +115,7 @@ pub(crate) async fn save<S: CompareAndSet>(
     };
     let _turn = Turn::take(ours.id).await;
     let mut seen = merge::seen(&ours);
-    let mut next = merge::as_stored(&ours);
-    merge::check_session(&ours, &next).map_err(|refusal| merge::refused(&ours, refusal))?;
+    let mut next = merge::unmerged(&ours).map_err(|refusal| merge::refused(&ours, refusal))?;
     for _ in 0..MAX_ATTEMPTS {
         match store.replace(next, seen.as_deref()).await? {
             Replaced::Done => {

@@ -8,9 +8,11 @@
 //! the one round trip tower-sessions' own stores spend on a save. When somebody did, the store
 //! answers with the latest record instead of writing, the save merges its request's operations
 //! into it (as [`MergingStore`](crate::MergingStore) does) and tries again; after a bounded number
-//! of tries it fails with a clear error. Within one process, the saves of one session take turns,
-//! so a save only ever competes with other instances' saves. A session that is gone when its
-//! request saves (a logout, an id cycled at login, an expiry) is never written back.
+//! of tries it fails with a clear error. Within one process, the saves of one session go in
+//! batches: the saves that wait while one is under way are merged in order and stored together,
+//! with one compare-and-set, so a save only ever competes with other instances' saves. A session
+//! that is gone when its request saves (a logout, an id cycled at login, an expiry) is never
+//! written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
 //! - [`RedisStore`] (feature `redis`): in Redis, on a fred client (a pool, a client, a Redis
@@ -51,6 +53,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use tokio::sync::oneshot;
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store;
 
@@ -58,7 +61,7 @@ use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
 /// another request of the same session saved in between (in another instance: within one, saves
-/// of a session take turns). Generous, as a try is cheap and fails only to another save that
+/// of a session go in batches). Generous, as a try is cheap and fails only to another save that
 /// succeeded.
 const MAX_ATTEMPTS: usize = 32;
 
@@ -103,9 +106,11 @@ pub(crate) async fn load<S: CompareAndSet>(
 /// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
 /// try for each save that came first.
 ///
-/// Saves of one session in this process take turns (the compare-and-set still decides): a save
-/// then competes only with other instances' saves, never with a crowd of its own instance's,
-/// which could otherwise keep coming first until it gives up.
+/// Saves of one session in this process go one batch at a time (the compare-and-set still
+/// decides): a save that finds another of its session under way waits, and the next batch stores
+/// every save that waited, merged in order, with one compare-and-set. Overlapping requests of
+/// one visitor in one instance then cost one round trip per batch, not one (or two, when the
+/// previous one came first) per request, and a save competes only with other instances' saves.
 pub(crate) async fn save<S: CompareAndSet>(
     store: &S,
     record: &Record,
@@ -113,71 +118,217 @@ pub(crate) async fn save<S: CompareAndSet>(
     let merge::Prepared::Save(ours) = merge::prepare(record) else {
         return Ok(());
     };
-    let _turn = Turn::take(ours.id).await;
-    let mut seen = merge::seen(&ours);
-    let mut next = merge::unmerged(&ours).map_err(|refusal| merge::refused(&ours, refusal))?;
-    for _ in 0..MAX_ATTEMPTS {
-        match store.replace(next, seen.as_deref()).await? {
-            Replaced::Done => {
-                merge::saved(&ours);
-                return Ok(());
-            }
-            Replaced::Changed(latest) => {
-                let (latest, token) =
-                    latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
-                next = merge::merge(&ours, latest)
-                    .map_err(|refusal| merge::refused(&ours, refusal))?;
-                seen = token;
-            }
+    let saves = Saves::of(ours.id);
+    // Nobody else is saving this session: the usual case, with nothing to copy.
+    if let Ok(_turn) = saves.turn.try_lock() {
+        return saves.lead(store, Some(&*ours)).await.unwrap_or_else(lost);
+    }
+    let ours = Arc::new(ours.into_owned());
+    let (done, mut answer) = oneshot::channel();
+    saves.waiting().push(Waiting {
+        ours: Arc::clone(&ours),
+        done,
+    });
+    let _turn = saves.turn.lock().await;
+    match answer.try_recv() {
+        // A batch before ours stored it.
+        Ok(answer) => answer,
+        // Still waiting: ours leads the next batch.
+        Err(oneshot::error::TryRecvError::Empty) => {
+            saves.lead(store, None).await;
+            answer.try_recv().unwrap_or_else(|_| lost())
+        }
+        // The batch that took it never finished (its request was dropped): ours again.
+        Err(oneshot::error::TryRecvError::Closed) => {
+            saves.lead(store, Some(&ours)).await.unwrap_or_else(lost)
         }
     }
-    tracing::error!(
-        session = %ours.id,
-        attempts = MAX_ATTEMPTS,
-        "gave up saving the session: other requests of it kept saving first"
-    );
+}
+
+/// The answer of a save that no batch answered, which cannot happen: an error rather than a
+/// panic all the same.
+fn lost() -> session_store::Result<()> {
     Err(session_store::Error::Backend(
-        "too many concurrent saves of this session".into(),
+        "the save of this session was lost".into(),
     ))
 }
 
-/// A session's turn to save in this process, held while one save runs; released on drop.
-struct Turn {
-    id: Id,
-    mutex: Arc<tokio::sync::Mutex<()>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+/// The saves of one session in this process: the turn one batch holds while it stores, and the
+/// saves waiting for the next batch.
+#[derive(Default)]
+struct Saves {
+    turn: tokio::sync::Mutex<()>,
+    waiting: Mutex<Vec<Waiting>>,
 }
 
-/// The turn of each session a save of this process holds or waits for.
-fn turns() -> MutexGuard<'static, HashMap<Id, Arc<tokio::sync::Mutex<()>>>> {
-    static TURNS: OnceLock<Mutex<HashMap<Id, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
-    TURNS
+/// A save waiting for a batch: its record, and where the batch answers it.
+struct Waiting {
+    ours: Arc<Record>,
+    done: oneshot::Sender<session_store::Result<()>>,
+}
+
+/// The saves of each session that a save of this process is storing or waiting for.
+fn sessions() -> MutexGuard<'static, HashMap<Id, Arc<Saves>>> {
+    static SESSIONS: OnceLock<Mutex<HashMap<Id, Arc<Saves>>>> = OnceLock::new();
+    SESSIONS
         .get_or_init(Mutex::default)
         .lock()
         // Every change to the map is one statement: a poisoned lock holds nothing half-done.
         .unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Turn {
-    async fn take(id: Id) -> Self {
-        let mutex = Arc::clone(turns().entry(id).or_default());
-        let guard = Arc::clone(&mutex).lock_owned().await;
-        Self {
-            id,
-            mutex,
-            guard: Some(guard),
+/// One save's hold on its session's [`Saves`]; the last to let go removes them from the map.
+struct Held {
+    id: Id,
+    saves: Arc<Saves>,
+}
+
+impl Saves {
+    fn of(id: Id) -> Held {
+        let saves = Arc::clone(sessions().entry(id).or_default());
+        Held { id, saves }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, Vec<Waiting>> {
+        // Pushes and takes only: a poisoned lock holds nothing half-done.
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores a batch, with the turn held: `own` (if any) and every save waiting, in one
+    /// compare-and-set per try. Answers the waiting saves; returns `own`'s answer.
+    async fn lead<S: CompareAndSet>(
+        &self,
+        store: &S,
+        own: Option<&Record>,
+    ) -> Option<session_store::Result<()>> {
+        let waiting = std::mem::take(&mut *self.waiting());
+        let members: Vec<&Record> = own
+            .into_iter()
+            .chain(waiting.iter().map(|waiting| &*waiting.ours))
+            .collect();
+        let mut answers = store_batch(store, &members).await.into_iter();
+        let own = own.and_then(|_| answers.next());
+        for (waiting, answer) in waiting.into_iter().zip(answers) {
+            // A save whose request was dropped meanwhile is stored all the same.
+            let _ = waiting.done.send(answer);
+        }
+        own
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = Saves;
+
+    fn deref(&self) -> &Saves {
+        &self.saves
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut sessions = sessions();
+        // Nobody else holds them: the map's reference and ours are the only ones.
+        if Arc::strong_count(&self.saves) == 2 {
+            sessions.remove(&self.id);
         }
     }
 }
 
-impl Drop for Turn {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        let mut turns = turns();
-        // Nobody else holds or waits for it: the map's and ours are the only references.
-        if Arc::strong_count(&self.mutex) == 2 {
-            turns.remove(&self.id);
+/// Stores `members`, saves of one session, in order: one compare-and-set when nobody else saved
+/// since the first of them loaded, a merge of all and another try for each save that came
+/// first. Answers each member.
+async fn store_batch<S: CompareAndSet>(
+    store: &S,
+    members: &[&Record],
+) -> Vec<session_store::Result<()>> {
+    let mut answers: Vec<Option<session_store::Result<()>>> =
+        members.iter().map(|_| None).collect();
+    let mut seen = None;
+    let mut next = merged(members, &mut answers, None, &mut seen);
+    for _ in 0..MAX_ATTEMPTS {
+        let Some(record) = next else {
+            // Every member was refused: nothing to store.
+            break;
+        };
+        match store.replace(record, seen.as_deref()).await {
+            Ok(Replaced::Done) => {
+                for (ours, answer) in members.iter().zip(&mut answers) {
+                    if answer.is_none() {
+                        merge::saved(ours);
+                        *answer = Some(Ok(()));
+                    }
+                }
+                break;
+            }
+            Ok(Replaced::Changed(latest)) => {
+                let (latest, token) =
+                    latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
+                seen = token;
+                next = merged(members, &mut answers, Some(latest), &mut None);
+            }
+            Err(err) => {
+                for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
+                    *answer = Some(Err(copy(&err)));
+                }
+                break;
+            }
         }
+    }
+    if answers.iter().any(Option::is_none) {
+        tracing::error!(
+            session = %members[0].id,
+            attempts = MAX_ATTEMPTS,
+            "gave up saving the session: other requests of it kept saving first"
+        );
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                Err(session_store::Error::Backend(
+                    "too many concurrent saves of this session".into(),
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The record that stores every member not answered yet: each one's operations merged, in order,
+/// into `latest` (what the store holds now), or on the first try (`latest` `None`) into what the
+/// first of them loaded, with that load's token put in `seen`. A member whose merge is refused is
+/// answered and left out; `None` when every member is.
+fn merged(
+    members: &[&Record],
+    answers: &mut [Option<session_store::Result<()>>],
+    latest: Option<Option<Record>>,
+    seen: &mut Option<String>,
+) -> Option<Record> {
+    let mut base = latest;
+    for (ours, answer) in members.iter().zip(answers) {
+        if answer.is_some() {
+            continue;
+        }
+        let next = match &mut base {
+            None => merge::unmerged(ours).inspect(|_| *seen = merge::seen(ours)),
+            // A lone member merges into the latest record itself; in a batch, a refused member
+            // must leave it as it was for the next.
+            Some(latest) if members.len() == 1 => merge::merge(ours, latest.take()),
+            Some(latest) => merge::merge(ours, latest.clone()),
+        };
+        match next {
+            Ok(next) => base = Some(Some(next)),
+            Err(refusal) => *answer = Some(Err(merge::refused(ours, refusal))),
+        }
+    }
+    base.flatten()
+}
+
+/// A copy of a store error, for each save of a batch it failed.
+fn copy(err: &session_store::Error) -> session_store::Error {
+    match err {
+        session_store::Error::Encode(message) => session_store::Error::Encode(message.clone()),
+        session_store::Error::Decode(message) => session_store::Error::Decode(message.clone()),
+        session_store::Error::Backend(message) => session_store::Error::Backend(message.clone()),
     }
 }
 
@@ -214,6 +365,8 @@ mod tests {
         replaces: AtomicUsize,
         /// Before this many replaces, another request's save lands first.
         interleave: AtomicUsize,
+        /// Every replace waits while the test holds this for writing.
+        gate: tokio::sync::RwLock<()>,
     }
 
     #[async_trait]
@@ -229,6 +382,7 @@ mod tests {
             seen: Option<&str>,
         ) -> session_store::Result<Replaced> {
             self.replaces.fetch_add(1, Ordering::SeqCst);
+            drop(self.gate.read().await);
             let others = self.interleave.load(Ordering::SeqCst);
             if others > 0 {
                 self.interleave.store(others - 1, Ordering::SeqCst);
@@ -311,7 +465,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn overlapping_saves_in_one_process_take_turns_and_all_land() {
+    async fn overlapping_saves_in_one_process_go_in_batches_and_all_land() {
         let store = Arc::new(Counted::default());
         let mut new = record(json!({}));
         create(&*store, &mut new).await.unwrap();
@@ -327,11 +481,94 @@ mod tests {
 
         // Each save lost at most once: to the one before it in its turn.
         assert!(store.replaces.load(Ordering::SeqCst) <= 2 * 32);
-        assert!(!turns().contains_key(&new.id), "the turn is released");
+        assert!(
+            !sessions().contains_key(&new.id),
+            "the session's saves are forgotten"
+        );
         let stored = store.store.load(&new.id).await.unwrap().unwrap();
         for n in 0..32 {
             assert_eq!(stored.data[&format!("key{n}")], n, "{:?}", stored.data);
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saves_that_wait_for_one_under_way_are_stored_together() {
+        let store = Arc::new(Counted::default());
+        let mut new = record(json!({}));
+        create(&*store, &mut new).await.unwrap();
+        let loaded: Vec<Record> = loads(&store, new.id, 32).await;
+        let gate = store.gate.write().await;
+        let saves: Vec<_> = loaded
+            .into_iter()
+            .enumerate()
+            .map(|(n, mut record)| {
+                let store = Arc::clone(&store);
+                record.data.insert(format!("key{n}"), json!(n));
+                tokio::spawn(async move { save(&*store, &record).await })
+            })
+            .collect();
+        // One save is in the store, held at the gate; the 31 others wait for it.
+        while sessions()
+            .get(&new.id)
+            .is_none_or(|saves| saves.waiting().len() < 31)
+        {
+            tokio::task::yield_now().await;
+        }
+        drop(gate);
+        for handle in saves {
+            handle.await.unwrap().unwrap();
+        }
+
+        // The first save alone; then the 31 together: a try into what they loaded, which the
+        // first save changed, and one into the latest record.
+        assert_eq!(store.replaces.load(Ordering::SeqCst), 3);
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        for n in 0..32 {
+            assert_eq!(stored.data[&format!("key{n}")], n, "{:?}", stored.data);
+        }
+        assert!(
+            !sessions().contains_key(&new.id),
+            "the session's saves are forgotten"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_into_a_session_that_ended_answers_every_save_and_writes_nothing_back() {
+        let store = Arc::new(Counted::default());
+        let mut new = record(json!({}));
+        create(&*store, &mut new).await.unwrap();
+        let loaded: Vec<Record> = loads(&store, new.id, 3).await;
+        // The first save deletes the session: the two waiting saves loaded it, so both are
+        // refused, and nothing is written back.
+        let gate = store.gate.write().await;
+        let handles: Vec<_> = loaded
+            .into_iter()
+            .map(|record| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move { save(&*store, &record).await })
+            })
+            .collect();
+        while sessions()
+            .get(&new.id)
+            .is_none_or(|saves| saves.waiting().len() < 2)
+        {
+            tokio::task::yield_now().await;
+        }
+        store.store.delete(&new.id).await.unwrap();
+        drop(gate);
+        let answers: Vec<_> = answers_of(handles).await;
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
+        assert!(store.store.load(&new.id).await.unwrap().is_none());
+    }
+
+    async fn answers_of(
+        handles: Vec<tokio::task::JoinHandle<session_store::Result<()>>>,
+    ) -> Vec<session_store::Result<()>> {
+        let mut answers = Vec::new();
+        for handle in handles {
+            answers.push(handle.await.unwrap());
+        }
+        answers
     }
 
     /// `count` loads of the record under `id`, one after the other.

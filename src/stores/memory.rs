@@ -97,7 +97,12 @@ impl CompareAndSet for MemoryStore {
         Ok(live(&mut records, id).map(|stored| (stored.record.clone(), stored.number.to_string())))
     }
 
-    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced> {
+    async fn replace(
+        &self,
+        record: Record,
+        seen: Option<&str>,
+        keep: bool,
+    ) -> session_store::Result<Replaced> {
         let mut records = self.records();
         let current = live(&mut records, &record.id);
         let number = match (current, seen) {
@@ -109,8 +114,9 @@ impl CompareAndSet for MemoryStore {
             (Some(stored), _) => stored.number.wrapping_add(1),
             (None, None) => 0,
         };
+        let kept = keep.then(|| (record.clone(), number.to_string()));
         records.insert(record.id, Version { record, number });
-        Ok(Replaced::Done)
+        Ok(Replaced::Done(kept))
     }
 
     async fn insert(&self, record: &Record) -> session_store::Result<bool> {

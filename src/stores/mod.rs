@@ -76,8 +76,14 @@ pub(crate) trait CompareAndSet: Send + Sync {
     /// Replaces the record stored under `record.id` with `record` if the store still holds the
     /// version `seen` names; with `seen` `None`, whatever it holds, or nothing. Otherwise writes
     /// nothing and returns what the store holds now. The record is the store's to keep: a store
-    /// in memory keeps it without a copy.
-    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced>;
+    /// in memory keeps it without a copy. With `keep`, a replace that is done gives back the
+    /// record now stored and its token (another save of the session is waiting to merge into it).
+    async fn replace(
+        &self,
+        record: Record,
+        seen: Option<&str>,
+        keep: bool,
+    ) -> session_store::Result<Replaced>;
 
     /// Stores `record` under its id if no record is stored under it; `false` if one is.
     async fn insert(&self, record: &Record) -> session_store::Result<bool>;
@@ -85,8 +91,8 @@ pub(crate) trait CompareAndSet: Send + Sync {
 
 /// What [`CompareAndSet::replace`] did.
 pub(crate) enum Replaced {
-    /// The record is stored.
-    Done,
+    /// The record is stored; with `keep`, here it is, with its token.
+    Done(Option<(Record, String)>),
     /// Another save came first: nothing was written; this is the latest record and its token,
     /// or `None` if none is stored any more.
     Changed(Option<(Record, String)>),
@@ -153,12 +159,16 @@ fn lost() -> session_store::Result<()> {
     ))
 }
 
-/// The saves of one session in this process: the turn one batch holds while it stores, and the
-/// saves waiting for the next batch.
+/// The saves of one session in this process: the turn one batch holds while it stores, the saves
+/// waiting for the next batch, and what the last batch stored while others were waiting.
 #[derive(Default)]
 struct Saves {
     turn: tokio::sync::Mutex<()>,
     waiting: Mutex<Vec<Waiting>>,
+    /// The record the last batch stored and its token, kept when saves were waiting: the next
+    /// batch merges into it, rather than into what its saves loaded, which the last batch changed.
+    /// Only ever read with the turn held.
+    stored: Mutex<Option<(Record, String)>>,
 }
 
 /// A save waiting for a batch: its record, and where the batch answers it.
@@ -194,6 +204,11 @@ impl Saves {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn stored(&self) -> MutexGuard<'_, Option<(Record, String)>> {
+        // Puts and takes only: a poisoned lock holds nothing half-done.
+        self.stored.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Stores a batch, with the turn held: `own` (if any) and every save waiting, in one
     /// compare-and-set per try. Answers the waiting saves; returns `own`'s answer.
     async fn lead<S: CompareAndSet>(
@@ -206,13 +221,86 @@ impl Saves {
             .into_iter()
             .chain(waiting.iter().map(|waiting| &*waiting.ours))
             .collect();
-        let mut answers = store_batch(store, &members).await.into_iter();
+        let mut answers = self.store(store, &members).await.into_iter();
         let own = own.and_then(|_| answers.next());
         for (waiting, answer) in waiting.into_iter().zip(answers) {
             // A save whose request was dropped meanwhile is stored all the same.
             let _ = waiting.done.send(answer);
         }
         own
+    }
+
+    /// Stores `members`, saves of one session, in order: one compare-and-set when nobody else
+    /// saved since the record it merges into (what the last batch stored, if it kept it, or else
+    /// what the first member loaded), a merge of all and another try for each save that came
+    /// first. Answers each member.
+    async fn store<S: CompareAndSet>(
+        &self,
+        store: &S,
+        members: &[&Record],
+    ) -> Vec<session_store::Result<()>> {
+        let mut answers: Vec<Option<session_store::Result<()>>> =
+            members.iter().map(|_| None).collect();
+        let stored = self.stored().take();
+        let (mut next, mut seen) = match stored {
+            Some((record, token)) => (
+                merged(members, &mut answers, Some(Some(record)), &mut None),
+                Some(token),
+            ),
+            None => {
+                let mut seen = None;
+                (merged(members, &mut answers, None, &mut seen), seen)
+            }
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(record) = next else {
+                // Every member was refused: nothing to store.
+                break;
+            };
+            // Saves waiting now make the next batch: it merges into what this one stores.
+            let keep = !self.waiting().is_empty();
+            match store.replace(record, seen.as_deref(), keep).await {
+                Ok(Replaced::Done(stored)) => {
+                    *self.stored() = stored;
+                    for (ours, answer) in members.iter().zip(&mut answers) {
+                        if answer.is_none() {
+                            merge::saved(ours);
+                            *answer = Some(Ok(()));
+                        }
+                    }
+                    break;
+                }
+                Ok(Replaced::Changed(latest)) => {
+                    let (latest, token) =
+                        latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
+                    seen = token;
+                    next = merged(members, &mut answers, Some(latest), &mut None);
+                }
+                Err(err) => {
+                    for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
+                        *answer = Some(Err(copy(&err)));
+                    }
+                    break;
+                }
+            }
+        }
+        if answers.iter().any(Option::is_none) {
+            tracing::error!(
+                session = %members[0].id,
+                attempts = MAX_ATTEMPTS,
+                "gave up saving the session: other requests of it kept saving first"
+            );
+        }
+        answers
+            .into_iter()
+            .map(|answer| {
+                answer.unwrap_or_else(|| {
+                    Err(session_store::Error::Backend(
+                        "too many concurrent saves of this session".into(),
+                    ))
+                })
+            })
+            .collect()
     }
 }
 
@@ -232,65 +320,6 @@ impl Drop for Held {
             sessions.remove(&self.id);
         }
     }
-}
-
-/// Stores `members`, saves of one session, in order: one compare-and-set when nobody else saved
-/// since the first of them loaded, a merge of all and another try for each save that came
-/// first. Answers each member.
-async fn store_batch<S: CompareAndSet>(
-    store: &S,
-    members: &[&Record],
-) -> Vec<session_store::Result<()>> {
-    let mut answers: Vec<Option<session_store::Result<()>>> =
-        members.iter().map(|_| None).collect();
-    let mut seen = None;
-    let mut next = merged(members, &mut answers, None, &mut seen);
-    for _ in 0..MAX_ATTEMPTS {
-        let Some(record) = next else {
-            // Every member was refused: nothing to store.
-            break;
-        };
-        match store.replace(record, seen.as_deref()).await {
-            Ok(Replaced::Done) => {
-                for (ours, answer) in members.iter().zip(&mut answers) {
-                    if answer.is_none() {
-                        merge::saved(ours);
-                        *answer = Some(Ok(()));
-                    }
-                }
-                break;
-            }
-            Ok(Replaced::Changed(latest)) => {
-                let (latest, token) =
-                    latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
-                seen = token;
-                next = merged(members, &mut answers, Some(latest), &mut None);
-            }
-            Err(err) => {
-                for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
-                    *answer = Some(Err(copy(&err)));
-                }
-                break;
-            }
-        }
-    }
-    if answers.iter().any(Option::is_none) {
-        tracing::error!(
-            session = %members[0].id,
-            attempts = MAX_ATTEMPTS,
-            "gave up saving the session: other requests of it kept saving first"
-        );
-    }
-    answers
-        .into_iter()
-        .map(|answer| {
-            answer.unwrap_or_else(|| {
-                Err(session_store::Error::Backend(
-                    "too many concurrent saves of this session".into(),
-                ))
-            })
-        })
-        .collect()
 }
 
 /// The record that stores every member not answered yet: each one's operations merged, in order,
@@ -380,6 +409,7 @@ mod tests {
             &self,
             record: Record,
             seen: Option<&str>,
+            keep: bool,
         ) -> session_store::Result<Replaced> {
             self.replaces.fetch_add(1, Ordering::SeqCst);
             drop(self.gate.read().await);
@@ -388,9 +418,9 @@ mod tests {
                 self.interleave.store(others - 1, Ordering::SeqCst);
                 let (mut other, token) = self.store.fetch(&record.id).await?.expect("stored");
                 other.data.insert(format!("other{others}"), json!(others));
-                self.store.replace(other, Some(&token)).await?;
+                self.store.replace(other, Some(&token), false).await?;
             }
-            self.store.replace(record, seen).await
+            self.store.replace(record, seen, keep).await
         }
 
         async fn insert(&self, record: &Record) -> session_store::Result<bool> {
@@ -498,16 +528,19 @@ mod tests {
         create(&*store, &mut new).await.unwrap();
         let loaded: Vec<Record> = loads(&store, new.id, 32).await;
         let gate = store.gate.write().await;
-        let saves: Vec<_> = loaded
-            .into_iter()
-            .enumerate()
-            .map(|(n, mut record)| {
-                let store = Arc::clone(&store);
-                record.data.insert(format!("key{n}"), json!(n));
-                tokio::spawn(async move { save(&*store, &record).await })
-            })
-            .collect();
-        // One save is in the store, held at the gate; the 31 others wait for it.
+        let spawn = |(n, mut record): (usize, Record)| {
+            let store = Arc::clone(&store);
+            record.data.insert(format!("key{n}"), json!(n));
+            tokio::spawn(async move { save(&*store, &record).await })
+        };
+        let mut loaded = loaded.into_iter().enumerate();
+        // One save is in the store, held at the gate, with nobody waiting yet...
+        let mut saves = vec![spawn(loaded.next().unwrap())];
+        while store.replaces.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ... then the 31 others wait for it.
+        saves.extend(loaded.map(spawn));
         while sessions()
             .get(&new.id)
             .is_none_or(|saves| saves.waiting().len() < 31)
@@ -561,6 +594,40 @@ mod tests {
         assert!(store.store.load(&new.id).await.unwrap().is_none());
     }
 
+    #[tokio::test]
+    async fn a_batch_merges_into_what_the_last_one_stored_while_others_waited() {
+        let store = Counted::default();
+        let mut new = record(json!({}));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = loads(&store, new.id, 2).await;
+        for (n, record) in loaded.iter_mut().enumerate() {
+            record.data.insert(format!("key{n}"), json!(n));
+        }
+        let saves = Saves::default();
+        // With a save waiting, the first batch keeps what it stores...
+        let (done, _answer) = oneshot::channel();
+        saves.waiting().push(Waiting {
+            ours: Arc::new(loaded[1].clone()),
+            done,
+        });
+        let first = saves.store(&store, &[&loaded[0]]).await;
+        assert!(first[0].is_ok(), "{first:?}");
+        assert!(saves.stored().is_some());
+        saves.waiting().clear();
+
+        // ... and the next merges into it at once, rather than first trying the version its save
+        // loaded, which the first batch changed.
+        let second = saves.store(&store, &[&loaded[1]]).await;
+        assert!(second[0].is_ok(), "{second:?}");
+        assert_eq!(store.replaces.load(Ordering::SeqCst), 2);
+        assert!(saves.stored().is_none(), "nobody waited for the second");
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (&stored.data["key0"], &stored.data["key1"]),
+            (&json!(0), &json!(1))
+        );
+    }
+
     async fn answers_of(
         handles: Vec<tokio::task::JoinHandle<session_store::Result<()>>>,
     ) -> Vec<session_store::Result<()>> {
@@ -603,8 +670,8 @@ mod tests {
         let (mut stored, token) = store.fetch(&new.id).await.unwrap().unwrap();
         stored.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
         assert!(matches!(
-            store.replace(stored, Some(&token)).await.unwrap(),
-            Replaced::Done
+            store.replace(stored, Some(&token), false).await.unwrap(),
+            Replaced::Done(None)
         ));
 
         assert!(store.load(&new.id).await.unwrap().is_none());

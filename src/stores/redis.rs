@@ -138,6 +138,12 @@ fn backend(what: &str, err: &fred::error::Error) -> session_store::Error {
     ))
 }
 
+/// What a replace that is done gives back: with `keep`, the record and its token (`value` being
+/// the record as stored).
+fn kept(record: Record, value: &[u8], keep: bool) -> Option<(Record, String)> {
+    keep.then(|| (record, token(value)))
+}
+
 /// The key's expiry for `record`: its expiry date in whole Unix seconds, at least 1 (Redis
 /// refuses 0 and less; a record that old has expired anyway, and Redis removes it at once).
 fn expire_at(record: &Record) -> i64 {
@@ -181,7 +187,12 @@ where
         Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, token(&bytes)))))
     }
 
-    async fn replace(&self, record: Record, seen: Option<&str>) -> session_store::Result<Replaced> {
+    async fn replace(
+        &self,
+        record: Record,
+        seen: Option<&str>,
+        keep: bool,
+    ) -> session_store::Result<Replaced> {
         let key = record.id.to_string();
         let value = encode(&record)?;
         let Some(seen) = seen else {
@@ -196,7 +207,7 @@ where
                 )
                 .await
                 .map_err(|err| backend("SET", &err))?;
-            return Ok(Replaced::Done);
+            return Ok(Replaced::Done(kept(record, &value, keep)));
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
@@ -207,7 +218,7 @@ where
             Value::from(expire_at(&record)),
         ];
         match self.run_replace(&key, args).await? {
-            Value::Integer(1) => Ok(Replaced::Done),
+            Value::Integer(1) => Ok(Replaced::Done(kept(record, &value, keep))),
             Value::Null => Ok(Replaced::Changed(None)),
             latest => match latest.as_bytes() {
                 // An undecodable latest record counts as none: the session is not written back

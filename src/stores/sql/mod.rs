@@ -159,10 +159,13 @@ where
 
     pub(crate) async fn replace(
         &self,
-        record: &Record,
+        record: Record,
         seen: Option<&str>,
+        keep: bool,
     ) -> session_store::Result<Replaced> {
-        let data = encode(record)?;
+        let data = encode(&record)?;
+        // The token of the new version, when the save wants the record back.
+        let kept = keep.then(|| token(&data));
         let Some(seen) = seen else {
             sqlx::query(&self.sql.upsert)
                 .bind(record.id.to_string())
@@ -171,7 +174,7 @@ where
                 .execute(&self.pool)
                 .await
                 .map_err(failed::<DB>("save"))?;
-            return Ok(Replaced::Done);
+            return Ok(Replaced::Done(kept.map(|token| (record, token))));
         };
         // A token is always one of ours; one that is not names no stored value.
         if let Some(seen) = bytes_of(seen) {
@@ -185,7 +188,7 @@ where
                 .await
                 .map_err(failed::<DB>("save"))?;
             if DB::rows_affected(&result) > 0 {
-                return Ok(Replaced::Done);
+                return Ok(Replaced::Done(kept.map(|token| (record, token))));
             }
         }
         Ok(Replaced::Changed(self.fetch(&record.id).await?))
@@ -270,8 +273,9 @@ macro_rules! sql_session_store {
                 &self,
                 record: Record,
                 seen: Option<&str>,
+                keep: bool,
             ) -> session_store::Result<$crate::stores::Replaced> {
-                self.table.replace(&record, seen).await
+                self.table.replace(record, seen, keep).await
             }
 
             async fn insert(&self, record: &Record) -> session_store::Result<bool> {

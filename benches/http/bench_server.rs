@@ -28,9 +28,16 @@
 //! | `embedded` | `controllers` on this crate's own `stores::MemoryStore` (merged by compare-and-set): the README's recommended setup |
 //! | `keyed` | this crate's `Keyed<Cart>` extractor |
 //! | `axum_session` | axum_session's `Session<SessionNullPool>`, the rule by hand, `set` |
+//! | `raw_redis` | `raw` on tower-sessions-redis-store |
+//! | `redis` | `controllers` on this crate's `stores::RedisStore` |
 //!
-//! All sessions live in memory (tower-sessions' `MemoryStore` unless said otherwise; axum_session's
-//! memory cache).
+//! Sessions live in memory (tower-sessions' `MemoryStore` unless said otherwise; axum_session's
+//! memory cache), except for the two Redis contenders: they keep them in the Redis at `REDIS_URL`
+//! (`redis://127.0.0.1:6379` by default), through a fred pool of 4 connections, and let them
+//! expire 10 minutes after their last request.
+//!
+//! `POST /fill` (every contender but `bare`) stores 10 other namespaces of 1 KiB in the visitor's
+//! session, which the cart routes never touch: run.sh's `SESSIONS=large`.
 //! Cookies are sent without `Secure`, since the load test speaks plain HTTP.
 
 use std::{collections::BTreeMap, env, net::SocketAddr, process::ExitCode};
@@ -41,11 +48,12 @@ use axum::{
     Router,
 };
 use axum_session::{SessionConfig, SessionLayer, SessionNullPool, SessionStore};
+use fred::prelude::{ClientLike, Config, Pool};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::{Duration, OffsetDateTime};
 use tower::ServiceBuilder;
-use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+use tower_sessions::{Expiry, MemoryStore, Session, SessionManagerLayer};
 use tower_sessions_controller::{
     stores, Error, Keyed, Namespace, SessionControllerLayer, SessionControllers, STAMP_KEY,
 };
@@ -143,6 +151,25 @@ async fn raw_add(session: Session) -> Result<String, StatusCode> {
     Ok(next.to_string())
 }
 
+/// The other namespaces `POST /fill` stores: 10 of about 1 KiB, each in the seed's layout, with
+/// a stamp a day ahead.
+fn others() -> impl Iterator<Item = (String, Value)> {
+    let stamp = seconds(OffsetDateTime::now_utc() + Duration::days(1));
+    (0..10).map(move |n| {
+        let mut ns = Map::new();
+        ns.insert("notes".to_owned(), Value::from("x".repeat(1000)));
+        ns.insert(STAMP_KEY.to_owned(), Value::from(stamp));
+        (format!("other{n}"), Value::Object(ns))
+    })
+}
+
+async fn raw_fill(session: Session) -> Result<&'static str, StatusCode> {
+    for (key, ns) in others() {
+        session.insert_value(&key, ns).await.map_err(internal)?;
+    }
+    Ok("ok")
+}
+
 // ---- this crate ----
 
 async fn controllers_read(controllers: SessionControllers) -> Result<String, Error> {
@@ -193,12 +220,34 @@ async fn axs_read(session: AxSession) -> String {
     quantity(&axs_open(&session, OffsetDateTime::now_utc())).to_string()
 }
 
+async fn axs_fill(session: AxSession) -> &'static str {
+    for (key, ns) in others() {
+        session.set(&key, ns);
+    }
+    "ok"
+}
+
 async fn axs_add(session: AxSession) -> String {
     let now = OffsetDateTime::now_utc();
     let mut ns = axs_open(&session, now);
     let next = add_one(&mut ns, now);
     session.set(KEY, &ns);
     next.to_string()
+}
+
+/// A connected pool of 4 on `REDIS_URL`.
+async fn redis_pool() -> Pool {
+    let url = env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+    let pool = Pool::new(
+        Config::from_url(&url).expect("REDIS_URL"),
+        None,
+        None,
+        None,
+        4,
+    )
+    .expect("a Redis pool");
+    pool.init().await.expect("Redis at REDIS_URL");
+    pool
 }
 
 /// The app of `contender`, or `None` if there is no such contender.
@@ -211,10 +260,30 @@ async fn app(contender: &str) -> Option<Router> {
         "raw" => Router::new()
             .route("/cart", get(raw_read))
             .route("/cart/add", post(raw_add))
+            .route("/fill", post(raw_fill))
             .layer(store()),
+        "raw_redis" => Router::new()
+            .route("/cart", get(raw_read))
+            .route("/cart/add", post(raw_add))
+            .route("/fill", post(raw_fill))
+            .layer(in_redis(SessionManagerLayer::new(
+                tower_sessions_redis_store::RedisStore::new(redis_pool().await),
+            ))),
+        "redis" => Router::new()
+            .route("/cart", get(controllers_read))
+            .route("/cart/add", post(controllers_add))
+            .route("/fill", post(raw_fill))
+            .layer(
+                ServiceBuilder::new()
+                    .layer(in_redis(SessionManagerLayer::new(stores::RedisStore::new(
+                        redis_pool().await,
+                    ))))
+                    .layer(SessionControllerLayer::new()),
+            ),
         "controllers" => Router::new()
             .route("/cart", get(controllers_read))
             .route("/cart/add", post(controllers_add))
+            .route("/fill", post(raw_fill))
             .layer(
                 ServiceBuilder::new()
                     .layer(store())
@@ -223,6 +292,7 @@ async fn app(contender: &str) -> Option<Router> {
         "embedded" => Router::new()
             .route("/cart", get(controllers_read))
             .route("/cart/add", post(controllers_add))
+            .route("/fill", post(raw_fill))
             .layer(
                 ServiceBuilder::new()
                     .layer(
@@ -233,6 +303,7 @@ async fn app(contender: &str) -> Option<Router> {
         "keyed" => Router::new()
             .route("/cart", get(keyed_read))
             .route("/cart/add", post(keyed_add))
+            .route("/fill", post(raw_fill))
             .layer(
                 ServiceBuilder::new()
                     .layer(store())
@@ -246,10 +317,20 @@ async fn app(contender: &str) -> Option<Router> {
             Router::new()
                 .route("/cart", get(axs_read))
                 .route("/cart/add", post(axs_add))
+                .route("/fill", post(axs_fill))
                 .layer(SessionLayer::new(store))
         }
         _ => return None,
     })
+}
+
+/// The session layer of a Redis contender: sessions expire 10 minutes after their last request.
+fn in_redis<S: tower_sessions::SessionStore + Clone>(
+    layer: SessionManagerLayer<S>,
+) -> SessionManagerLayer<S> {
+    layer
+        .with_secure(false)
+        .with_expiry(Expiry::OnInactivity(Duration::minutes(10)))
 }
 
 #[tokio::main]
@@ -257,7 +338,8 @@ async fn main() -> ExitCode {
     let contender = env::var("CONTENDER").unwrap_or_else(|_| "controllers".to_owned());
     let Some(app) = app(&contender).await else {
         eprintln!(
-            "CONTENDER={contender:?}: expected bare, raw, controllers, embedded, keyed or axum_session"
+            "CONTENDER={contender:?}: expected bare, raw, controllers, embedded, keyed, \
+             axum_session, raw_redis or redis"
         );
         return ExitCode::FAILURE;
     };

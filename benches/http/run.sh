@@ -9,10 +9,14 @@
 # request over raw tower-sessions' at the same workload and connection count. The CPU time per
 # request is the steadier of the two on a machine that other processes also load.
 #
-# Contenders: benches/http/bench_server.rs with CONTENDER=bare|raw|controllers|embedded|keyed|axum_session,
-# and the seed, django-spire's SessionController in the Django project of benches/http/seed,
+# Contenders: benches/http/bench_server.rs with
+# CONTENDER=bare|raw|controllers|embedded|keyed|axum_session|raw_redis|redis, and the seed, django-spire's SessionController in the Django project of benches/http/seed,
 # served by gunicorn. Workloads: `add` (POST /cart/add: one more apple in the cart, the session
-# is saved) and `read` (GET /cart: the quantity, nothing saved).
+# is saved) and `read` (GET /cart: the quantity, nothing saved). Sessions: `small` (the cart alone,
+# about 60 bytes) and `large` (the cart and 10 other namespaces of 1 KiB, stored by POST /fill
+# when the session is made; not for the seed). The Redis contenders (raw_redis: raw on
+# tower-sessions-redis-store; redis: the controllers on stores::RedisStore) use the Redis at
+# REDIS_URL (redis://127.0.0.1:6379 by default) and are compared with raw_redis, the others with raw.
 #
 # It installs what it lacks: wrk (apt-get) and, in target/http-bench/venv, the pinned Python
 # packages of benches/http/seed/requirements.txt (pip). It only talks to 127.0.0.1, and every
@@ -22,8 +26,9 @@
 #   DURATION=10        seconds measured per run
 #   WARMUP=3           seconds of load before each measured run, not counted
 #   CONNECTIONS="1 16 64"
-#   CONTENDERS="bare raw controllers embedded keyed axum_session seed"
+#   CONTENDERS="bare raw controllers embedded keyed axum_session raw_redis redis seed"
 #   WORKLOADS="add read"
+#   SESSIONS="small large"
 #   ROUNDS=1           repeat the whole matrix; the table shows each figure's median
 #   SEED_THREADS=4     gunicorn's threads in its one worker process (see seed/seedbench/settings.py)
 #   PIN=auto           auto: with 2 or more CPUs, wrk on CPU 0 and the server on CPU 1
@@ -44,8 +49,9 @@ venv=$out/venv
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-3}
 CONNECTIONS=${CONNECTIONS:-"1 16 64"}
-CONTENDERS=${CONTENDERS:-"bare raw controllers embedded keyed axum_session seed"}
+CONTENDERS=${CONTENDERS:-"bare raw controllers embedded keyed axum_session raw_redis redis seed"}
 WORKLOADS=${WORKLOADS:-"add read"}
+SESSIONS=${SESSIONS:-"small large"}
 ROUNDS=${ROUNDS:-1}
 SEED_THREADS=${SEED_THREADS:-4}
 PIN=${PIN:-auto}
@@ -210,6 +216,17 @@ establish_sessions() {
     done
 }
 
+# fill_sessions URL FILE: 10 other namespaces of 1 KiB in each session of FILE (POST /fill).
+fill_sessions() {
+    local url=$1 file=$2 cookie
+    while read -r cookie; do
+        [[ $(curl -s -X POST -H "Cookie: $cookie" "$url/fill") == ok ]] || {
+            log "POST /fill failed"
+            exit 1
+        }
+    done <"$file"
+}
+
 # quantity URL COOKIE: the cart's quantity as the server reports it.
 quantity() {
     curl -s -H "Cookie: $2" "$1/cart"
@@ -224,18 +241,25 @@ run_wrk() {
 }
 
 results=$out/results.tsv
-echo -e "round\tworkload\tcontender\tconnections\trequests\tduration_us\tp50_us\tp99_us\terrors\tserver_cpu_ticks\tload1" >"$results"
+echo -e "round\tsessions\tworkload\tcontender\tconnections\trequests\tduration_us\tp50_us\tp99_us\terrors\tserver_cpu_ticks\tload1" >"$results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $load_before"
 
 for round in $(seq 1 "$ROUNDS"); do
+  for sessions in $SESSIONS; do
     for conns in $CONNECTIONS; do
         for contender in $CONTENDERS; do
+            if [[ $sessions == large && $contender == seed ]]; then
+                continue
+            fi
             port=$(free_port)
             url=http://127.0.0.1:$port
             start_server "$contender" "$port"
             cookies=$out/cookies.txt
             establish_sessions "$url" "$conns" "$cookies"
+            if [[ $sessions == large && $contender != bare ]]; then
+                fill_sessions "$url" "$cookies"
+            fi
             first=$(head -1 "$cookies")
             if [[ $contender != bare && $(quantity "$url" "$first") != 1 ]]; then
                 log "$contender: a new session's cart does not hold one apple"
@@ -247,7 +271,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 read) method=GET path=/cart ;;
                 *) log "unknown workload $workload"; exit 1 ;;
                 esac
-                log "round $round: $contender, $conns connection(s), $workload"
+                log "round $round: $contender, $sessions sessions, $conns connection(s), $workload"
                 run_wrk "$url" "$conns" "$WARMUP" "$method" "$path" "$cookies" >/dev/null
                 cpu_before=$(server_cpu_ticks)
                 line=$(run_wrk "$url" "$conns" "$DURATION" "$method" "$path" "$cookies")
@@ -256,7 +280,7 @@ for round in $(seq 1 "$ROUNDS"); do
                 # RESULT requests=… duration_us=… p50_us=… p99_us=… errors=…
                 read -r requests duration p50 p99 errors < <(
                     echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/^RESULT //')
-                echo -e "$round\t$workload\t$contender\t$conns\t$requests\t$duration\t$p50\t$p99\t$errors\t$cpu\t$load1" >>"$results"
+                echo -e "$round\t$sessions\t$workload\t$contender\t$conns\t$requests\t$duration\t$p50\t$p99\t$errors\t$cpu\t$load1" >>"$results"
                 if [[ $errors != 0 ]]; then
                     log "$contender: $errors errors"
                     exit 1
@@ -273,6 +297,7 @@ for round in $(seq 1 "$ROUNDS"); do
             stop_server
         done
     done
+  done
 done
 
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -289,7 +314,7 @@ for r in rows:
     rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)
     # The server's CPU time per request, in µs (clock ticks of 1/$(getconf CLK_TCK) s).
     cpu = int(r["server_cpu_ticks"]) * 1e6 / $(getconf CLK_TCK) / int(r["requests"])
-    runs[(r["workload"], int(r["connections"]), r["contender"])].append(
+    runs[(r["sessions"], r["workload"], int(r["connections"]), r["contender"])].append(
         (rps, int(r["p50_us"]), int(r["p99_us"]), float(r["load1"]), cpu))
 
 names = {
@@ -299,6 +324,8 @@ names = {
     "embedded": "SessionControllers on stores::MemoryStore",
     "keyed": "Keyed<T>",
     "axum_session": "axum_session",
+    "raw_redis": "raw tower-sessions on Redis (tower-sessions-redis-store)",
+    "redis": "SessionControllers on stores::RedisStore",
     "seed": "seed: django-spire + Django + gunicorn",
 }
 def latency(us):
@@ -312,19 +339,27 @@ lines = [
     "$SEED_THREADS threads; load average before $load_before, after $load_after; "
     "the whole run took $elapsed s.",
     "",
-    "| workload | connections | contender | requests/s | p50 | p99 | requests/s ÷ raw "
+    "The Redis contenders are compared with raw tower-sessions on Redis, the others with raw "
+    "tower-sessions on its MemoryStore.",
+    "",
+    "| sessions | workload | connections | contender | requests/s | p50 | p99 | requests/s ÷ raw "
     "| server CPU / request | ÷ raw | load (1 min) |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
-for workload in "$WORKLOADS".split():
+def medians(key):
+    rs = runs.get(key)
+    if not rs:
+        return None, None
+    return statistics.median(r[0] for r in rs), statistics.median(r[4] for r in rs)
+for sessions in "$SESSIONS".split():
+  for workload in "$WORKLOADS".split():
     for conns in [int(c) for c in "$CONNECTIONS".split()]:
-        raw = runs.get((workload, conns, "raw"))
-        raw_rps = statistics.median(r[0] for r in raw) if raw else None
-        raw_cpu = statistics.median(r[4] for r in raw) if raw else None
         for c in order:
-            rs = runs.get((workload, conns, c))
+            rs = runs.get((sessions, workload, conns, c))
             if not rs:
                 continue
+            base = "raw_redis" if c in ("raw_redis", "redis") else "raw"
+            raw_rps, raw_cpu = medians((sessions, workload, conns, base))
             rps = statistics.median(r[0] for r in rs)
             p50 = int(statistics.median(r[1] for r in rs))
             p99 = int(statistics.median(r[2] for r in rs))
@@ -332,7 +367,7 @@ for workload in "$WORKLOADS".split():
             cpu = statistics.median(r[4] for r in rs)
             ratio = f"{rps / raw_rps:.3f}" if raw_rps else "–"
             cpu_ratio = f"{cpu / raw_cpu:.3f}" if raw_cpu else "–"
-            lines.append(f"| {workload} | {conns} | {names.get(c, c)} | {rps:,.0f} | "
+            lines.append(f"| {sessions} | {workload} | {conns} | {names.get(c, c)} | {rps:,.0f} | "
                          f"{latency(p50)} | {latency(p99)} | {ratio} | {cpu:.1f} µs | "
                          f"{cpu_ratio} | {load:.2f} |")
 text = "\n".join(lines) + "\n"

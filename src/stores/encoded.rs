@@ -38,12 +38,15 @@ pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record>
 /// The token naming the stored `bytes`: they, in lower-case hex.
 pub(super) fn token(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut token = String::with_capacity(bytes.len() * 2);
+    let mut token = Vec::with_capacity(bytes.len() * 2);
     for byte in bytes {
-        token.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        token.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+        token.extend_from_slice(&[
+            DIGITS[usize::from(byte >> 4)],
+            DIGITS[usize::from(byte & 0x0f)],
+        ]);
     }
-    token
+    // Hex digits are ASCII: never the empty fallback.
+    String::from_utf8(token).unwrap_or_default()
 }
 
 /// The bytes `token` names; `None` if it is not an even run of lower-case hex digits (no token
@@ -60,10 +63,11 @@ pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
     if token.len() % 2 != 0 {
         return None;
     }
-    token
-        .chunks_exact(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
+    let mut bytes = Vec::with_capacity(token.len() / 2);
+    for pair in token.chunks_exact(2) {
+        bytes.push(digit(pair[0])? << 4 | digit(pair[1])?);
+    }
+    Some(bytes)
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! The digest of a stored value: how a save tells the keys its request changed from the ones it
 //! only loaded, without keeping a copy of what it loaded.
 //!
-//! A 64-bit FNV-1a hash over the value's structure, stable across processes and releases (the
-//! digests are stored). Objects are hashed without regard to their keys' order, so a map that
+//! A 64-bit hash over the value's structure, in the manner of FNV-1a but eight bytes at a step
+//! (a long string costs an eighth of the multiplications), stable across processes (the digests
+//! are stored; a release that changes the function says so: the records stored before it then
+//! count every key as changed, once, at their next merge). Objects are hashed without regard to their keys' order, so a map that
 //! keeps insertion order (serde_json's `preserve_order`) digests as a sorted one does. Two
 //! different values may share a digest; then a change counts as none, and the latest stored value
 //! of that key stands: one write of one key lost, once in some 2^64 changes.
@@ -12,8 +14,19 @@ use serde_json::Value;
 const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const PRIME: u64 = 0x0000_0100_0000_01b3;
 
+/// Mixes a whole word in: an odd multiplier and a shift, each a bijection, so that two inputs
+/// of one length that differ in one word always differ after it.
+const MIX: u64 = 0x9e37_79b9_7f4a_7c15;
+
 fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
-    for byte in bytes {
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut le = [0; 8];
+        le.copy_from_slice(word);
+        hash = (hash ^ u64::from_le_bytes(le)).wrapping_mul(MIX);
+        hash ^= hash >> 29;
+    }
+    for byte in words.remainder() {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(PRIME);
     }
@@ -79,6 +92,19 @@ mod tests {
         ] {
             assert_ne!(of(&value), of(&changed), "{changed}");
         }
+    }
+
+    #[test]
+    fn a_change_anywhere_in_a_long_string_changes_its_digest() {
+        let long: String = (0..100).map(|i| char::from(b'a' + i % 26)).collect();
+        let digest = of(&json!(long));
+        for at in 0..long.len() {
+            let mut changed = long.clone().into_bytes();
+            changed[at] = b'-';
+            let changed = String::from_utf8(changed).unwrap();
+            assert_ne!(of(&json!(changed)), digest, "a change at byte {at}");
+        }
+        assert_ne!(of(&json!(&long[..99])), digest);
     }
 
     #[test]

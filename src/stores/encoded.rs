@@ -37,13 +37,20 @@ pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record>
 
 /// The token naming the stored `bytes`: they, in lower-case hex.
 pub(super) fn token(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut token = Vec::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        token.extend_from_slice(&[
-            DIGITS[usize::from(byte >> 4)],
-            DIGITS[usize::from(byte & 0x0f)],
-        ]);
+    /// Each byte's two digits.
+    const PAIRS: [[u8; 2]; 256] = {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut pairs = [[0; 2]; 256];
+        let mut byte = 0;
+        while byte < 256 {
+            pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
+            byte += 1;
+        }
+        pairs
+    };
+    let mut token = vec![0; bytes.len() * 2];
+    for (pair, byte) in token.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&PAIRS[usize::from(*byte)]);
     }
     // Hex digits are ASCII: never the empty fallback.
     String::from_utf8(token).unwrap_or_default()

@@ -17,9 +17,7 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
+    net::TcpStream,
     sync::mpsc,
     time::{Duration as StdDuration, Instant},
 };
@@ -46,80 +44,13 @@ const WRITES: usize = 240;
 const IN_FLIGHT: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
-// A redis-server of our own, and MONITOR
+// A redis-server of our own (the tests' one), and MONITOR
 // ---------------------------------------------------------------------------------------------
 
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
 
-impl OwnRedis {
-    fn start() -> Result<Self, String> {
-        let port = TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|listener| listener.local_addr())
-            .map_err(|err| err.to_string())?
-            .port();
-        let dir = std::env::temp_dir().join(format!(
-            "tower_sessions_controller_bench_redis_{}_{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|err| err.to_string())?;
-        let mut command = Command::new("redis-server");
-        command
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_this_thread(&mut command);
-        let child = command
-            .spawn()
-            .map_err(|err| format!("redis-server cannot be started: {err}"))?;
-        let redis = Self { port, dir, child };
-        let deadline = Instant::now() + StdDuration::from_secs(10);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(redis);
-            }
-            std::thread::sleep(StdDuration::from_millis(50));
-        }
-        Err(format!("redis-server on port {port} did not answer"))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn die_with_this_thread(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the closure calls only `prctl`, which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_this_thread(_command: &mut Command) {}
+use redis_server::OwnRedis;
 
 /// Every command the server runs, read from a `MONITOR` connection.
 struct Monitor {
@@ -368,7 +299,7 @@ async fn overlap(contender: Contender, a: &Pool, b: &Pool) -> (usize, usize, Std
 }
 
 fn main() {
-    let redis = match OwnRedis::start() {
+    let redis = match OwnRedis::start(false) {
         Ok(redis) => redis,
         Err(err) => {
             eprintln!("SKIPPED: a redis-server of its own is needed: {err}");

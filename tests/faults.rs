@@ -21,7 +21,9 @@
 //! - **Every third save fails** (`every_third_save_*`): of a visitor's writes, exactly those
 //!   whose save failed answer `500` and are missing from the store.
 //! - **Random faults on a sequence of requests** (`random_faults_*`): after each request, the
-//!   stored namespaces equal a model that applies exactly the requests answered `200`.
+//!   stored namespaces equal a model that applies exactly the requests answered `200`. Also on
+//!   the crate's own `stores::MemoryStore` and `stores::RedisStore`, which merge by themselves
+//!   (no `MergingStore` above them).
 //! - **No lost updates under faults** (`overlapping_requests_*`): overlapping requests on one
 //!   session behind `MergingStore`, with random delays on every store call and random failures
 //!   of loads, saves and lock `create`s. Every request answered `200` has both of its changes
@@ -48,6 +50,8 @@
 mod fault_store;
 #[path = "faults/redis_restart.rs"]
 mod redis_restart;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 #[path = "support/services.rs"]
 mod services;
 mod support;
@@ -75,8 +79,8 @@ use tower_sessions::{
     MemoryStore, SessionManagerLayer, SessionStore,
 };
 use tower_sessions_controller::{
-    Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer, SessionControllers,
-    STAMP_KEY,
+    stores, Error, Keyed, ManualClock, MergingStore, Namespace, SessionControllerLayer,
+    SessionControllers, STAMP_KEY,
 };
 use tower_sessions_redis_store::{
     fred::prelude::{ClientLike, Pool},
@@ -85,7 +89,10 @@ use tower_sessions_redis_store::{
 
 use fault_store::{Fault, FaultStore, Jitter, Op, Pick, SECRET};
 use services::PoolKind;
-use support::{send, Logs, Reply, Visitor, START};
+use support::{
+    routes::{ns_put, ns_read},
+    send, Logs, Reply, Visitor, START,
+};
 
 /// The top-level key under which `MergingStore` keeps a record's versions.
 const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
@@ -105,24 +112,6 @@ struct Basket {
 
 impl Namespace for Basket {
     const KEY: &'static str = "basket";
-}
-
-/// GET /ns/{ns}: the namespace's keys and values.
-async fn ns_read(
-    Path(ns): Path<String>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    Ok(Json(Value::Object(controllers.open(&ns).await?.data())))
-}
-
-/// POST /ns/{ns}/{key}/{value}
-async fn ns_put(
-    Path((ns, key, value)): Path<(String, String, String)>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    let mut namespace = controllers.open(&ns).await?;
-    namespace.insert(&key, value)?;
-    Ok(Json(Value::Object(namespace.data())))
 }
 
 /// DELETE /ns/{ns}/{key}
@@ -401,12 +390,27 @@ where
     F: FnOnce(Backend<RedisStore<Pool>>) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let Some((store, pool)) = services::redis(test, PoolKind::Plain).await else {
+    on_redis_as(test, "redis", RedisStore::new, body).await;
+}
+
+/// [`on_redis`] with the stores `store` makes of the shared Redis's pool.
+async fn on_redis_as<B, F, Fut>(
+    test: &'static str,
+    name: &'static str,
+    store: fn(Pool) -> B,
+    body: F,
+) where
+    B: SessionStore + Clone,
+    F: FnOnce(Backend<B>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some((_, pool)) = services::redis(test, PoolKind::Plain).await else {
         return;
     };
+    let shared = pool.clone();
     let backend = Backend {
-        name: "redis",
-        make: Arc::new(move || store.clone()),
+        name,
+        make: Arc::new(move || store(shared.clone())),
         made: Made::default(),
     };
     let made = backend.made.clone();
@@ -1032,6 +1036,35 @@ async fn random_faults_on_a_sequence_leave_exactly_the_successful_requests_on_re
         |backend| async move {
             for stack in STACKS {
                 random_faults(&backend, stack, 7).await;
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn random_faults_on_a_sequence_leave_exactly_the_successful_requests_on_the_crates_memory_store(
+) {
+    let backend = Backend {
+        name: "stores::MemoryStore",
+        make: Arc::new(stores::MemoryStore::default),
+        made: Made::default(),
+    };
+    for seed in [1, 2, 3] {
+        random_faults(&backend, Stack::Bare, seed).await;
+    }
+}
+
+#[tokio::test]
+async fn random_faults_on_a_sequence_leave_exactly_the_successful_requests_on_the_crates_redis_store(
+) {
+    on_redis_as(
+        "faults::random_faults_on_a_sequence_leave_exactly_the_successful_requests_on_the_crates_redis_store",
+        "stores::RedisStore",
+        stores::RedisStore::new,
+        |backend| async move {
+            for seed in [7, 8] {
+                random_faults(&backend, Stack::Bare, seed).await;
             }
         },
     )

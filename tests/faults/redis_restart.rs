@@ -29,11 +29,7 @@
 //! `REQUIRE_SERVICES=1`.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
     panic::AssertUnwindSafe,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU8, Ordering},
         Arc,
@@ -56,234 +52,18 @@ use tower_sessions_redis_store::{
 use crate::{
     app,
     fault_store::FaultStore,
+    redis_server::{ping, OwnRedis},
     services::{self, PoolKind},
     support::{Logs, Reply, Visitor, START},
     Stack,
 };
 
-const HOST: &str = "127.0.0.1";
 /// How long a command waits on the resilient pool.
 const COMMAND_TIMEOUT: StdDuration = StdDuration::from_millis(500);
 /// The longest a request may take while Redis is down.
 const ANSWER_WITHIN: StdDuration = StdDuration::from_secs(5);
 /// The longest the app may take to serve again after Redis is back.
 const RECOVER_WITHIN: StdDuration = StdDuration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// A Redis of the test's own
-// ---------------------------------------------------------------------------------------------
-
-/// Sends one inline command to the Redis on `port` and returns its reply lines until `done`
-/// says enough, or `None` when nothing answers (`SHUTDOWN` closes the connection without a
-/// reply).
-fn command(port: u16, command: &str, done: impl Fn(&str) -> bool) -> Option<Vec<String>> {
-    let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&address, StdDuration::from_millis(200)).ok()?;
-    stream
-        .set_read_timeout(Some(StdDuration::from_millis(500)))
-        .ok()?;
-    stream.write_all(format!("{command}\r\n").as_bytes()).ok()?;
-    let mut lines = Vec::new();
-    for line in BufReader::new(stream).lines() {
-        let line = line.ok()?;
-        let enough = done(&line);
-        lines.push(line);
-        if enough {
-            break;
-        }
-    }
-    Some(lines)
-}
-
-fn ping(port: u16) -> bool {
-    command(port, "PING", |_| true).is_some_and(|reply| reply == ["+PONG"])
-}
-
-/// The process id of the Redis that answers on `port`: the test shuts down only a server it
-/// knows to be its own.
-fn server_pid(port: u16) -> Option<u32> {
-    let reply = command(port, "INFO server", |line| line.starts_with("process_id:"))?;
-    reply
-        .iter()
-        .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
-}
-
-fn wait_for(port: u16, up: bool, within: StdDuration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if ping(port) == up {
-            return true;
-        }
-        std::thread::sleep(StdDuration::from_millis(50));
-    }
-    ping(port) == up
-}
-
-/// A port no one listens on now (the kernel's pick for port 0).
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((HOST, 0))?.local_addr()?.port())
-}
-
-/// A `redis-server` this test started: on its own port, with its own directory. Dropping it
-/// stops the server and removes the directory, whatever happened in between.
-struct OwnRedis {
-    port: u16,
-    dir: PathBuf,
-    server: Option<Child>,
-}
-
-impl OwnRedis {
-    /// Starts an instance on a free port, or says why it cannot.
-    fn start() -> Result<Self, String> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos());
-        let dir = std::env::temp_dir().join(format!(
-            "tower_sessions_controller_redis_{}_{nanos}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|err| format!("creating {dir:?}: {err}"))?;
-        let mut redis = Self {
-            port: 0,
-            dir,
-            server: None,
-        };
-        // Another process may take the free port before the server binds it: try a few.
-        let mut tried = Vec::new();
-        for _ in 0..3 {
-            redis.port = free_port().map_err(|err| format!("no free port: {err}"))?;
-            match redis.spawn() {
-                Ok(()) => return Ok(redis),
-                Err(err) => tried.push(err),
-            }
-        }
-        Err(tried.join("; "))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://{HOST}:{}", self.port)
-    }
-
-    /// Starts the server on the instance's port and directory, and waits until it answers.
-    fn spawn(&mut self) -> Result<(), String> {
-        let port = self.port.to_string();
-        let log = self.dir.join("redis.log");
-        let mut command = Command::new("redis-server");
-        command
-            .args([
-                "--bind",
-                HOST,
-                "--port",
-                &port,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .arg("--logfile")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        die_with_this_thread(&mut command);
-        let server = command
-            .spawn()
-            .map_err(|err| format!("redis-server cannot be started: {err}"))?;
-        let pid = server.id();
-        self.server = Some(server);
-        let deadline = Instant::now() + StdDuration::from_secs(10);
-        while Instant::now() < deadline {
-            if self.exited() {
-                break;
-            }
-            // Another server may hold the port: only this process's answer counts.
-            if server_pid(self.port) == Some(pid) {
-                return Ok(());
-            }
-            std::thread::sleep(StdDuration::from_millis(50));
-        }
-        self.kill();
-        Err(format!(
-            "redis-server on port {port} did not answer; its log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        ))
-    }
-
-    /// Whether the server process has ended.
-    fn exited(&mut self) -> bool {
-        self.server
-            .as_mut()
-            .is_none_or(|server| !matches!(server.try_wait(), Ok(None)))
-    }
-
-    /// Stops this instance as an operator would: `SHUTDOWN NOSAVE` on its own port.
-    fn stop(&mut self) {
-        let pid = self.server.as_ref().map(Child::id);
-        assert!(
-            pid.is_some() && server_pid(self.port) == pid,
-            "the server on port {} is not the test's own",
-            self.port
-        );
-        let reply = command(self.port, "SHUTDOWN NOSAVE", |_| true);
-        let deadline = Instant::now() + StdDuration::from_secs(5);
-        while !self.exited() && Instant::now() < deadline {
-            std::thread::sleep(StdDuration::from_millis(20));
-        }
-        assert!(
-            self.exited(),
-            "the test's Redis still runs after SHUTDOWN NOSAVE (reply {reply:?})"
-        );
-        self.server = None;
-        assert!(
-            wait_for(self.port, false, StdDuration::from_secs(5)),
-            "the test's Redis still answers after SHUTDOWN NOSAVE"
-        );
-    }
-
-    /// Starts this instance again, on the same port.
-    fn restart(&mut self) {
-        if let Err(err) = self.spawn() {
-            panic!("the test's Redis did not start again: {err}");
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Has the kernel kill the server when the thread that started it ends: a test run killed
-/// before the guard's drop leaves no server behind.
-#[cfg(target_os = "linux")]
-fn die_with_this_thread(command: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: between fork and exec the closure calls only `prctl`, which is async-signal-safe,
-    // and allocates nothing.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_this_thread(_command: &mut Command) {}
 
 // ---------------------------------------------------------------------------------------------
 // The app
@@ -510,7 +290,7 @@ async fn through_a_restart(
     );
     drop(log_guard);
 
-    redis.restart();
+    redis.restart(false);
     phase.set(Phase::Back);
     let started = Instant::now();
     // The same app, store and pool: the first request that succeeds after the restart.
@@ -560,7 +340,7 @@ async fn through_a_restart(
 async fn requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts() {
     const TEST: &str =
         "faults::redis_restart::requests_fail_clearly_while_redis_is_down_and_succeed_after_it_restarts";
-    let mut redis = match OwnRedis::start() {
+    let mut redis = match OwnRedis::start(false) {
         Ok(redis) => redis,
         Err(why) => return services::missing(TEST, &why),
     };

@@ -20,6 +20,8 @@ mod servers;
 
 #[path = "../faults/fault_store.rs"]
 mod fault_store;
+#[path = "../support/redis_server.rs"]
+mod redis_server;
 #[path = "../support/services.rs"]
 mod services;
 #[path = "../support/mod.rs"]
@@ -44,6 +46,7 @@ use tower_sessions_controller::{
     stores::RedisStore, Error, ManualClock, SessionControllerLayer, SessionControllers,
 };
 
+use support::routes::{ns_put, ns_read};
 pub use support::{send, CountingStore, Reply, Visitor, START};
 
 /// The store under test, on a pool.
@@ -66,24 +69,6 @@ impl Gate {
         self.entered.notify_one();
         self.release.notified().await;
     }
-}
-
-/// GET /ns/{ns}: the namespace's keys and values.
-async fn ns_read(
-    Path(ns): Path<String>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    Ok(Json(Value::Object(controllers.open(&ns).await?.data())))
-}
-
-/// POST /ns/{ns}/{key}/{value}
-async fn ns_put(
-    Path((ns, key, value)): Path<(String, String, String)>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    let mut controller = controllers.open(&ns).await?;
-    controller.insert(&key, value)?;
-    Ok(Json(Value::Object(controller.data())))
 }
 
 /// POST /gated/{ns}/{key}/{value}: as `ns_put`, stopping at the gate after the write (the

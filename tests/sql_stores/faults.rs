@@ -1,11 +1,11 @@
 //! Store failures under the SQL stores, with the fault schedules of `tests/faults.rs`
 //! (`faults/fault_store.rs` wraps the store): every store call of a request failed (before or
 //! after reaching the database) or delayed in turn, a store failing every call, every third save
-//! failing, overlapping writes through two instances under random delays and failures, and the
-//! database gone (its pool closed). A request answered `200` is stored; a failure answers `500`
+//! failing, random failures over a sequence of requests, overlapping writes through two
+//! instances under random delays and failures, and the database gone (its pool closed). A request answered `200` is stored; a failure answers `500`
 //! without the store's message; no namespace is ever half written; the next request succeeds.
 
-use std::time::Duration as StdDuration;
+use std::{collections::BTreeMap, time::Duration as StdDuration};
 
 use axum::{
     http::{Method, StatusCode},
@@ -17,7 +17,7 @@ use tower_sessions::SessionStore;
 
 use crate::{
     app,
-    fault_store::{Fault, FaultStore, Jitter, Op, Pick, SECRET},
+    fault_store::{self, Fault, FaultStore, Jitter, Op, Pick, SECRET},
     id_of, keys, on_both, Db, Gate, Reply, Store, Visitor,
 };
 
@@ -186,6 +186,88 @@ async fn every_third_save_failing(db: Db) {
     );
 }
 
+/// 60 writes and reads of one visitor over 2 namespaces and 3 keys, with seeded random failures
+/// of a fifth of the loads, creates and saves: after every request the stored namespaces are
+/// exactly those of the requests answered `200`, and a read answered `200` shows them.
+async fn random_faults_on_a_sequence(db: Db) {
+    for seed in [3, 4] {
+        let store = db.store().await;
+        let faulty = FaultStore::new(store.clone());
+        let router = app(faulty.clone(), &Gate::default().into());
+        for (i, op) in [Op::Load, Op::Create, Op::Save].into_iter().enumerate() {
+            let seed = seed ^ (i as u64) << 32;
+            let per_mille = 200;
+            faulty.set(op, Pick::Random { seed, per_mille }, Fault::Fail);
+        }
+        let mut visitor = Visitor::default();
+        let mut model: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+        let (mut ok, mut failed) = (0, 0);
+        for step in 0..60u64 {
+            let roll = fault_store::mix(seed.wrapping_mul(31) ^ step);
+            let ns = format!("n{}", roll % 2);
+            let key = format!("k{}", (roll >> 8) % 3);
+            let write = (roll >> 16) % 3 != 0;
+            let what = format!(
+                "seed {seed} step {step}: {} {ns}",
+                ["read", "write"][usize::from(write)]
+            );
+            let reply = if write {
+                visitor
+                    .post(&router, &format!("/ns/{ns}/{key}/v{step}"))
+                    .await
+            } else {
+                visitor.get(&router, &format!("/ns/{ns}")).await
+            };
+            if reply.status == StatusCode::OK {
+                ok += 1;
+                let namespace = model.entry(ns.clone()).or_default();
+                if write {
+                    namespace.insert(key, json!(format!("v{step}")));
+                }
+                let expected = Value::Object(namespace.clone().into_iter().collect());
+                if namespace.is_empty() {
+                    model.remove(&ns);
+                }
+                assert_eq!(reply.json(), expected, "{what}: the response");
+            } else {
+                failed += 1;
+                assert_clear_failure(&reply, &what);
+            }
+            let stored = match visitor.session_id() {
+                Some(id) => stored_namespaces(&store, &id).await,
+                None => BTreeMap::new(),
+            };
+            assert_eq!(stored, model, "{what}: stored after a {}", reply.status);
+        }
+        assert!(ok > 20 && failed > 3, "{ok} answered 200, {failed} failed");
+    }
+}
+
+/// The user keys and values of every namespace stored under `id`.
+async fn stored_namespaces(
+    store: &Store,
+    id: &tower_sessions::session::Id,
+) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let Some(record) = store.load(id).await.expect("a load without faults") else {
+        return BTreeMap::new();
+    };
+    record
+        .data
+        .iter()
+        .filter(|(key, _)| !key.starts_with("tower_sessions_controller"))
+        .map(|(ns, namespace)| {
+            let values = keys(namespace)
+                .into_iter()
+                .map(|key| {
+                    let value = namespace[&key].clone();
+                    (key, value)
+                })
+                .collect();
+            (ns.clone(), values)
+        })
+        .collect()
+}
+
 /// The database gone (the pool closed): a write and a read answer `500`, and the store's error
 /// names the failure without the connection string.
 async fn the_database_gone(db: Db) {
@@ -290,5 +372,6 @@ on_both!(
     every_store_call_faulted_in_turn,
     a_store_failing_every_call,
     every_third_save_failing,
+    random_faults_on_a_sequence,
     the_database_gone,
 );

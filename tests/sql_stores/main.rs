@@ -69,6 +69,7 @@ use tower_sessions_controller::{
     Error, SessionControllerLayer, SessionControllers,
 };
 
+use support::routes::{ns_put, ns_read};
 pub use support::{Logs, Reply, Visitor};
 
 // ---------------------------------------------------------------------------------------------
@@ -523,24 +524,6 @@ impl Gate {
             .await
             .expect("the slow request loaded its session");
     }
-}
-
-/// GET /ns/{ns}: the namespace's keys and values.
-async fn ns_read(
-    Path(ns): Path<String>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    Ok(Json(Value::Object(controllers.open(&ns).await?.data())))
-}
-
-/// POST /ns/{ns}/{key}/{value}
-async fn ns_put(
-    Path((ns, key, value)): Path<(String, String, String)>,
-    controllers: SessionControllers,
-) -> Result<Json<Value>, Error> {
-    let mut namespace = controllers.open(&ns).await?;
-    namespace.insert(&key, value)?;
-    Ok(Json(Value::Object(namespace.data())))
 }
 
 /// POST /slow/{ns}/{key}/{value}: a write that waits at the gate after its load.

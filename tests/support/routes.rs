@@ -1,6 +1,7 @@
 //! Handlers several test files mount.
 
-use axum::{extract::Path, http::StatusCode};
+use axum::{extract::Path, http::StatusCode, Json};
+use serde_json::Value;
 use tower_sessions::Session;
 use tower_sessions_controller::{Error, SessionControllers};
 
@@ -26,4 +27,22 @@ pub async fn flush(session: Session) -> StatusCode {
         Ok(()) => StatusCode::OK,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
+}
+
+/// `GET /ns/{ns}`: the namespace's keys and values.
+pub async fn ns_read(
+    Path(ns): Path<String>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    Ok(Json(Value::Object(controllers.open(&ns).await?.data())))
+}
+
+/// `POST /ns/{ns}/{key}/{value}`: the key set; the namespace's keys and values.
+pub async fn ns_put(
+    Path((ns, key, value)): Path<(String, String, String)>,
+    controllers: SessionControllers,
+) -> Result<Json<Value>, Error> {
+    let mut namespace = controllers.open(&ns).await?;
+    namespace.insert(&key, value)?;
+    Ok(Json(Value::Object(namespace.data())))
 }

@@ -304,6 +304,11 @@ impl Versions {
         }
     }
 
+    /// The digest of each key's value, if known.
+    pub(super) fn digests(&self) -> Option<&BTreeMap<String, u64>> {
+        self.digests.as_ref()
+    }
+
     /// Whether the record was loaded through a merging store of this process: the session was
     /// in the store when the request began.
     pub(super) fn is_loaded(&self) -> bool {

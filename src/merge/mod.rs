@@ -14,7 +14,7 @@ mod journal;
 mod lock;
 mod rebuild;
 
-use std::{borrow::Cow, fmt, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
 
 use async_trait::async_trait;
 use tower_sessions::{
@@ -27,7 +27,7 @@ pub(crate) use journal::{
     is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, merge, unmerged, Refusal};
+pub(crate) use rebuild::{as_stored, merge, unmerged, unmerged_with_digests, Refusal};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
@@ -222,6 +222,14 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 pub(crate) fn saved(ours: &Record) {
     if let Some(request) = journal::request_of(ours) {
         flushed::note_saved(ours.id, request, flushed::digests(data(ours)));
+    }
+}
+
+/// [`saved`], where the record stored was ours as it is ([`unmerged_with_digests`]), whose
+/// `digests` of ours' data the store already computed.
+pub(crate) fn saved_with(ours: &Record, digests: BTreeMap<String, u64>) {
+    if let Some(request) = journal::request_of(ours) {
+        flushed::note_saved(ours.id, request, digests);
     }
 }
 

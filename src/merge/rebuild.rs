@@ -1,6 +1,9 @@
 //! The rebuild of a record: what a save stores when it is merged into the latest stored record.
 
-use std::{collections::HashMap, fmt};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -69,6 +72,11 @@ pub(super) fn is_data(key: &str) -> bool {
 /// The record to store for `ours` (what this request would save) when the store still holds what
 /// the request loaded: ours as it is, its bookkeeping replaced by the digests of its values.
 pub(crate) fn as_stored(ours: &Record) -> Record {
+    stored_and_digests(ours).0
+}
+
+/// [`as_stored`], and the digests of ours' data it stored.
+fn stored_and_digests(ours: &Record) -> (Record, BTreeMap<String, u64>) {
     let mut data: HashMap<String, Value> = ours
         .data
         .iter()
@@ -76,12 +84,14 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     let versions = Versions::of(data.iter());
+    let digests = versions.digests().cloned().unwrap_or_default();
     data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
-    Record {
+    let record = Record {
         id: ours.id,
         data,
         expiry_date: ours.expiry_date,
-    }
+    };
+    (record, digests)
 }
 
 /// The record to store for `ours` when the store still holds what the request loaded
@@ -91,9 +101,22 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 ///
 /// [`Refusal::SessionFull`].
 pub(crate) fn unmerged(ours: &Record) -> Result<Record, Refusal> {
-    let next = as_stored(ours);
+    unmerged_with_digests(ours).map(|(next, _)| next)
+}
+
+/// [`unmerged`], and the digests of ours' data it stores: what
+/// [`saved_with`](super::saved_with) notes when this record is the one stored, without digesting
+/// the session again.
+///
+/// # Errors
+///
+/// [`Refusal::SessionFull`].
+pub(crate) fn unmerged_with_digests(
+    ours: &Record,
+) -> Result<(Record, BTreeMap<String, u64>), Refusal> {
+    let (next, digests) = stored_and_digests(ours);
     check_session(ours, &next)?;
-    Ok(next)
+    Ok((next, digests))
 }
 
 /// Checks `next`, the record a save of `ours` is about to store, against the session's limits

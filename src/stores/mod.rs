@@ -242,11 +242,24 @@ impl Saves {
         let mut answers: Vec<Option<session_store::Result<()>>> =
             members.iter().map(|_| None).collect();
         let stored = self.stored().take();
+        // The digests of a lone member's data, when its first try stores it as it is: what its
+        // flush mark notes, without digesting the session again.
+        let mut digests = None;
         let (mut next, mut seen) = match stored {
             Some((record, token)) => (
                 merged(members, &mut answers, Some(Some(record)), &mut None),
                 Some(token),
             ),
+            None if members.len() == 1 => match merge::unmerged_with_digests(members[0]) {
+                Ok((next, ours)) => {
+                    digests = Some(ours);
+                    (Some(next), merge::seen(members[0]))
+                }
+                Err(refusal) => {
+                    answers[0] = Some(Err(merge::refused(members[0], refusal)));
+                    (None, None)
+                }
+            },
             None => {
                 let mut seen = None;
                 (merged(members, &mut answers, None, &mut seen), seen)
@@ -264,7 +277,10 @@ impl Saves {
                     *self.stored() = stored;
                     for (ours, answer) in members.iter().zip(&mut answers) {
                         if answer.is_none() {
-                            merge::saved(ours);
+                            match digests.take() {
+                                Some(digests) => merge::saved_with(ours, digests),
+                                None => merge::saved(ours),
+                            }
                             *answer = Some(Ok(()));
                         }
                     }
@@ -274,6 +290,7 @@ impl Saves {
                     let (latest, token) =
                         latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
                     seen = token;
+                    digests = None;
                     next = merged(members, &mut answers, Some(latest), &mut None);
                 }
                 Err(err) => {

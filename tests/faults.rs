@@ -94,8 +94,6 @@ use support::{
     send, Logs, Reply, Visitor, START,
 };
 
-/// The top-level key under which `MergingStore` keeps a record's versions.
-const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
 /// The body of a `500` for a store failure while a namespace loads.
 const STORE_UNAVAILABLE: &str = "session store unavailable";
 /// How long a `Fault::Delay` waits.
@@ -936,7 +934,8 @@ async fn stored_namespaces<B: SessionStore + Clone>(
     record
         .data
         .into_iter()
-        .filter(|(key, _)| key != VERSIONS_KEY)
+        // The merge's bookkeeping (a load through the crate's stores also marks the record).
+        .filter(|(key, _)| !key.starts_with("tower_sessions_controller."))
         .map(|(key, namespace)| {
             let Value::Object(mut keys) = namespace else {
                 panic!("namespace {key} is not an object: {namespace}")

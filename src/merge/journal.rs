@@ -30,6 +30,11 @@ pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
 /// The top-level session key under which the flush leaves the request's journal for the save.
 /// It never reaches the store.
 pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
+/// The top-level session key under which a store that saves by compare-and-set leaves what it
+/// saw at the load (its token), for the save. It never reaches the store. A key of its own, not
+/// a field of the versions: the token can be as large as the record (the Redis and SQL stores'
+/// is the loaded bytes in hex), and the versions are read on every write.
+pub(super) const SEEN_KEY: &str = "tower_sessions_controller.seen";
 
 /// The beginning of the top-level keys this crate keeps for itself: a namespace may not be opened
 /// under one.
@@ -65,19 +70,20 @@ pub(crate) async fn is_underneath(
 /// record again.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
+    match seen {
+        Some(seen) => record.data.insert(SEEN_KEY.to_owned(), Value::from(seen)),
+        None => record.data.remove(SEEN_KEY),
+    };
     let mark = Value::from(load_mark());
     match record.data.get_mut(VERSIONS_KEY) {
         Some(Value::Object(versions)) => {
             versions.insert("loaded".to_owned(), mark);
-            match seen {
-                Some(seen) => versions.insert("seen".to_owned(), Value::from(seen)),
-                None => versions.remove("seen"),
-            };
+            // Written by an earlier release, whose versions held the token.
+            versions.remove("seen");
         }
         _ => {
             let versions = Versions {
                 loaded: Some(load_mark().to_owned()),
-                seen,
                 ..Versions::default()
             };
             record
@@ -89,13 +95,13 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
 
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
-pub(crate) fn seen(record: &Record) -> Option<String> {
+pub(crate) fn seen(record: &Record) -> Option<&str> {
     // Read without the digests, which a save needs only when it merges.
     let versions = record.data.get(VERSIONS_KEY)?;
     if versions.get("loaded")?.as_str()? != load_mark() {
         return None;
     }
-    Some(versions.get("seen")?.as_str()?.to_owned())
+    record.data.get(SEEN_KEY)?.as_str()
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
@@ -270,7 +276,7 @@ impl Journal {
 
 /// A record's versions: a digest of every top-level key's value as it was stored, so that a
 /// save can tell the keys its request changed from those it only loaded. In memory, a record
-/// loaded through a merging store also carries the load mark and what the store saw.
+/// loaded through a merging store also carries the load mark.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct Versions {
@@ -280,8 +286,6 @@ pub(super) struct Versions {
     digests: Option<BTreeMap<String, u64>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     loaded: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seen: Option<String>,
 }
 
 impl Versions {
@@ -419,15 +423,17 @@ mod tests {
     fn a_stored_load_mark_is_not_this_processes() {
         let mut record = Record {
             id: Id(1),
-            data: [(
-                VERSIONS_KEY.to_owned(),
-                json!({ "loaded": "guess", "seen": "t" }),
-            )]
+            data: [
+                (VERSIONS_KEY.to_owned(), json!({ "loaded": "guess" })),
+                (SEEN_KEY.to_owned(), json!("t")),
+            ]
             .into(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         };
         assert_eq!(seen(&record), None);
         mark_loaded(&mut record, Some("t2".to_owned()));
-        assert_eq!(seen(&record).as_deref(), Some("t2"));
+        assert_eq!(seen(&record), Some("t2"));
+        mark_loaded(&mut record, None);
+        assert_eq!(seen(&record), None, "a load without a token leaves none");
     }
 }

@@ -9,7 +9,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
-use super::journal::{self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, VERSIONS_KEY};
+use super::journal::{
+    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, SEEN_KEY, VERSIONS_KEY,
+};
 use crate::{budget, expiry, stored::Stored};
 
 /// Why a save is refused: nothing of it is stored.
@@ -66,7 +68,7 @@ impl fmt::Display for Refusal {
 
 /// Whether a top-level key holds session data, not the merge's bookkeeping.
 pub(super) fn is_data(key: &str) -> bool {
-    key != JOURNAL_KEY && key != VERSIONS_KEY
+    key != JOURNAL_KEY && key != VERSIONS_KEY && key != SEEN_KEY
 }
 
 /// The record to store for `ours` (what this request would save) when the store still holds what
@@ -198,6 +200,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     };
     latest.data.remove(JOURNAL_KEY);
     latest.data.remove(VERSIONS_KEY);
+    latest.data.remove(SEEN_KEY);
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = journal
             .as_ref()

@@ -48,6 +48,7 @@ pub use sql::SqliteStore;
 pub use sqlx;
 
 use std::{
+    borrow::Cow,
     collections::HashMap,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
@@ -248,12 +249,12 @@ impl Saves {
         let (mut next, mut seen) = match stored {
             Some((record, token)) => (
                 merged(members, &mut answers, Some(Some(record)), &mut None),
-                Some(token),
+                Some(Cow::Owned(token)),
             ),
             None if members.len() == 1 => match merge::unmerged_with_digests(members[0]) {
                 Ok((next, ours)) => {
                     digests = Some(ours);
-                    (Some(next), merge::seen(members[0]))
+                    (Some(next), merge::seen(members[0]).map(Cow::Borrowed))
                 }
                 Err(refusal) => {
                     answers[0] = Some(Err(merge::refused(members[0], refusal)));
@@ -289,7 +290,7 @@ impl Saves {
                 Ok(Replaced::Changed(latest)) => {
                     let (latest, token) =
                         latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
-                    seen = token;
+                    seen = token.map(Cow::Owned);
                     digests = None;
                     next = merged(members, &mut answers, Some(latest), &mut None);
                 }
@@ -343,11 +344,11 @@ impl Drop for Held {
 /// into `latest` (what the store holds now), or on the first try (`latest` `None`) into what the
 /// first of them loaded, with that load's token put in `seen`. A member whose merge is refused is
 /// answered and left out; `None` when every member is.
-fn merged(
-    members: &[&Record],
+fn merged<'a>(
+    members: &[&'a Record],
     answers: &mut [Option<session_store::Result<()>>],
     latest: Option<Option<Record>>,
-    seen: &mut Option<String>,
+    seen: &mut Option<Cow<'a, str>>,
 ) -> Option<Record> {
     let mut base = latest;
     for (ours, answer) in members.iter().zip(answers) {
@@ -355,7 +356,7 @@ fn merged(
             continue;
         }
         let next = match &mut base {
-            None => merge::unmerged(ours).inspect(|_| *seen = merge::seen(ours)),
+            None => merge::unmerged(ours).inspect(|_| *seen = merge::seen(ours).map(Cow::Borrowed)),
             // A lone member merges into the latest record itself; in a batch, a refused member
             // must leave it as it was for the next.
             Some(latest) if members.len() == 1 => merge::merge(ours, latest.take()),

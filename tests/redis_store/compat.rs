@@ -20,8 +20,9 @@ use tower_sessions_redis_store::RedisStore as TheirStore;
 
 use crate::{app, on_redis, routes, support::Logs, Gate, Visitor};
 
-/// The key under which the crate's merge keeps a record's versions.
-const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
+/// The beginning of the keys of the crate's bookkeeping (the versions a merge keeps, and the
+/// load's token a load through the crate's store leaves in memory).
+const BOOKKEEPING: &str = "tower_sessions_controller.";
 
 fn record(data: Value) -> Record {
     Record {
@@ -37,14 +38,14 @@ fn record(data: Value) -> Record {
     }
 }
 
-/// `record`'s data without the merge's versions.
+/// `record`'s data without the crate's bookkeeping.
 fn data(record: &Record) -> Value {
-    let mut data: serde_json::Map<String, Value> = record
+    let data: serde_json::Map<String, Value> = record
         .data
         .iter()
+        .filter(|(key, _)| !key.starts_with(BOOKKEEPING))
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
-    data.remove(VERSIONS_KEY);
     Value::Object(data)
 }
 

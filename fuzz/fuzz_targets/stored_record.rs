@@ -67,6 +67,8 @@ const PREFIX: &str = "tower_sessions_controller.";
 const VERSIONS: &str = "tower_sessions_controller.versions";
 const JOURNAL: &str = "tower_sessions_controller.ops";
 const LOCK_OWNER: &str = "tower_sessions_controller.lock_owner";
+/// Where a load through the crate's stores leaves its token in memory; never stored by them.
+const SEEN: &str = "tower_sessions_controller.seen";
 /// The namespace handlers open by runtime key, most of the time.
 const RUNTIME: &str = "cart";
 /// The plain session key handlers write, most of the time.
@@ -200,6 +202,7 @@ fn key(u: &mut Unstructured) -> Result<String> {
         11 => LIFETIMES_KEY.to_owned(),
         12 => "a".to_owned(),
         13 => "items".to_owned(),
+        14 => SEEN.to_owned(),
         _ => string(u)?,
     })
 }
@@ -330,7 +333,7 @@ fn value_for(u: &mut Unstructured, key: &str) -> Result<Value> {
     match key {
         VERSIONS => versions(u),
         JOURNAL => journal(u),
-        LOCK_OWNER => Ok(Value::String(string(u)?)),
+        LOCK_OWNER | SEEN => Ok(Value::String(string(u)?)),
         RUNTIME | "typed" | "other" => namespace(u),
         _ if u.arbitrary()? => namespace(u),
         _ => any(u, 3),

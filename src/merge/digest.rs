@@ -4,8 +4,9 @@
 //! A 64-bit hash over the value's structure, in the manner of FNV-1a but eight bytes at a step
 //! (a long string costs an eighth of the multiplications), stable across processes (the digests
 //! are stored; a release that changes the function says so: the records stored before it then
-//! count every key as changed, once, at their next merge). Objects are hashed without regard to their keys' order, so a map that
-//! keeps insertion order (serde_json's `preserve_order`) digests as a sorted one does. Two
+//! count every key as changed, once, at their next merge). Objects are hashed without regard to
+//! their keys' order, so a map that keeps insertion order (serde_json's `preserve_order`)
+//! digests as a sorted one does. Two
 //! different values may share a digest; then a change counts as none, and the latest stored value
 //! of that key stands: one write of one key lost, once in some 2^64 changes.
 

@@ -27,7 +27,7 @@ pub(crate) use journal::{
     is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, merge, unmerged, unmerged_with_digests, Refusal};
+pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.

@@ -102,7 +102,7 @@ fn stored_and_digests(ours: &Record) -> (Record, BTreeMap<String, u64>) {
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-pub(crate) fn unmerged(ours: &Record) -> Result<Record, Refusal> {
+fn unmerged(ours: &Record) -> Result<Record, Refusal> {
     unmerged_with_digests(ours).map(|(next, _)| next)
 }
 

@@ -49,7 +49,7 @@ pub use sqlx;
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
@@ -242,30 +242,14 @@ impl Saves {
     ) -> Vec<session_store::Result<()>> {
         let mut answers: Vec<Option<session_store::Result<()>>> =
             members.iter().map(|_| None).collect();
-        let stored = self.stored().take();
-        // The digests of a lone member's data, when its first try stores it as it is: what its
-        // flush mark notes, without digesting the session again.
-        let mut digests = None;
-        let (mut next, mut seen) = match stored {
-            Some((record, token)) => (
-                merged(members, &mut answers, Some(Some(record)), &mut None),
-                Some(Cow::Owned(token)),
-            ),
-            None if members.len() == 1 => match merge::unmerged_with_digests(members[0]) {
-                Ok((next, ours)) => {
-                    digests = Some(ours);
-                    (Some(next), merge::seen(members[0]).map(Cow::Borrowed))
-                }
-                Err(refusal) => {
-                    answers[0] = Some(Err(merge::refused(members[0], refusal)));
-                    (None, None)
-                }
-            },
-            None => {
-                let mut seen = None;
-                (merged(members, &mut answers, None, &mut seen), seen)
-            }
+        let (mut seen, latest) = match self.stored().take() {
+            Some((record, token)) => (Some(Cow::Owned(token)), Some(Some(record))),
+            None => (None, None),
         };
+        let Merged {
+            mut next,
+            mut digests,
+        } = merged(members, &mut answers, latest, &mut seen);
         for _ in 0..MAX_ATTEMPTS {
             let Some(record) = next else {
                 // Every member was refused: nothing to store.
@@ -291,8 +275,8 @@ impl Saves {
                     let (latest, token) =
                         latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
                     seen = token.map(Cow::Owned);
-                    digests = None;
-                    next = merged(members, &mut answers, Some(latest), &mut None);
+                    Merged { next, digests } =
+                        merged(members, &mut answers, Some(latest), &mut seen);
                 }
                 Err(err) => {
                     for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
@@ -340,34 +324,56 @@ impl Drop for Held {
     }
 }
 
+/// What [`merged`] made: the record to store, if any member is left to store, and, when that
+/// record is one member's own data as it is (its first try, nobody merged after it), the digests
+/// of that data, which its flush mark notes without digesting the session again.
+struct Merged {
+    next: Option<Record>,
+    digests: Option<BTreeMap<String, u64>>,
+}
+
 /// The record that stores every member not answered yet: each one's operations merged, in order,
 /// into `latest` (what the store holds now), or on the first try (`latest` `None`) into what the
 /// first of them loaded, with that load's token put in `seen`. A member whose merge is refused is
-/// answered and left out; `None` when every member is.
+/// answered and left out; `next` is `None` when every member is.
 fn merged<'a>(
     members: &[&'a Record],
     answers: &mut [Option<session_store::Result<()>>],
     latest: Option<Option<Record>>,
     seen: &mut Option<Cow<'a, str>>,
-) -> Option<Record> {
+) -> Merged {
     let mut base = latest;
+    let mut digests = None;
     for (ours, answer) in members.iter().zip(answers) {
         if answer.is_some() {
             continue;
         }
         let next = match &mut base {
-            None => merge::unmerged(ours).inspect(|_| *seen = merge::seen(ours).map(Cow::Borrowed)),
+            None => merge::unmerged_with_digests(ours).map(|(next, own)| {
+                *seen = merge::seen(ours).map(Cow::Borrowed);
+                digests = Some(own);
+                next
+            }),
             // A lone member merges into the latest record itself; in a batch, a refused member
             // must leave it as it was for the next.
             Some(latest) if members.len() == 1 => merge::merge(ours, latest.take()),
             Some(latest) => merge::merge(ours, latest.clone()),
         };
         match next {
-            Ok(next) => base = Some(Some(next)),
+            Ok(next) => {
+                if base.is_some() {
+                    // Merged: no longer one member's data as it is.
+                    digests = None;
+                }
+                base = Some(Some(next));
+            }
             Err(refusal) => *answer = Some(Err(merge::refused(ours, refusal))),
         }
     }
-    base.flatten()
+    Merged {
+        next: base.flatten(),
+        digests,
+    }
 }
 
 /// A copy of a store error, for each save of a batch it failed.
@@ -643,6 +649,33 @@ mod tests {
         assert_eq!(
             (&stored.data["key0"], &stored.data["key1"]),
             (&json!(0), &json!(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn only_a_members_own_data_stored_as_it_is_hands_its_digests_to_the_flush_mark() {
+        let store = Counted::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let loaded = loads(&store, new.id, 2).await;
+        let (mut one, mut two) = ([None], [None, None]);
+
+        let alone = merged(&[&loaded[0]], &mut one, None, &mut None);
+        assert!(alone.next.is_some());
+        assert_eq!(
+            alone
+                .digests
+                .map(|digests| digests.into_keys().collect::<Vec<_>>()),
+            Some(vec!["user".to_owned()])
+        );
+        let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);
+        assert!(batch.next.is_some());
+        assert!(batch.digests.is_none(), "the second member was merged in");
+        let into_latest = merged(&[&loaded[0]], &mut one, Some(Some(new.clone())), &mut None);
+        assert!(into_latest.next.is_some());
+        assert!(
+            into_latest.digests.is_none(),
+            "merged into the latest record"
         );
     }
 

@@ -285,16 +285,19 @@ impl RequestState {
         let Some(journal) = journal else {
             return Ok(());
         };
-        let left = journal.leave_in(session).await.map_err(Error::Store)?;
-        if !left || server_error || session.is_empty().await {
-            // Nothing to merge, or nothing the session manager would save.
+        // Only a modified session is saved: an unmodified one (changes that cancelled out)
+        // needs no journal. Nor does a response that is a server error: the session manager does
+        // not save it. (A session the flush emptied still holds the journal's number, so it is
+        // saved, and the removals are merged.)
+        if journal.is_empty() || !session.is_modified() || server_error {
             return Ok(());
         }
         let request = journal.request();
+        // Taken back once the save below is done (or abandoned): the session manager's save
+        // that follows finds the outcome noted under the same number instead.
+        let _left: merge::Left = journal.leave_in(session).await.map_err(Error::Store)?;
         match session.save().await {
-            Ok(()) => merge::mark_flushed(session, request)
-                .await
-                .map_err(Error::Store),
+            Ok(()) => Ok(()),
             Err(err) => {
                 let refusal = session.id().and_then(|id| merge::take_refusal(id, request));
                 match refusal {

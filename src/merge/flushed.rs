@@ -3,11 +3,11 @@
 //! not the session manager's bare `500`), and the session manager's own save afterwards costs
 //! nothing.
 //!
-//! The flush leaves the request's journal with a random `request` number and calls
-//! `Session::save`. The store merges as usual and notes the outcome here, under the session's id
-//! and that number: saved (with the digest of every key of the record it was given), or refused.
-//! The flush reads a refusal back; after a success it replaces the journal with a mark naming the
-//! request. When the session manager then saves, the store finds the mark and compares the record
+//! The flush leaves the request's journal under a random `request` number, which the session
+//! holds, and calls `Session::save`. The store merges as usual and notes the outcome here, under
+//! the session's id and that number: saved (with the digest of every key of the record it was
+//! given), or refused. The flush reads a refusal back. When the session manager then saves the
+//! same session, still holding the number, the store finds the outcome and compares the record
 //! with the digests it noted: unchanged (the usual case), it stores nothing; changed (a middleware
 //! between the two layers wrote to the session after the flush), it merges what changed.
 

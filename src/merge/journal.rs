@@ -1,17 +1,24 @@
 //! The bookkeeping of the merge: the journal of a request's operations on its namespaces, which
-//! the flush leaves in the session for the save, and the record's versions, which
-//! [`MergingStore`](super::MergingStore) keeps in the stored record. Both live under top-level
+//! the flush hands to the save, and the record's versions, which
+//! [`MergingStore`](super::MergingStore) keeps in the stored record. Both are named by top-level
 //! session keys of their own, read and written here only.
 //!
+//! The journal itself never enters the session: the flush leaves it in this process, under the
+//! request's random number, and puts only that number in the session, where the save finds it
+//! (the save runs in the same process, inside the flush's own `Session::save`). So a write costs
+//! no serialization of its journal, and the session manager's save that follows finds the same
+//! number and learns from `flushed` that the flush saved it.
+//!
 //! A stored record is untrusted input: what it carries under these keys never acts as an
-//! instruction. A load through `MergingStore` drops any stored journal and marks the versions
+//! instruction. A load through `MergingStore` drops any stored journal key and marks the versions
 //! with this process's load mark; the flush leaves a journal only in a session whose versions
 //! carry that mark, so an app whose store is not merging never writes bookkeeping, whatever the
-//! record it loaded holds.
+//! record it loaded holds. A number found under the journal key names a journal only while the
+//! flush that left it is saving.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::OnceLock,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 use serde::{Deserialize, Serialize};
@@ -27,8 +34,8 @@ use super::digest;
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
 pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
-/// The top-level session key under which the flush leaves the request's journal for the save.
-/// It never reaches the store.
+/// The top-level session key under which the flush leaves the number of the request whose
+/// journal the save applies. It never reaches the store.
 pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
 /// The top-level session key under which a store that saves by compare-and-set leaves what it
 /// saw at the load (its token), for the save. It never reaches the store. A key of its own, not
@@ -109,16 +116,13 @@ pub(crate) fn seen(record: &Record) -> Option<&str> {
 /// whether it wrote (so its stamp stands), and whether it counted a request against the
 /// namespace's hops (so its count stands). A typed write also says so (its value must never be
 /// stored in part), and a write gives the budget the merged namespace must fit in.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Ops {
     pub(crate) purged: bool,
     pub(crate) touched: BTreeSet<String>,
     pub(crate) wrote: bool,
     pub(crate) counted: bool,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub(crate) typed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budget: Option<usize>,
 }
 
@@ -126,64 +130,62 @@ pub(crate) struct Ops {
 /// (JSON, every top-level key and value but the merge's bookkeeping) and how many top-level keys
 /// (namespaces, and keys written through `Session` directly) it may hold. A merging store checks
 /// them on the record it is about to store, where the whole session is seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct SessionLimits {
     pub(crate) budget: usize,
     pub(crate) namespaces: usize,
 }
 
 /// What one request did to the namespaces it changed, and the instant it judged expiry by.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Journal {
-    /// The request's now: whole seconds since the Unix epoch, and the nanoseconds past them.
-    #[serde(rename = "now")]
-    seconds: i64,
-    #[serde(rename = "now_nanos")]
-    nanos: u32,
+    /// The request's now.
+    now: OffsetDateTime,
     namespaces: BTreeMap<String, Ops>,
-    /// A random number naming the request, for the flush's own save (see `flushed`).
-    #[serde(default)]
+    /// A random number naming the request: the session holds it, the save finds the journal by
+    /// it, and `flushed` notes the outcome under it.
     request: u64,
     /// The session's limits, for the save to check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     limits: Option<SessionLimits>,
 }
 
-/// What replaces the journal once the flush saved the session itself: the request's number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Flushed {
-    flushed: u64,
+/// The journals that flushes of this process left for their saves, by request number.
+fn left() -> MutexGuard<'static, HashMap<u64, Arc<Journal>>> {
+    static LEFT: OnceLock<Mutex<HashMap<u64, Arc<Journal>>>> = OnceLock::new();
+    LEFT.get_or_init(Mutex::default)
+        .lock()
+        // Every change to the map is one statement: a poisoned lock holds nothing half-done.
+        .unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Marks `session` as saved by its flush, as request `request`: the session manager's save that
-/// follows then stores nothing unless something changed since.
-///
-/// # Errors
-///
-/// A store failure, if the session had to be loaded (it never has, after a save).
-pub(crate) async fn mark_flushed(
-    session: &Session,
+/// A journal left for the save, taken back when dropped: after the flush's save, whatever its
+/// outcome, or when the flush itself is dropped (its response was abandoned).
+#[must_use = "the journal is taken back when this is dropped"]
+pub(crate) struct Left {
     request: u64,
-) -> Result<(), tower_sessions::session::Error> {
-    let mark = serde_json::to_value(Flushed { flushed: request }).unwrap_or(Value::Null);
-    session.insert_value(JOURNAL_KEY, mark).await?;
-    Ok(())
 }
 
-/// The request whose flush saved `record`, if the flush did. (Read without deserializing: a
-/// journal is not a mark, and every save asks.)
-pub(super) fn flushed(record: &Record) -> Option<u64> {
-    record.data.get(JOURNAL_KEY)?.get("flushed")?.as_u64()
+impl Drop for Left {
+    fn drop(&mut self) {
+        left().remove(&self.request);
+    }
 }
 
-/// The number of the request whose journal `record` carries, read without the rest of it.
+/// The number of the request whose journal `record` names, if it names one.
 pub(super) fn request_of(record: &Record) -> Option<u64> {
-    record.data.get(JOURNAL_KEY)?.get("request")?.as_u64()
+    record.data.get(JOURNAL_KEY)?.as_u64()
 }
 
-/// The session's limits that the journal `record` carries, read without the rest of it.
+/// The number of the request whose journal `record` names, while the flush that left it is
+/// saving: the save to note the outcome of, for the flush and the session manager's save after it.
+pub(super) fn flushing(record: &Record) -> Option<u64> {
+    let request = request_of(record)?;
+    left().contains_key(&request).then_some(request)
+}
+
+/// The session's limits that the journal `record` names carries.
 pub(super) fn limits_of(record: &Record) -> Option<SessionLimits> {
-    SessionLimits::deserialize(record.data.get(JOURNAL_KEY)?.get("limits")?).ok()
+    Journal::read(record)?.limits
 }
 
 /// Replaces the digests of the versions `record` carries: what a save compares the record with
@@ -203,8 +205,7 @@ pub(super) fn set_digests(record: &mut Record, digests: BTreeMap<String, u64>) {
 impl Journal {
     pub(crate) fn new(now: OffsetDateTime) -> Self {
         Self {
-            seconds: now.unix_timestamp(),
-            nanos: now.nanosecond(),
+            now,
             namespaces: BTreeMap::new(),
             // Random: the low half of a fresh session id.
             request: Id::default().0 as u64,
@@ -232,40 +233,48 @@ impl Journal {
         self.namespaces.insert(namespace, ops);
     }
 
-    /// Leaves the journal in `session` for the save, and says whether it did. Only a modified
-    /// session is saved; an unmodified one (changes that cancelled out) needs no journal, and
-    /// writing one would cause the save.
+    /// Whether the request changed no namespace.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.namespaces.is_empty()
+    }
+
+    /// Leaves the journal for the save of `session`: in this process, under the request's
+    /// number, which goes into the session. The journal is taken back when the returned guard
+    /// is dropped.
     ///
     /// # Errors
     ///
     /// A store failure, if the session had to be loaded.
     pub(crate) async fn leave_in(
-        &self,
+        self,
         session: &Session,
-    ) -> Result<bool, tower_sessions::session::Error> {
-        if self.namespaces.is_empty() || !session.is_modified() {
-            return Ok(false);
-        }
-        // Serializing maps of strings and numbers cannot fail.
-        let value = serde_json::to_value(self).unwrap_or(Value::Null);
-        session.insert_value(JOURNAL_KEY, value).await?;
-        Ok(true)
+    ) -> Result<Left, tower_sessions::session::Error> {
+        let request = self.request;
+        left().insert(request, Arc::new(self));
+        let guard = Left { request };
+        session
+            .insert_value(JOURNAL_KEY, Value::from(request))
+            .await?;
+        Ok(guard)
     }
 
-    /// The journal a record carries, if it is readable: one whose instant is out of the
-    /// calendar is not.
-    pub(super) fn read(record: &Record) -> Option<Self> {
-        let journal = Self::deserialize(record.data.get(JOURNAL_KEY)?).ok()?;
-        journal.now()?;
-        Some(journal)
+    /// The journal `record` names, while the flush that left it is saving.
+    pub(super) fn read(record: &Record) -> Option<Arc<Self>> {
+        left().get(&request_of(record)?).cloned()
     }
 
-    /// The request's now, if it is in the calendar.
-    pub(super) fn now(&self) -> Option<OffsetDateTime> {
-        OffsetDateTime::from_unix_timestamp(self.seconds)
-            .ok()?
-            .replace_nanosecond(self.nanos)
-            .ok()
+    /// The request's now.
+    pub(super) fn now(&self) -> OffsetDateTime {
+        self.now
+    }
+
+    /// Leaves the journal for a save until the process ends, and returns what the session
+    /// holds for it: for tests of the save that build its record by hand.
+    #[cfg(test)]
+    pub(super) fn left_for_good(self) -> Value {
+        let request = self.request;
+        left().insert(request, Arc::new(self));
+        Value::from(request)
     }
 
     /// The operations on `namespace`, if the request changed it.
@@ -349,48 +358,56 @@ mod tests {
     use serde_json::json;
     use time::macros::datetime;
 
-    #[test]
-    fn a_journal_round_trips_through_its_stored_form() {
+    fn record_naming(journal: Value) -> Record {
+        Record {
+            id: Id(1),
+            data: [(JOURNAL_KEY.to_owned(), journal)].into(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_journal_left_for_the_save_is_found_by_its_number_until_taken_back() {
         let now = datetime!(2026-11-25 12:00:00.5 UTC);
         let mut journal = Journal::new(now);
         journal.record(
             "cart".to_owned(),
             Ops {
-                purged: true,
-                touched: ["a".to_owned(), "b".to_owned()].into(),
+                touched: ["a".to_owned()].into(),
                 wrote: true,
-                counted: false,
-                typed: true,
-                budget: Some(300),
+                ..Ops::default()
             },
         );
-        let value = serde_json::to_value(&journal).unwrap();
-        assert_eq!(value["now"], now.unix_timestamp());
-        assert_eq!(value["now_nanos"], 500_000_000);
-        let record = Record {
-            id: tower_sessions::session::Id(1),
-            data: [(JOURNAL_KEY.to_owned(), value)].into(),
-            expiry_date: now,
-        };
-        let read = Journal::read(&record).expect("readable");
-        assert_eq!(read, journal);
-        assert_eq!(read.now(), Some(now));
+        let session = Session::new(
+            None,
+            std::sync::Arc::new(tower_sessions::MemoryStore::default()),
+            None,
+        );
+        let left = journal.clone().leave_in(&session).await.unwrap();
+        let number: Value = session.get_value(JOURNAL_KEY).await.unwrap().unwrap();
+        assert_eq!(number, Value::from(journal.request()), "only the number");
+        let record = record_naming(number);
+
+        assert_eq!(Journal::read(&record).as_deref(), Some(&journal));
+        assert_eq!(request_of(&record), Some(journal.request()));
+        drop(left);
+        assert_eq!(Journal::read(&record), None, "taken back");
     }
 
     #[test]
-    fn a_journal_with_an_instant_out_of_the_calendar_is_unreadable() {
-        for bad in [
-            json!({ "now": i64::MAX, "now_nanos": 0, "namespaces": {} }),
-            json!({ "now": 0, "now_nanos": 4_000_000_000u64, "namespaces": {} }),
-            json!({ "now": 0, "now_nanos": -1, "namespaces": {} }),
+    fn a_number_no_flush_left_names_no_journal() {
+        let now = datetime!(2026-11-25 12:00 UTC);
+        let guessed = Journal::new(now).request() ^ 1;
+        for stored in [
+            json!(guessed),
             json!("garbage"),
+            json!({ "request": guessed }),
         ] {
-            let record = Record {
-                id: tower_sessions::session::Id(1),
-                data: [(JOURNAL_KEY.to_owned(), bad.clone())].into(),
-                expiry_date: OffsetDateTime::UNIX_EPOCH,
-            };
-            assert_eq!(Journal::read(&record), None, "{bad} was read");
+            assert_eq!(
+                Journal::read(&record_naming(stored.clone())),
+                None,
+                "{stored}"
+            );
         }
     }
 

@@ -5,8 +5,8 @@
 //! in `lock`, the bookkeeping (the journal of a request's operations and the record's versions)
 //! in `journal`, the rebuild of a record from a save and the latest stored record in `rebuild`,
 //! and the flush's own save in `flushed`. The flush reaches this module only through
-//! [`is_underneath`], [`Journal`], [`Ops`], [`mark_flushed`] and [`take_refusal`]; the crate's
-//! own stores through [`prepare`], [`merge`] and the outcomes they note.
+//! [`is_underneath`], [`Journal`], [`Ops`] and [`take_refusal`]; the crate's own stores through
+//! [`prepare`], [`merge`] and the outcomes they note.
 
 mod digest;
 mod flushed;
@@ -24,7 +24,7 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    is_underneath, mark_flushed, mark_loaded, seen, Journal, Ops, SessionLimits, RESERVED_PREFIX,
+    is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
 pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
@@ -42,9 +42,9 @@ pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
 ///
 /// - It stamps every record it loads with **versions**: a counter of the record's saves, and for
 ///   each top-level key of the session the counter value of the save that last changed it.
-/// - The layer's flush leaves the request's **operations** on each namespace it changed (a purge,
-///   which user keys were set or removed, whether it wrote or counted a request against the
-///   namespace's hops) in the record. A key's lifetime travels with the key.
+/// - The layer's flush hands the save the request's **operations** on each namespace it changed
+///   (a purge, which user keys were set or removed, whether it wrote or counted a request against
+///   the namespace's hops), in this process. A key's lifetime travels with the key.
 /// - On save, under a per-session lock, it re-reads the latest record and rebuilds it: each
 ///   namespace this request changed gets exactly this request's operations applied on top of its
 ///   latest stored form; every other key keeps its latest stored value unless this request
@@ -200,7 +200,9 @@ pub(crate) enum Prepared<'a> {
 /// the flush's own is nothing when the record did not change since, and otherwise merges only
 /// what changed since.
 pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
-    let Some(request) = journal::flushed(ours) else {
+    // The flush's own save finds nothing noted yet; the session manager's save after it finds
+    // what the flush's save noted under the same request number.
+    let Some(request) = journal::request_of(ours) else {
         return Prepared::Save(Cow::Borrowed(ours));
     };
     let Some(at_flush) = flushed::take_saved(ours, request) else {
@@ -220,7 +222,7 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 /// The last step of a merging store's successful save of `ours` (under its final id): a flush's
 /// save notes what it stored, for the session manager's save that follows.
 pub(crate) fn saved(ours: &Record) {
-    if let Some(request) = journal::request_of(ours) {
+    if let Some(request) = journal::flushing(ours) {
         flushed::note_saved(ours.id, request, flushed::digests(data(ours)));
     }
 }
@@ -228,7 +230,7 @@ pub(crate) fn saved(ours: &Record) {
 /// [`saved`], where the record stored was ours as it is ([`unmerged_with_digests`]), whose
 /// `digests` of ours' data the store already computed.
 pub(crate) fn saved_with(ours: &Record, digests: BTreeMap<String, u64>) {
-    if let Some(request) = journal::request_of(ours) {
+    if let Some(request) = journal::flushing(ours) {
         flushed::note_saved(ours.id, request, digests);
     }
 }
@@ -238,7 +240,7 @@ pub(crate) fn saved_with(ours: &Record, digests: BTreeMap<String, u64>) {
 pub(crate) fn refused(ours: &Record, refusal: Refusal) -> session_store::Error {
     tracing::warn!(session = %ours.id, "{refusal}: nothing of this request is saved");
     let error = session_store::Error::Backend(refusal.to_string());
-    if let Some(request) = journal::request_of(ours) {
+    if let Some(request) = journal::flushing(ours) {
         flushed::note_refused(ours.id, request, refusal);
     }
     error

@@ -204,7 +204,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = journal
             .as_ref()
-            .and_then(|journal| Some((journal.ops(key)?, journal.now()?)));
+            .and_then(|journal| Some((journal.ops(key)?, journal.now())));
         Ok(match namespace_ops {
             Some((ops, now)) => apply(key, ops, theirs, own.cloned(), now)?,
             None if loaded
@@ -341,7 +341,7 @@ mod tests {
                 },
             );
         }
-        serde_json::to_value(journal).unwrap()
+        journal.left_for_good()
     }
 
     /// The versions of a record stored holding `data`.
@@ -572,7 +572,7 @@ mod tests {
         );
         let ours = record(json!({
             "wizard": { "step": 7, "address": "x", "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
-            JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
+            JOURNAL_KEY: ops.left_for_good(),
             VERSIONS_KEY: loaded(json!({})),
         }));
         // Another request purged the namespace meanwhile.
@@ -596,7 +596,7 @@ mod tests {
         );
         let ours = record(json!({
             "pair": { "a": null, "b": 2 },
-            JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
+            JOURNAL_KEY: ops.left_for_good(),
             VERSIONS_KEY: loaded(json!({})),
         }));
         let latest = record(json!({
@@ -621,7 +621,7 @@ mod tests {
         );
         let ours = record(json!({
             "cart": { "mine": "0123456789" },
-            JOURNAL_KEY: serde_json::to_value(ops).unwrap(),
+            JOURNAL_KEY: ops.left_for_good(),
             VERSIONS_KEY: loaded(json!({})),
         }));
         let latest = record(json!({
@@ -647,7 +647,7 @@ mod tests {
                 },
             );
         }
-        serde_json::to_value(journal).unwrap()
+        journal.left_for_good()
     }
 
     const TWO_NAMESPACES: SessionLimits = SessionLimits {

@@ -117,6 +117,9 @@ struct Shared {
     log: Mutex<Vec<Op>>,
     injected: AtomicU64,
     ids: Mutex<HashSet<Id>>,
+    /// The request numbers (see `flush_of`) of the flushes whose own save or create this store
+    /// answered with success.
+    flushed: Mutex<HashSet<u64>>,
 }
 
 /// The wrapper. Clones share rules, counters and the ids seen.
@@ -189,6 +192,14 @@ impl<S> FaultStore<S> {
         self.shared.ids.lock().expect("ids").insert(id);
     }
 
+    /// Notes that the flush `record` names (if any) was saved: the session manager's save of the
+    /// same request comes next.
+    fn saved_flush(&self, record: &Record) {
+        if let Some(flush) = flush_of(record) {
+            self.shared.flushed.lock().expect("flushed").insert(flush);
+        }
+    }
+
     fn forget(&self, id: &Id) {
         self.shared.ids.lock().expect("ids").remove(id);
     }
@@ -257,18 +268,28 @@ impl<S: SessionStore + Clone> SessionStore for FaultStore<S> {
         // `create` may have changed the id (a collision); whatever was stored is remembered.
         self.remember(copy.id);
         record.id = result?;
+        self.saved_flush(record);
         Ok(())
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         self.remember(record.id);
-        if saved_by_its_flush(record) {
+        let flush = flush_of(record);
+        if flush.is_some_and(|flush| {
+            self.shared
+                .flushed
+                .lock()
+                .expect("flushed")
+                .contains(&flush)
+        }) {
             // Over one of the crate's stores, the session manager's save after the flush's own:
             // nothing changed since, so the store answers it without a database call, which no
             // fault can hit. (Under `MergingStore`, this store never sees such a save.)
             return self.inner.save(record).await;
         }
-        self.around(Op::Save, self.inner.save(record)).await
+        self.around(Op::Save, self.inner.save(record)).await?;
+        self.saved_flush(record);
+        Ok(())
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
@@ -284,12 +305,9 @@ impl<S: SessionStore + Clone> SessionStore for FaultStore<S> {
     }
 }
 
-/// Whether `record` is one the flush already saved: it carries the flush's mark (the request's
-/// number under the crate's journal key).
-fn saved_by_its_flush(record: &Record) -> bool {
-    record
-        .data
-        .get("tower_sessions_controller.ops")
-        .and_then(|journal| journal.get("flushed"))
-        .is_some()
+/// The number of the request whose flush saves `record`, if a flush does: over the crate's
+/// stores, the flush's own save and the session manager's save after it carry it under the
+/// crate's journal key.
+fn flush_of(record: &Record) -> Option<u64> {
+    record.data.get("tower_sessions_controller.ops")?.as_u64()
 }

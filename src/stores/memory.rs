@@ -13,7 +13,7 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-use super::{CompareAndSet, Replaced};
+use super::{Batches, CompareAndSet, Replaced};
 
 /// Session records in the process's memory, merged atomically: overlapping requests of one
 /// visitor lose nothing from the first line of an app.
@@ -40,6 +40,7 @@ use super::{CompareAndSet, Replaced};
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     records: Arc<Mutex<HashMap<Id, Version>>>,
+    batches: Batches,
 }
 
 /// One stored record, and how many times it was written.
@@ -132,6 +133,10 @@ impl CompareAndSet for MemoryStore {
             },
         );
         Ok(true)
+    }
+
+    fn batches(&self) -> &Batches {
+        &self.batches
     }
 }
 

@@ -50,7 +50,8 @@ pub use sqlx;
 use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    fmt,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use async_trait::async_trait;
@@ -88,6 +89,9 @@ pub(crate) trait CompareAndSet: Send + Sync {
 
     /// Stores `record` under its id if no record is stored under it; `false` if one is.
     async fn insert(&self, record: &Record) -> session_store::Result<bool>;
+
+    /// The saves this store (and its clones) is storing or waiting for, by session.
+    fn batches(&self) -> &Batches;
 }
 
 /// What [`CompareAndSet::replace`] did.
@@ -113,11 +117,12 @@ pub(crate) async fn load<S: CompareAndSet>(
 /// A merged save: one compare-and-set when nobody else saved since the load, a merge and another
 /// try for each save that came first.
 ///
-/// Saves of one session in this process go one batch at a time (the compare-and-set still
-/// decides): a save that finds another of its session under way waits, and the next batch stores
-/// every save that waited, merged in order, with one compare-and-set. Overlapping requests of
-/// one visitor in one instance then cost one round trip per batch, not one (or two, when the
-/// previous one came first) per request, and a save competes only with other instances' saves.
+/// Saves of one session through one store (and its clones) go one batch at a time (the
+/// compare-and-set still decides): a save that finds another of its session under way waits, and
+/// the next batch stores every save that waited, merged in order, with one compare-and-set.
+/// Overlapping requests of one visitor in one instance then cost one round trip per batch, not
+/// one (or two, when the previous one came first) per request, and a save competes only with
+/// other instances' saves.
 pub(crate) async fn save<S: CompareAndSet>(
     store: &S,
     record: &Record,
@@ -125,7 +130,7 @@ pub(crate) async fn save<S: CompareAndSet>(
     let merge::Prepared::Save(ours) = merge::prepare(record) else {
         return Ok(());
     };
-    let saves = Saves::of(ours.id);
+    let saves = store.batches().of(ours.id);
     // Nobody else is saving this session: the usual case, with nothing to copy.
     if let Ok(_turn) = saves.turn.try_lock() {
         return saves.lead(store, Some(&*ours)).await.unwrap_or_else(lost);
@@ -178,28 +183,44 @@ struct Waiting {
     done: oneshot::Sender<session_store::Result<()>>,
 }
 
-/// The saves of each session that a save of this process is storing or waiting for.
-fn sessions() -> MutexGuard<'static, HashMap<Id, Arc<Saves>>> {
-    static SESSIONS: OnceLock<Mutex<HashMap<Id, Arc<Saves>>>> = OnceLock::new();
-    SESSIONS
-        .get_or_init(Mutex::default)
-        .lock()
+/// The saves of each session that a store is storing or waiting for. Each store has its own, and
+/// its clones share them: a batch stores its saves through the store they were made to.
+#[derive(Clone, Default)]
+pub(crate) struct Batches(Arc<Mutex<HashMap<Id, Arc<Saves>>>>);
+
+impl Batches {
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Id, Arc<Saves>>> {
         // Every change to the map is one statement: a poisoned lock holds nothing half-done.
-        .unwrap_or_else(PoisonError::into_inner)
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A hold on the saves of session `id`.
+    fn of(&self, id: Id) -> Held<'_> {
+        let saves = Arc::clone(self.sessions().entry(id).or_default());
+        Held {
+            batches: self,
+            id,
+            saves,
+        }
+    }
+}
+
+impl fmt::Debug for Batches {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batches")
+            .field("sessions_saving", &self.sessions().len())
+            .finish()
+    }
 }
 
 /// One save's hold on its session's [`Saves`]; the last to let go removes them from the map.
-struct Held {
+struct Held<'a> {
+    batches: &'a Batches,
     id: Id,
     saves: Arc<Saves>,
 }
 
 impl Saves {
-    fn of(id: Id) -> Held {
-        let saves = Arc::clone(sessions().entry(id).or_default());
-        Held { id, saves }
-    }
-
     fn waiting(&self) -> MutexGuard<'_, Vec<Waiting>> {
         // Pushes and takes only: a poisoned lock holds nothing half-done.
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
@@ -306,7 +327,7 @@ impl Saves {
     }
 }
 
-impl std::ops::Deref for Held {
+impl std::ops::Deref for Held<'_> {
     type Target = Saves;
 
     fn deref(&self) -> &Saves {
@@ -314,9 +335,9 @@ impl std::ops::Deref for Held {
     }
 }
 
-impl Drop for Held {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
-        let mut sessions = sessions();
+        let mut sessions = self.batches.sessions();
         // Nobody else holds them: the map's reference and ours are the only ones.
         if Arc::strong_count(&self.saves) == 2 {
             sessions.remove(&self.id);
@@ -420,6 +441,8 @@ mod tests {
         interleave: AtomicUsize,
         /// Every replace waits while the test holds this for writing.
         gate: tokio::sync::RwLock<()>,
+        /// Its own: two `Counted` over clones of one store are two app instances.
+        batches: Batches,
     }
 
     #[async_trait]
@@ -449,6 +472,10 @@ mod tests {
 
         async fn insert(&self, record: &Record) -> session_store::Result<bool> {
             self.store.insert(record).await
+        }
+
+        fn batches(&self) -> &Batches {
+            &self.batches
         }
     }
 
@@ -536,7 +563,7 @@ mod tests {
         // Each save lost at most once: to the one before it in its turn.
         assert!(store.replaces.load(Ordering::SeqCst) <= 2 * 32);
         assert!(
-            !sessions().contains_key(&new.id),
+            !store.batches().sessions().contains_key(&new.id),
             "the session's saves are forgotten"
         );
         let stored = store.store.load(&new.id).await.unwrap().unwrap();
@@ -565,7 +592,9 @@ mod tests {
         }
         // ... then the 31 others wait for it.
         saves.extend(loaded.map(spawn));
-        while sessions()
+        while store
+            .batches()
+            .sessions()
             .get(&new.id)
             .is_none_or(|saves| saves.waiting().len() < 31)
         {
@@ -584,7 +613,7 @@ mod tests {
             assert_eq!(stored.data[&format!("key{n}")], n, "{:?}", stored.data);
         }
         assert!(
-            !sessions().contains_key(&new.id),
+            !store.batches().sessions().contains_key(&new.id),
             "the session's saves are forgotten"
         );
     }
@@ -605,7 +634,9 @@ mod tests {
                 tokio::spawn(async move { save(&*store, &record).await })
             })
             .collect();
-        while sessions()
+        while store
+            .batches()
+            .sessions()
             .get(&new.id)
             .is_none_or(|saves| saves.waiting().len() < 2)
         {
@@ -616,6 +647,57 @@ mod tests {
         let answers: Vec<_> = answers_of(handles).await;
         assert!(answers.iter().all(Result::is_err), "{answers:?}");
         assert!(store.store.load(&new.id).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_store_batches_only_the_saves_made_through_it() {
+        // Two app instances over one set of records, each with its store.
+        let records = MemoryStore::default();
+        let (one, two) = (
+            Arc::new(Counted {
+                store: records.clone(),
+                ..Counted::default()
+            }),
+            Arc::new(Counted {
+                store: records.clone(),
+                ..Counted::default()
+            }),
+        );
+        let mut new = record(json!({}));
+        create(&*one, &mut new).await.unwrap();
+        let mut first = load(&*one, &new.id).await.unwrap().expect("stored");
+        let mut second = load(&*two, &new.id).await.unwrap().expect("stored");
+        first.data.insert("one".into(), json!(1));
+        second.data.insert("two".into(), json!(2));
+
+        // The first instance's save is held in its store...
+        let gate = one.gate.write().await;
+        let held = tokio::spawn({
+            let one = Arc::clone(&one);
+            async move { save(&*one, &first).await }
+        });
+        while one.replaces.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ... and the second's does not wait for it: it is another instance's save, which only
+        // the compare-and-set orders.
+        let alone = tokio::time::timeout(std::time::Duration::from_secs(10), save(&*two, &second));
+        alone
+            .await
+            .expect("not queued behind the other store's save")
+            .unwrap();
+        assert!(one.batches().sessions().contains_key(&new.id));
+        assert!(!two.batches().sessions().contains_key(&new.id));
+
+        drop(gate);
+        held.await.unwrap().unwrap();
+        // The first lost its try to the second, merged, and tried again.
+        assert_eq!(one.replaces.load(Ordering::SeqCst), 2);
+        let stored = records.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (&stored.data["one"], &stored.data["two"]),
+            (&json!(1), &json!(2))
+        );
     }
 
     #[tokio::test]

@@ -44,7 +44,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{bytes_of, decode, encode, token},
-    CompareAndSet, Replaced,
+    Batches, CompareAndSet, Replaced,
 };
 
 /// The compare-and-set: `KEYS[1]` the session's key, `ARGV[1]` the value the save loaded,
@@ -105,13 +105,17 @@ const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 #[derive(Clone)]
 pub struct RedisStore<C> {
     client: C,
+    batches: Batches,
 }
 
 impl<C> RedisStore<C> {
     /// A store on `client`, which should be connected (fred's `init`, or `connect` and
     /// `wait_for_connect`).
     pub fn new(client: C) -> Self {
-        Self { client }
+        Self {
+            client,
+            batches: Batches::default(),
+        }
     }
 
     /// The client the store uses.
@@ -248,6 +252,10 @@ where
             .await
             .map_err(|err| backend("SET NX", &err))?;
         Ok(!stored.is_null())
+    }
+
+    fn batches(&self) -> &Batches {
+        &self.batches
     }
 }
 

@@ -48,7 +48,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{self, bytes_of, encode, token},
-    Replaced,
+    Batches, Replaced,
 };
 
 /// What differs between the databases beyond sqlx's own types.
@@ -108,6 +108,7 @@ impl Statements {
 pub(crate) struct Table<DB: Database> {
     pool: Pool<DB>,
     sql: Arc<Statements>,
+    batches: Batches,
 }
 
 impl<DB: Database> Clone for Table<DB> {
@@ -115,6 +116,7 @@ impl<DB: Database> Clone for Table<DB> {
         Self {
             pool: self.pool.clone(),
             sql: Arc::clone(&self.sql),
+            batches: self.batches.clone(),
         }
     }
 }
@@ -122,6 +124,10 @@ impl<DB: Database> Clone for Table<DB> {
 impl<DB: Database> Table<DB> {
     pub(crate) fn pool(&self) -> &Pool<DB> {
         &self.pool
+    }
+
+    pub(crate) fn batches(&self) -> &Batches {
+        &self.batches
     }
 }
 
@@ -140,6 +146,7 @@ where
         Self {
             pool,
             sql: Arc::new(Statements::new::<DB>(table)),
+            batches: Batches::default(),
         }
     }
 
@@ -280,6 +287,10 @@ macro_rules! sql_session_store {
 
             async fn insert(&self, record: &Record) -> session_store::Result<bool> {
                 self.table.insert(record).await
+            }
+
+            fn batches(&self) -> &$crate::stores::Batches {
+                self.table.batches()
             }
         }
 

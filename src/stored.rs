@@ -72,31 +72,20 @@ pub(crate) struct Stored {
 impl Stored {
     /// Splits a stored namespace, or says why it cannot be read.
     pub(crate) fn decode(stored: Value) -> Result<Self, &'static str> {
+        let StoredRef {
+            deadline,
+            lifetimes,
+            ..
+        } = StoredRef::read(&stored)?;
         let Value::Object(mut map) = stored else {
             return Err("the namespace is not a JSON object");
         };
-        let stamp = match map.remove(STAMP_KEY) {
-            Some(stamp) => Some(decode_stamp(&stamp)?),
-            None => None,
-        };
-        let hops = match map.remove(HOPS_KEY) {
-            Some(hops) => Some(decode_hops(&hops)?),
-            None => None,
-        };
-        let mut lifetimes: BTreeMap<String, KeyDeadline> = match map.remove(LIFETIMES_KEY) {
-            None => BTreeMap::new(),
-            Some(Value::Object(lifetimes)) => lifetimes
-                .iter()
-                .map(|(key, deadline)| Ok((key.clone(), KeyDeadline::decode(deadline)?)))
-                .collect::<Result<_, &'static str>>()?,
-            Some(_) => return Err("the keys' lifetimes are not a JSON object"),
-        };
-        // A lifetime for a key the namespace does not hold means nothing (this crate never
-        // stores one): it must not end, or outlive, a value inserted later.
-        lifetimes.retain(|key, _| map.contains_key(key));
+        map.remove(STAMP_KEY);
+        map.remove(HOPS_KEY);
+        map.remove(LIFETIMES_KEY);
         Ok(Self {
             map,
-            deadline: Deadline { stamp, hops },
+            deadline,
             lifetimes,
         })
     }
@@ -127,6 +116,54 @@ impl Stored {
             map.insert(STAMP_KEY.to_owned(), encode_stamp(stamp));
         }
         Some(Value::Object(map))
+    }
+}
+
+/// A stored namespace read in place: its bookkeeping decoded, its user's values looked up in the
+/// stored object rather than copied out of it (a merge needs only the keys its request touched).
+pub(crate) struct StoredRef<'a> {
+    map: &'a Map<String, Value>,
+    pub(crate) deadline: Deadline,
+    pub(crate) lifetimes: BTreeMap<String, KeyDeadline>,
+}
+
+impl<'a> StoredRef<'a> {
+    /// Reads a stored namespace, or says why it cannot be read, as [`Stored::decode`] does.
+    pub(crate) fn read(stored: &'a Value) -> Result<Self, &'static str> {
+        let Value::Object(map) = stored else {
+            return Err("the namespace is not a JSON object");
+        };
+        let stamp = map.get(STAMP_KEY).map(decode_stamp).transpose()?;
+        let hops = map.get(HOPS_KEY).map(decode_hops).transpose()?;
+        let mut lifetimes: BTreeMap<String, KeyDeadline> = match map.get(LIFETIMES_KEY) {
+            None => BTreeMap::new(),
+            Some(Value::Object(lifetimes)) => lifetimes
+                .iter()
+                .map(|(key, deadline)| Ok((key.clone(), KeyDeadline::decode(deadline)?)))
+                .collect::<Result<_, &'static str>>()?,
+            Some(_) => return Err("the keys' lifetimes are not a JSON object"),
+        };
+        // A lifetime for a key the namespace does not hold means nothing (this crate never
+        // stores one): it must not end, or outlive, a value inserted later.
+        lifetimes.retain(|key, _| !is_reserved(key) && map.contains_key(key));
+        Ok(Self {
+            map,
+            deadline: Deadline { stamp, hops },
+            lifetimes,
+        })
+    }
+
+    /// The value of the user's key `key`, if the namespace holds one.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        if is_reserved(key) {
+            return None;
+        }
+        self.map.get(key)
+    }
+
+    /// The user's keys and values.
+    pub(crate) fn user_values(&self) -> impl Iterator<Item = (&'a String, &'a Value)> {
+        self.map.iter().filter(|(key, _)| !is_reserved(key))
     }
 }
 

@@ -12,7 +12,10 @@ use tower_sessions::session::Record;
 use super::journal::{
     self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, SEEN_KEY, VERSIONS_KEY,
 };
-use crate::{budget, expiry, stored::Stored};
+use crate::{
+    budget, expiry,
+    stored::{Stored, StoredRef},
+};
 
 /// Why a save is refused: nothing of it is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,7 +209,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
             .as_ref()
             .and_then(|journal| Some((journal.ops(key)?, journal.now())));
         Ok(match namespace_ops {
-            Some((ops, now)) => apply(key, ops, theirs, own.cloned(), now)?,
+            Some((ops, now)) => apply(key, ops, theirs, own, now)?,
             None if loaded
                 .as_ref()
                 .is_none_or(|loaded| loaded.changed(key, own)) =>
@@ -250,7 +253,7 @@ fn apply(
     namespace: &str,
     ops: &Ops,
     theirs: Option<Value>,
-    own: Option<Value>,
+    own: Option<&Value>,
     now: OffsetDateTime,
 ) -> Result<Option<Value>, Refusal> {
     let mut merged = match theirs.map(Stored::decode) {
@@ -265,17 +268,15 @@ fn apply(
         merged = Stored::default();
     }
     let own_present = own.is_some();
-    let mut own = match own.map(Stored::decode) {
-        Some(Ok(own)) => own,
-        _ => Stored::default(),
-    };
+    // Read in place: only the keys the request touched are copied out of it.
+    let own = own.and_then(|own| StoredRef::read(own).ok());
     for key in &ops.touched {
-        match own.map.remove(key) {
-            Some(value) => merged.map.insert(key.clone(), value),
+        match own.as_ref().and_then(|own| own.get(key)) {
+            Some(value) => merged.map.insert(key.clone(), value.clone()),
             None => merged.map.remove(key),
         };
-        match own.lifetimes.remove(key) {
-            Some(deadline) => merged.lifetimes.insert(key.clone(), deadline),
+        match own.as_ref().and_then(|own| own.lifetimes.get(key)) {
+            Some(deadline) => merged.lifetimes.insert(key.clone(), *deadline),
             None => merged.lifetimes.remove(key),
         };
     }
@@ -283,14 +284,16 @@ fn apply(
         // A typed value is never stored in part: the fields the request left alone come from
         // the latest namespace, or from the request's own value where the latest has none
         // (another request purged it meanwhile, or it expired).
-        for (key, value) in own.map {
-            merged.map.entry(key).or_insert(value);
+        for (key, value) in own.iter().flat_map(StoredRef::user_values) {
+            if !merged.map.contains_key(key) {
+                merged.map.insert(key.clone(), value.clone());
+            }
         }
     }
     if (ops.wrote || ops.counted) && own_present {
         // A write moves the deadline as this request's policy says, as without a merge; so does
         // counting a request against the namespace's hops.
-        merged.deadline = own.deadline;
+        merged.deadline = own.map(|own| own.deadline).unwrap_or_default();
     }
     let merged = merged.encode();
     if let (Some(budget), Some(Value::Object(map))) = (ops.budget, &merged) {

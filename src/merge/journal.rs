@@ -271,7 +271,7 @@ impl Journal {
     /// Leaves the journal for a save until the process ends, and returns what the session
     /// holds for it: for tests of the save that build its record by hand.
     #[cfg(test)]
-    pub(super) fn left_for_good(self) -> Value {
+    pub(crate) fn left_for_good(self) -> Value {
         let request = self.request;
         left().insert(request, Arc::new(self));
         Value::from(request)

@@ -272,40 +272,47 @@ impl Saves {
             mut digests,
         } = merged(members, &mut answers, latest, &mut seen);
         for _ in 0..MAX_ATTEMPTS {
-            let Some(record) = next else {
+            let latest = match next {
                 // Every member was refused: nothing to store.
-                break;
-            };
-            // Saves waiting now make the next batch: it merges into what this one stores.
-            let keep = !self.waiting().is_empty();
-            match store.replace(record, seen.as_deref(), keep).await {
-                Ok(Replaced::Done(stored)) => {
-                    *self.stored() = stored;
-                    for (ours, answer) in members.iter().zip(&mut answers) {
-                        if answer.is_none() {
-                            match digests.take() {
-                                Some(digests) => merge::saved_with(ours, digests),
-                                None => merge::saved(ours),
+                Next::Nothing => break,
+                // A member was refused after others were merged: start again from the latest
+                // record.
+                Next::Refetch => match store.fetch(&members[0].id).await {
+                    Ok(latest) => latest,
+                    Err(err) => {
+                        answer_all(&mut answers, &err);
+                        break;
+                    }
+                },
+                Next::Store(record) => {
+                    // Saves waiting now make the next batch: it merges into what this one stores.
+                    let keep = !self.waiting().is_empty();
+                    match store.replace(record, seen.as_deref(), keep).await {
+                        Ok(Replaced::Done(stored)) => {
+                            *self.stored() = stored;
+                            for (ours, answer) in members.iter().zip(&mut answers) {
+                                if answer.is_none() {
+                                    match digests.take() {
+                                        Some(digests) => merge::saved_with(ours, digests),
+                                        None => merge::saved(ours),
+                                    }
+                                    *answer = Some(Ok(()));
+                                }
                             }
-                            *answer = Some(Ok(()));
+                            break;
+                        }
+                        Ok(Replaced::Changed(latest)) => latest,
+                        Err(err) => {
+                            answer_all(&mut answers, &err);
+                            break;
                         }
                     }
-                    break;
                 }
-                Ok(Replaced::Changed(latest)) => {
-                    let (latest, token) =
-                        latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
-                    seen = token.map(Cow::Owned);
-                    Merged { next, digests } =
-                        merged(members, &mut answers, Some(latest), &mut seen);
-                }
-                Err(err) => {
-                    for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
-                        *answer = Some(Err(copy(&err)));
-                    }
-                    break;
-                }
-            }
+            };
+            let (latest, token) =
+                latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
+            seen = token.map(Cow::Owned);
+            Merged { next, digests } = merged(members, &mut answers, Some(latest), &mut seen);
         }
         if answers.iter().any(Option::is_none) {
             tracing::error!(
@@ -349,14 +356,30 @@ impl Drop for Held<'_> {
 /// record is one member's own data as it is (its first try, nobody merged after it), the digests
 /// of that data, which its flush mark notes without digesting the session again.
 struct Merged {
-    next: Option<Record>,
+    next: Next,
     digests: Option<BTreeMap<String, u64>>,
+}
+
+/// What a batch does after [`merged`].
+enum Next {
+    /// Stores this record.
+    Store(Record),
+    /// Nothing: every member is answered (refused).
+    Nothing,
+    /// Fetches the latest record and merges again: a member was refused after the record it
+    /// was merged into had taken others' operations, which went with it.
+    Refetch,
 }
 
 /// The record that stores every member not answered yet: each one's operations merged, in order,
 /// into `latest` (what the store holds now), or on the first try (`latest` `None`) into what the
 /// first of them loaded, with that load's token put in `seen`. A member whose merge is refused is
-/// answered and left out; `next` is `None` when every member is.
+/// answered and left out.
+///
+/// Each merge takes the record before it rather than a copy (a copy of the whole session per
+/// member would cost more than the merge): so when a member is refused after others were merged,
+/// their operations are gone with it, and the batch starts again from the latest record
+/// ([`Next::Refetch`]). Refusals are rare; copies would be paid by every batch.
 fn merged<'a>(
     members: &[&'a Record],
     answers: &mut [Option<session_store::Result<()>>],
@@ -365,20 +388,23 @@ fn merged<'a>(
 ) -> Merged {
     let mut base = latest;
     let mut digests = None;
-    for (ours, answer) in members.iter().zip(answers) {
+    for (ours, answer) in members.iter().zip(answers.iter_mut()) {
         if answer.is_some() {
             continue;
         }
-        let next = match &mut base {
-            None => merge::unmerged_with_digests(ours).map(|(next, own)| {
-                *seen = merge::seen(ours).map(Cow::Borrowed);
-                digests = Some(own);
-                next
-            }),
-            // A lone member merges into the latest record itself; in a batch, a refused member
-            // must leave it as it was for the next.
-            Some(latest) if members.len() == 1 => merge::merge(ours, latest.take()),
-            Some(latest) => merge::merge(ours, latest.clone()),
+        let (next, took) = match &mut base {
+            None => (
+                merge::unmerged_with_digests(ours).map(|(next, own)| {
+                    *seen = merge::seen(ours).map(Cow::Borrowed);
+                    digests = Some(own);
+                    next
+                }),
+                false,
+            ),
+            Some(latest) => {
+                let took = latest.is_some();
+                (merge::merge(ours, latest.take()), took)
+            }
         };
         match next {
             Ok(next) => {
@@ -388,12 +414,28 @@ fn merged<'a>(
                 }
                 base = Some(Some(next));
             }
-            Err(refusal) => *answer = Some(Err(merge::refused(ours, refusal))),
+            Err(refusal) => {
+                *answer = Some(Err(merge::refused(ours, refusal)));
+                if took {
+                    let others = answers.iter().any(Option::is_none);
+                    return Merged {
+                        next: if others { Next::Refetch } else { Next::Nothing },
+                        digests: None,
+                    };
+                }
+            }
         }
     }
     Merged {
-        next: base.flatten(),
+        next: base.flatten().map_or(Next::Nothing, Next::Store),
         digests,
+    }
+}
+
+/// Answers every member not answered yet with `err`.
+fn answer_all(answers: &mut [Option<session_store::Result<()>>], err: &session_store::Error) {
+    for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
+        *answer = Some(Err(copy(err)));
     }
 }
 
@@ -734,6 +776,62 @@ mod tests {
         );
     }
 
+    /// `loaded` with `namespace` written as the flush writes it, and the journal of that write
+    /// (the key `key` set, within `budget`) left for its save.
+    fn written(mut loaded: Record, namespace: &str, key: &str, budget: Option<usize>) -> Record {
+        let mut journal = merge::Journal::new(OffsetDateTime::now_utc());
+        journal.record(
+            namespace.to_owned(),
+            merge::Ops {
+                touched: [key.to_owned()].into(),
+                wrote: true,
+                budget,
+                ..merge::Ops::default()
+            },
+        );
+        loaded
+            .data
+            .insert(namespace.to_owned(), json!({ key: "0123456789".repeat(2) }));
+        loaded.data.insert(
+            "tower_sessions_controller.ops".to_owned(),
+            journal.left_for_good(),
+        );
+        loaded
+    }
+
+    #[tokio::test]
+    async fn a_member_refused_after_others_were_merged_leaves_their_operations_stored() {
+        let store = Counted::default();
+        let mut new = record(json!({}));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = loads(&store, new.id, 3).await.into_iter();
+        let first = written(loaded.next().unwrap(), "cart", "a", None);
+        // Alone it fits its budget; merged after the first, the cart does not.
+        let second = written(loaded.next().unwrap(), "cart", "b", Some(40));
+        let third = written(loaded.next().unwrap(), "wizard", "c", None);
+        let fetches = store.fetches.load(Ordering::SeqCst);
+
+        let answers = Saves::default()
+            .store(&store, &[&first, &second, &third])
+            .await;
+
+        assert!(answers[0].is_ok(), "{answers:?}");
+        let refused = answers[1].as_ref().unwrap_err().to_string();
+        assert!(refused.contains("over its budget"), "{refused}");
+        assert!(answers[2].is_ok(), "{answers:?}");
+        // The batch started again from the latest record: one more fetch, one compare-and-set.
+        assert_eq!(store.fetches.load(Ordering::SeqCst), fetches + 1);
+        assert_eq!(store.replaces.load(Ordering::SeqCst), 1);
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert!(stored.data["cart"].get("a").is_some(), "{:?}", stored.data);
+        assert!(stored.data["cart"].get("b").is_none(), "{:?}", stored.data);
+        assert!(
+            stored.data["wizard"].get("c").is_some(),
+            "{:?}",
+            stored.data
+        );
+    }
+
     #[tokio::test]
     async fn only_a_members_own_data_stored_as_it_is_hands_its_digests_to_the_flush_mark() {
         let store = Counted::default();
@@ -743,7 +841,7 @@ mod tests {
         let (mut one, mut two) = ([None], [None, None]);
 
         let alone = merged(&[&loaded[0]], &mut one, None, &mut None);
-        assert!(alone.next.is_some());
+        assert!(matches!(alone.next, Next::Store(_)));
         assert_eq!(
             alone
                 .digests
@@ -751,10 +849,10 @@ mod tests {
             Some(vec!["user".to_owned()])
         );
         let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);
-        assert!(batch.next.is_some());
+        assert!(matches!(batch.next, Next::Store(_)));
         assert!(batch.digests.is_none(), "the second member was merged in");
         let into_latest = merged(&[&loaded[0]], &mut one, Some(Some(new.clone())), &mut None);
-        assert!(into_latest.next.is_some());
+        assert!(matches!(into_latest.next, Next::Store(_)));
         assert!(
             into_latest.digests.is_none(),
             "merged into the latest record"

@@ -13,7 +13,8 @@
 //! counts the keys stored afterwards. Prints Markdown tables.
 //!
 //! `cargo bench --bench redis` (`REDIS_BENCH_RUNS=<n>` sets the overlap runs per contender,
-//! default 5). Without `redis-server` on the `PATH` it says so and exits.
+//! default 5; `REDIS_BENCH_ONLY=<text>` runs the overlaps of the contenders whose name holds
+//! `<text>` only, for a profiler). Without `redis-server` on the `PATH` it says so and exits.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -338,7 +339,11 @@ fn main() {
              | compare-and-set tries per write |"
         );
         println!("|---|---|---|---|---|");
+        let only = std::env::var("REDIS_BENCH_ONLY").unwrap_or_default();
         for contender in Contender::ALL {
+            if !contender.name().contains(&only) {
+                continue;
+            }
             let (mut lost, mut failed, mut times) = (Vec::new(), 0, Vec::new());
             let evalsha = calls(&a, "evalsha").await;
             for _ in 0..runs {

@@ -69,6 +69,8 @@ const JOURNAL: &str = "tower_sessions_controller.ops";
 const LOCK_OWNER: &str = "tower_sessions_controller.lock_owner";
 /// Where a load through the crate's stores leaves its token in memory; never stored by them.
 const SEEN: &str = "tower_sessions_controller.seen";
+/// Where a load through a merging store leaves the process's load mark in memory; never stored.
+const LOADED: &str = "tower_sessions_controller.loaded";
 /// The namespace handlers open by runtime key, most of the time.
 const RUNTIME: &str = "cart";
 /// The plain session key handlers write, most of the time.
@@ -187,7 +189,7 @@ fn any(u: &mut Unstructured, depth: u32) -> Result<Value> {
 
 /// A key: top-level, of a namespace, or of the bookkeeping.
 fn key(u: &mut Unstructured) -> Result<String> {
-    Ok(match u.int_in_range(0..=15)? {
+    Ok(match u.int_in_range(0..=16)? {
         0 => VERSIONS.to_owned(),
         1 => JOURNAL.to_owned(),
         2 => LOCK_OWNER.to_owned(),
@@ -203,6 +205,7 @@ fn key(u: &mut Unstructured) -> Result<String> {
         12 => "a".to_owned(),
         13 => "items".to_owned(),
         14 => SEEN.to_owned(),
+        15 => LOADED.to_owned(),
         _ => string(u)?,
     })
 }
@@ -332,8 +335,10 @@ fn value_for(u: &mut Unstructured, key: &str) -> Result<Value> {
     }
     match key {
         VERSIONS => versions(u),
+        // A journal as an earlier release serialized it, or a number, as the flush leaves one.
+        JOURNAL if u.arbitrary()? => Ok(Value::from(u.arbitrary::<u64>()?)),
         JOURNAL => journal(u),
-        LOCK_OWNER | SEEN => Ok(Value::String(string(u)?)),
+        LOCK_OWNER | SEEN | LOADED => Ok(Value::String(string(u)?)),
         RUNTIME | "typed" | "other" => namespace(u),
         _ if u.arbitrary()? => namespace(u),
         _ => any(u, 3),

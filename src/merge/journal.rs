@@ -43,12 +43,18 @@ pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
 /// is the loaded bytes in hex), and the versions are read on every write.
 pub(super) const SEEN_KEY: &str = "tower_sessions_controller.seen";
 
+/// The top-level session key under which a load through a merging store of this process leaves
+/// this process's load mark, which says that the session was in the store when the request began
+/// and that a merging store is underneath. It never reaches the store. A key of its own, not a
+/// field of the versions: every write asks for it, and `Session` hands out copies.
+pub(super) const LOADED_KEY: &str = "tower_sessions_controller.loaded";
+
 /// The beginning of the top-level keys this crate keeps for itself: a namespace may not be opened
 /// under one.
 pub(crate) const RESERVED_PREFIX: &str = "tower_sessions_controller.";
 
-/// The mark a load through a `MergingStore` of this process leaves in a record's versions: random
-/// per process, so no stored record carries it.
+/// The mark a load through a merging store of this process leaves in a record (under
+/// [`LOADED_KEY`]): random per process, so no stored record carries it.
 fn load_mark() -> &'static str {
     static MARK: OnceLock<String> = OnceLock::new();
     MARK.get_or_init(|| Id::default().to_string())
@@ -63,49 +69,35 @@ fn load_mark() -> &'static str {
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<bool, tower_sessions::session::Error> {
-    let versions = session.get_value(VERSIONS_KEY).await?;
-    Ok(versions
-        .as_ref()
-        .and_then(|versions| versions.get("loaded"))
-        .and_then(Value::as_str)
-        == Some(load_mark()))
+    let mark = session.get_value(LOADED_KEY).await?;
+    Ok(mark.as_ref().and_then(Value::as_str) == Some(load_mark()))
+}
+
+/// Whether `record` was loaded through a merging store of this process: the session was in the
+/// store when the request began.
+pub(super) fn is_loaded(record: &Record) -> bool {
+    record.data.get(LOADED_KEY).and_then(Value::as_str) == Some(load_mark())
 }
 
 /// Readies a record loaded from the store for a request: a stored journal is dropped (a journal
-/// is applied only by the save of the request that wrote it), and the versions get this
-/// process's load mark, and `seen`: what a store that saves by compare-and-set needs to know the
-/// record again.
+/// is applied only by the save of the request that wrote it), and the record gets this process's
+/// load mark, and `seen`: what a store that saves by compare-and-set needs to know the record
+/// again. The versions are left as stored.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
     match seen {
         Some(seen) => record.data.insert(SEEN_KEY.to_owned(), Value::from(seen)),
         None => record.data.remove(SEEN_KEY),
     };
-    let mark = Value::from(load_mark());
-    match record.data.get_mut(VERSIONS_KEY) {
-        Some(Value::Object(versions)) => {
-            versions.insert("loaded".to_owned(), mark);
-            // Written by an earlier release, whose versions held the token.
-            versions.remove("seen");
-        }
-        _ => {
-            let versions = Versions {
-                loaded: Some(load_mark().to_owned()),
-                ..Versions::default()
-            };
-            record
-                .data
-                .insert(VERSIONS_KEY.to_owned(), versions.to_value());
-        }
-    }
+    record
+        .data
+        .insert(LOADED_KEY.to_owned(), Value::from(load_mark()));
 }
 
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
 pub(crate) fn seen(record: &Record) -> Option<&str> {
-    // Read without the digests, which a save needs only when it merges.
-    let versions = record.data.get(VERSIONS_KEY)?;
-    if versions.get("loaded")?.as_str()? != load_mark() {
+    if !is_loaded(record) {
         return None;
     }
     record.data.get(SEEN_KEY)?.as_str()
@@ -284,8 +276,7 @@ impl Journal {
 }
 
 /// A record's versions: a digest of every top-level key's value as it was stored, so that a
-/// save can tell the keys its request changed from those it only loaded. In memory, a record
-/// loaded through a merging store also carries the load mark.
+/// save can tell the keys its request changed from those it only loaded.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub(super) struct Versions {
@@ -293,8 +284,6 @@ pub(super) struct Versions {
     /// them, or cleared): then every key counts as changed by the request that saves.
     #[serde(skip_serializing_if = "Option::is_none")]
     digests: Option<BTreeMap<String, u64>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    loaded: Option<String>,
 }
 
 impl Versions {
@@ -313,19 +302,12 @@ impl Versions {
                 data.map(|(key, value)| (key.clone(), digest::of(value)))
                     .collect(),
             ),
-            ..Self::default()
         }
     }
 
     /// The digest of each key's value, if known.
     pub(super) fn digests(&self) -> Option<&BTreeMap<String, u64>> {
         self.digests.as_ref()
-    }
-
-    /// Whether the record was loaded through a merging store of this process: the session was
-    /// in the store when the request began.
-    pub(super) fn is_loaded(&self) -> bool {
-        self.loaded.as_deref() == Some(load_mark())
     }
 
     /// Whether `key` was absent from the record these versions were loaded with. Without
@@ -441,14 +423,16 @@ mod tests {
         let mut record = Record {
             id: Id(1),
             data: [
-                (VERSIONS_KEY.to_owned(), json!({ "loaded": "guess" })),
+                (LOADED_KEY.to_owned(), json!("guess")),
                 (SEEN_KEY.to_owned(), json!("t")),
             ]
             .into(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         };
+        assert!(!is_loaded(&record));
         assert_eq!(seen(&record), None);
         mark_loaded(&mut record, Some("t2".to_owned()));
+        assert!(is_loaded(&record));
         assert_eq!(seen(&record), Some("t2"));
         mark_loaded(&mut record, None);
         assert_eq!(seen(&record), None, "a load without a token leaves none");

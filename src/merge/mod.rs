@@ -40,8 +40,8 @@ pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
 /// later save silently undoes the earlier one. [`MergingStore`] wraps any `SessionStore` and
 /// changes what a save means:
 ///
-/// - It stamps every record it loads with **versions**: a counter of the record's saves, and for
-///   each top-level key of the session the counter value of the save that last changed it.
+/// - Every record it stores carries **versions**: a digest of each top-level key's value as
+///   stored. A record it loads also gets this process's load mark, in memory only.
 /// - The layer's flush hands the save the request's **operations** on each namespace it changed
 ///   (a purge, which user keys were set or removed, whether it wrote or counted a request against
 ///   the namespace's hops), in this process. A key's lifetime travels with the key.
@@ -52,8 +52,9 @@ pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
 ///   tell).
 /// - A session that was in the store when the request loaded it and is gone when it saves (a
 ///   logout, an id cycled at login, an expiry) is never written back: the save is refused, and
-///   the request answers `500`. So is a save whose merged namespace would cross the budget of
-///   the write that changed it.
+///   the request answers `409 Conflict` ([`Error::SessionEnded`](crate::Error::SessionEnded)).
+///   So is a save whose merged namespace would cross the budget of the write that changed it
+///   (`500`).
 ///
 /// The record is untrusted input: a journal or load mark found in a stored record is dropped when
 /// it is loaded, so only a request's own operations are ever applied.

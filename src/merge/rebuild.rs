@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
 use super::journal::{
-    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, SEEN_KEY, VERSIONS_KEY,
+    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, SEEN_KEY, VERSIONS_KEY,
 };
 use crate::{
     budget, expiry,
@@ -71,7 +71,7 @@ impl fmt::Display for Refusal {
 
 /// Whether a top-level key holds session data, not the merge's bookkeeping.
 pub(super) fn is_data(key: &str) -> bool {
-    key != JOURNAL_KEY && key != VERSIONS_KEY && key != SEEN_KEY
+    key != JOURNAL_KEY && key != VERSIONS_KEY && key != SEEN_KEY && key != LOADED_KEY
 }
 
 /// The record to store for `ours` (what this request would save) when the store still holds what
@@ -196,7 +196,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     // `None` when `Session::clear` dropped them: ours is then the whole truth.
     let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let Some(mut latest) = latest else {
-        if loaded.as_ref().is_some_and(Versions::is_loaded) {
+        if journal::is_loaded(ours) {
             return Err(Refusal::Ended);
         }
         return unmerged(ours);
@@ -204,6 +204,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     latest.data.remove(JOURNAL_KEY);
     latest.data.remove(VERSIONS_KEY);
     latest.data.remove(SEEN_KEY);
+    latest.data.remove(LOADED_KEY);
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = journal
             .as_ref()
@@ -355,11 +356,11 @@ mod tests {
         Versions::of(map.iter()).to_value()
     }
 
-    /// The same, as a load through a merging store of this process marks them.
-    fn loaded(data: Value) -> Value {
-        let mut record = record(json!({ VERSIONS_KEY: versions(data) }));
+    /// The load mark of this process, as a load through a merging store leaves it.
+    fn mark() -> Value {
+        let mut record = record(json!({}));
         mark_loaded(&mut record, None);
-        record.data.remove(VERSIONS_KEY).unwrap()
+        record.data.remove(LOADED_KEY).unwrap()
     }
 
     #[test]
@@ -368,7 +369,7 @@ mod tests {
         let ours = record(json!({
             "cart": { "new": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
             JOURNAL_KEY: journal(&[("cart", false, &["new"])]),
-            VERSIONS_KEY: loaded(json!({ "cart": old })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "cart": old })),
         }));
         let latest = record(json!({ "cart": old, VERSIONS_KEY: versions(json!({ "cart": old })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
@@ -387,7 +388,7 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1, "_timeout_datestamp": stamp(own) },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         let latest =
             record(json!({ "cart": theirs, VERSIONS_KEY: versions(json!({ "cart": theirs })) }));
@@ -412,7 +413,7 @@ mod tests {
                 "now": NOW.unix_timestamp(), "now_nanos": 0,
                 "namespaces": { "cart": { "purged": false, "touched": ["a"], "wrote": false } },
             },
-            VERSIONS_KEY: loaded(json!({ "cart": cart })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "cart": cart })),
         }));
         let latest =
             record(json!({ "cart": cart, VERSIONS_KEY: versions(json!({ "cart": cart })) }));
@@ -427,7 +428,7 @@ mod tests {
     fn a_key_nobody_else_changed_keeps_this_requests_direct_write() {
         let ours = record(json!({
             "user": "ada",
-            VERSIONS_KEY: loaded(json!({ "user": "anonymous" })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "anonymous" })),
         }));
         let latest = record(json!({
             "user": "anonymous",
@@ -448,7 +449,7 @@ mod tests {
     fn a_key_someone_else_changed_keeps_their_value() {
         let ours = record(json!({
             "user": "stale",
-            VERSIONS_KEY: loaded(json!({ "user": "stale" })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "stale" })),
         }));
         let latest = record(json!({
             "user": "fresh",
@@ -459,7 +460,8 @@ mod tests {
 
     #[test]
     fn a_key_this_request_removed_directly_stays_removed() {
-        let ours = record(json!({ VERSIONS_KEY: loaded(json!({ "user": "ada" })) }));
+        let ours =
+            record(json!({ LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })) }));
         let latest = record(json!({ "user": "ada", "other": 1 }));
         let merged = merge(&ours, Some(latest)).unwrap();
         assert_eq!(merged.data.get("user"), None);
@@ -472,7 +474,7 @@ mod tests {
             "cart": { "a": 1 },
             "user": "as loaded",
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: loaded(json!({ "user": "as loaded" })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "as loaded" })),
         }));
         let latest =
             record(json!({ "user": "newer", VERSIONS_KEY: versions(json!({ "user": "newer" })) }));
@@ -515,7 +517,7 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: "garbage",
-            VERSIONS_KEY: loaded(json!({ "cart": { "a": 1 } })),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "cart": { "a": 1 } })),
         }));
         let latest = record(
             json!({ "cart": { "b": 1 }, VERSIONS_KEY: versions(json!({ "cart": { "b": 1 } })) }),
@@ -531,12 +533,12 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         let stored = as_stored(&ours);
         assert_eq!(stored.data["cart"], json!({ "a": 1 }));
         assert!(!stored.data.contains_key(JOURNAL_KEY));
-        assert_eq!(stored.data[VERSIONS_KEY].get("loaded"), None);
+        assert!(!stored.data.contains_key(LOADED_KEY));
         assert!(
             !Versions::read(&stored.data[VERSIONS_KEY]).changed("cart", Some(&json!({ "a": 1 })))
         );
@@ -547,18 +549,20 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1 },
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         assert_eq!(merge(&ours, None).unwrap_err(), Refusal::Ended);
     }
 
     #[test]
     fn a_loaded_session_still_in_the_store_is_stored_without_its_load_mark() {
-        let ours = record(json!({ "user": "ada", VERSIONS_KEY: loaded(json!({ "user": "ada" })) }));
+        let ours = record(
+            json!({ "user": "ada", LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })) }),
+        );
         let latest =
             record(json!({ "user": "ada", VERSIONS_KEY: versions(json!({ "user": "ada" })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
-        assert_eq!(merged.data[VERSIONS_KEY].get("loaded"), None);
+        assert!(!merged.data.contains_key(LOADED_KEY));
     }
 
     #[test]
@@ -576,7 +580,7 @@ mod tests {
         let ours = record(json!({
             "wizard": { "step": 7, "address": "x", "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
             JOURNAL_KEY: ops.left_for_good(),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         // Another request purged the namespace meanwhile.
         let latest = record(json!({ "other": 1, VERSIONS_KEY: versions(json!({ "other": 1 })) }));
@@ -600,7 +604,7 @@ mod tests {
         let ours = record(json!({
             "pair": { "a": null, "b": 2 },
             JOURNAL_KEY: ops.left_for_good(),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         let latest = record(json!({
             "pair": { "a": 1, "b": null },
@@ -625,7 +629,7 @@ mod tests {
         let ours = record(json!({
             "cart": { "mine": "0123456789" },
             JOURNAL_KEY: ops.left_for_good(),
-            VERSIONS_KEY: loaded(json!({})),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
         }));
         let latest = record(json!({
             "cart": { "theirs": "0123456789" },
@@ -664,7 +668,7 @@ mod tests {
         let ours = record(json!({
             "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
             JOURNAL_KEY: limited(&[("c", &["x"])], TWO_NAMESPACES),
-            VERSIONS_KEY: loaded(stored.clone()),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest =
             record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));
@@ -700,7 +704,7 @@ mod tests {
         let set = record(json!({
             "a": { "x": "0123456789", "y": "0123456789", "z": 1 },
             JOURNAL_KEY: limited(&[("a", &["z"])], limits),
-            VERSIONS_KEY: loaded(stored.clone()),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest = record(json!({ "a": stored["a"], VERSIONS_KEY: versions(stored.clone()) }));
         assert!(matches!(
@@ -713,7 +717,7 @@ mod tests {
             "a": { "x": "0123456789", "y": "0123456789" },
             "other": "a long value that another request stored",
             JOURNAL_KEY: limited(&[("a", &["gone"])], limits),
-            VERSIONS_KEY: loaded(stored),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored),
         }));
         assert!(merge(&remove, Some(latest)).is_ok());
     }
@@ -724,7 +728,7 @@ mod tests {
         let ours = record(json!({
             "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
             JOURNAL_KEY: journal(&[("c", false, &["x"])]),
-            VERSIONS_KEY: loaded(stored.clone()),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest =
             record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));

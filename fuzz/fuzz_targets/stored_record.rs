@@ -67,9 +67,10 @@ const PREFIX: &str = "tower_sessions_controller.";
 const VERSIONS: &str = "tower_sessions_controller.versions";
 const JOURNAL: &str = "tower_sessions_controller.ops";
 const LOCK_OWNER: &str = "tower_sessions_controller.lock_owner";
-/// Where a load through the crate's stores leaves its token in memory; never stored by them.
+/// Where an earlier release left a load's token in memory; now a key like any other.
 const SEEN: &str = "tower_sessions_controller.seen";
-/// Where a load through a merging store leaves the process's load mark in memory; never stored.
+/// Where a load through a merging store leaves the process's load mark, and a load through the
+/// crate's stores its token after it, in memory; never stored.
 const LOADED: &str = "tower_sessions_controller.loaded";
 /// The namespace handlers open by runtime key, most of the time.
 const RUNTIME: &str = "cart";

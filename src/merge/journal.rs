@@ -37,16 +37,11 @@ pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
 /// The top-level session key under which the flush leaves the number of the request whose
 /// journal the save applies. It never reaches the store.
 pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
-/// The top-level session key under which a store that saves by compare-and-set leaves what it
-/// saw at the load (its token), for the save. It never reaches the store. A key of its own, not
-/// a field of the versions: the token can be as large as the record (the Redis and SQL stores'
-/// is the loaded bytes in hex), and the versions are read on every write.
-pub(super) const SEEN_KEY: &str = "tower_sessions_controller.seen";
-
 /// The top-level session key under which a load through a merging store of this process leaves
 /// this process's load mark, which says that the session was in the store when the request began
-/// and that a merging store is underneath. It never reaches the store. A key of its own, not a
-/// field of the versions: every write asks for it, and `Session` hands out copies.
+/// and that a merging store is underneath; after the mark and a space, a store that saves by
+/// compare-and-set adds what it saw at the load (its token), for the save. It never reaches the
+/// store. One key, written once per load: a load is what most requests do.
 pub(super) const LOADED_KEY: &str = "tower_sessions_controller.loaded";
 
 /// The beginning of the top-level keys this crate keeps for itself: a namespace may not be opened
@@ -69,38 +64,60 @@ fn load_mark() -> &'static str {
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<bool, tower_sessions::session::Error> {
-    let mark = session.get_value(LOADED_KEY).await?;
-    Ok(mark.as_ref().and_then(Value::as_str) == Some(load_mark()))
+    let loaded = session.get_value(LOADED_KEY).await?;
+    Ok(loaded
+        .as_ref()
+        .and_then(Value::as_str)
+        .and_then(after_mark)
+        .is_some())
 }
 
 /// Whether `record` was loaded through a merging store of this process: the session was in the
 /// store when the request began.
 pub(super) fn is_loaded(record: &Record) -> bool {
-    record.data.get(LOADED_KEY).and_then(Value::as_str) == Some(load_mark())
+    loaded(record).is_some()
+}
+
+/// What a load through a merging store of this process left in `record`: `Some`, with the token
+/// of a store that saves by compare-and-set, if there is one.
+fn loaded(record: &Record) -> Option<Option<&str>> {
+    after_mark(record.data.get(LOADED_KEY)?.as_str()?)
+}
+
+/// `value` is this process's load mark, alone (`Some(None)`) or followed by a space and a token.
+fn after_mark(value: &str) -> Option<Option<&str>> {
+    match value.strip_prefix(load_mark())? {
+        "" => Some(None),
+        rest => Some(Some(rest.strip_prefix(' ')?)),
+    }
 }
 
 /// Readies a record loaded from the store for a request: a stored journal is dropped (a journal
 /// is applied only by the save of the request that wrote it), and the record gets this process's
-/// load mark, and `seen`: what a store that saves by compare-and-set needs to know the record
+/// load mark, with `seen`: what a store that saves by compare-and-set needs to know the record
 /// again. The versions are left as stored.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
-    match seen {
-        Some(seen) => record.data.insert(SEEN_KEY.to_owned(), Value::from(seen)),
-        None => record.data.remove(SEEN_KEY),
+    let mark = load_mark();
+    let loaded = match seen {
+        None => mark.to_owned(),
+        Some(seen) => {
+            let mut loaded = String::with_capacity(mark.len() + 1 + seen.len());
+            loaded.push_str(mark);
+            loaded.push(' ');
+            loaded.push_str(&seen);
+            loaded
+        }
     };
     record
         .data
-        .insert(LOADED_KEY.to_owned(), Value::from(load_mark()));
+        .insert(LOADED_KEY.to_owned(), Value::String(loaded));
 }
 
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
 pub(crate) fn seen(record: &Record) -> Option<&str> {
-    if !is_loaded(record) {
-        return None;
-    }
-    record.data.get(SEEN_KEY)?.as_str()
+    loaded(record)?
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
@@ -422,11 +439,7 @@ mod tests {
     fn a_stored_load_mark_is_not_this_processes() {
         let mut record = Record {
             id: Id(1),
-            data: [
-                (LOADED_KEY.to_owned(), json!("guess")),
-                (SEEN_KEY.to_owned(), json!("t")),
-            ]
-            .into(),
+            data: [(LOADED_KEY.to_owned(), json!("guess t"))].into(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         };
         assert!(!is_loaded(&record));
@@ -436,5 +449,22 @@ mod tests {
         assert_eq!(seen(&record), Some("t2"));
         mark_loaded(&mut record, None);
         assert_eq!(seen(&record), None, "a load without a token leaves none");
+        assert!(is_loaded(&record));
+    }
+
+    #[test]
+    fn only_this_processes_mark_followed_by_a_space_names_a_token() {
+        let mark = load_mark();
+        assert_eq!(after_mark(mark), Some(None));
+        assert_eq!(after_mark(&format!("{mark} t")), Some(Some("t")));
+        assert_eq!(after_mark(&format!("{mark}  ")), Some(Some(" ")));
+        for other in [
+            format!("{mark}t"),
+            format!("x{mark} t"),
+            String::new(),
+            "t".to_owned(),
+        ] {
+            assert_eq!(after_mark(&other), None, "{other:?}");
+        }
     }
 }

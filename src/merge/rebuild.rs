@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
 use super::journal::{
-    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, SEEN_KEY, VERSIONS_KEY,
+    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY,
 };
 use crate::{
     budget, expiry,
@@ -71,7 +71,7 @@ impl fmt::Display for Refusal {
 
 /// Whether a top-level key holds session data, not the merge's bookkeeping.
 pub(super) fn is_data(key: &str) -> bool {
-    key != JOURNAL_KEY && key != VERSIONS_KEY && key != SEEN_KEY && key != LOADED_KEY
+    key != JOURNAL_KEY && key != VERSIONS_KEY && key != LOADED_KEY
 }
 
 /// The record to store for `ours` (what this request would save) when the store still holds what
@@ -203,7 +203,6 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     };
     latest.data.remove(JOURNAL_KEY);
     latest.data.remove(VERSIONS_KEY);
-    latest.data.remove(SEEN_KEY);
     latest.data.remove(LOADED_KEY);
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
         let namespace_ops = journal

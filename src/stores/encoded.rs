@@ -59,20 +59,34 @@ pub(super) fn token(bytes: &[u8]) -> String {
 /// The bytes `token` names; `None` if it is not an even run of lower-case hex digits (no token
 /// [`token`] made).
 pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
+    /// Each character's value as a hex digit, or `NOT_HEX`.
+    const NOT_HEX: u8 = 0xff;
+    const VALUES: [u8; 256] = {
+        let mut values = [NOT_HEX; 256];
+        let mut digit = 0;
+        while digit < 10 {
+            values[b'0' as usize + digit] = digit as u8;
+            digit += 1;
         }
-    }
+        let mut letter = 0;
+        while letter < 6 {
+            values[b'a' as usize + letter] = 10 + letter as u8;
+            letter += 1;
+        }
+        values
+    };
     let token = token.as_bytes();
     if token.len() % 2 != 0 {
         return None;
     }
     let mut bytes = Vec::with_capacity(token.len() / 2);
     for pair in token.chunks_exact(2) {
-        bytes.push(digit(pair[0])? << 4 | digit(pair[1])?);
+        let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
+        // Both digits are below 16 exactly when neither is `NOT_HEX`.
+        if (high | low) > 0x0f {
+            return None;
+        }
+        bytes.push(high << 4 | low);
     }
     Some(bytes)
 }
@@ -95,7 +109,9 @@ mod tests {
 
     #[test]
     fn a_token_that_is_not_hex_names_nothing() {
-        for bad in ["0", "0g", "é0", "abc", "zz", "AB"] {
+        for bad in [
+            "0", "0g", "é0", "abc", "zz", "AB", "/0", "0:", "`0", "0@", "G0", "\0\0",
+        ] {
             assert_eq!(bytes_of(bad), None, "{bad}");
         }
     }

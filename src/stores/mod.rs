@@ -8,9 +8,10 @@
 //! the one round trip tower-sessions' own stores spend on a save. When somebody did, the store
 //! answers with the latest record instead of writing, the save merges its request's operations
 //! into it (as [`MergingStore`](crate::MergingStore) does) and tries again; after a bounded number
-//! of tries it fails with a clear error. Within one process, the saves of one session go in
-//! batches: the saves that wait while one is under way are merged in order and stored together,
-//! with one compare-and-set, so a save only ever competes with other instances' saves. A session
+//! of tries it fails with a clear error. Through one store (and its clones), the saves of one
+//! session go in batches: the saves that wait while one is under way are merged in order and
+//! stored together, with one compare-and-set, so a save only ever competes with other instances'
+//! saves. A session
 //! that is gone when its request saves (a logout, an id cycled at login, an expiry) is never
 //! written back.
 //!
@@ -62,8 +63,8 @@ use tower_sessions::session_store;
 use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
-/// another request of the same session saved in between (in another instance: within one, saves
-/// of a session go in batches). Generous, as a try is cheap and fails only to another save that
+/// another request of the same session saved in between (through another instance's store:
+/// through one, saves of a session go in batches). Generous, as a try is cheap and fails only to another save that
 /// succeeded.
 const MAX_ATTEMPTS: usize = 32;
 
@@ -165,8 +166,8 @@ fn lost() -> session_store::Result<()> {
     ))
 }
 
-/// The saves of one session in this process: the turn one batch holds while it stores, the saves
-/// waiting for the next batch, and what the last batch stored while others were waiting.
+/// The saves of one session through one store: the turn one batch holds while it stores, the
+/// saves waiting for the next batch, and what the last batch stored while others were waiting.
 #[derive(Default)]
 struct Saves {
     turn: tokio::sync::Mutex<()>,

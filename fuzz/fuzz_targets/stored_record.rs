@@ -3,10 +3,10 @@
 //!
 //! The record is generated from the input (an `Unstructured` reader): each top-level key is
 //! picked from the reserved ones (`tower_sessions_controller.versions`, `.ops`, `.lock_owner`,
-//! the bare prefix or the prefix and some text), the namespaces the handlers open, plain
+//! `.seen`, `.loaded`, the bare prefix or the prefix and some text), the namespaces the handlers open, plain
 //! session keys or arbitrary text, and its value is generated for the key: versions with
-//! digests, load marks and tokens; a journal with its instant and per-namespace operations, or a
-//! flush mark; a namespace with its stamp, hops and key lifetimes; all with plausible and hostile
+//! digests, load marks and tokens; a journal with its instant and per-namespace operations, a
+//! flush mark (as earlier releases left them) or a bare request number (as the flush leaves one); a namespace with its stamp, hops and key lifetimes; all with plausible and hostile
 //! values (`u64::MAX`, negatives, floats, NaN-like strings, instants off the calendar, wrong
 //! types, deep nesting). The bytes after the input's first newline, parsed as a JSON object, are
 //! laid over it, so the dictionary (`stored_record.dict`) and the seeds reach the keys too.

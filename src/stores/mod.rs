@@ -355,7 +355,7 @@ impl Drop for Held<'_> {
 
 /// What [`merged`] made: the record to store, if any member is left to store, and, when that
 /// record is one member's own data as it is (its first try, nobody merged after it), the digests
-/// of that data, which its flush mark notes without digesting the session again.
+/// of that data, which the note of the flush's save takes without digesting the session again.
 struct Merged {
     next: Next,
     digests: Option<BTreeMap<String, u64>>,

@@ -72,17 +72,18 @@ pub(crate) struct Stored {
 impl Stored {
     /// Splits a stored namespace, or says why it cannot be read.
     pub(crate) fn decode(stored: Value) -> Result<Self, &'static str> {
-        let StoredRef {
-            deadline,
-            lifetimes,
-            ..
-        } = StoredRef::read(&stored)?;
         let Value::Object(mut map) = stored else {
             return Err("the namespace is not a JSON object");
         };
-        map.remove(STAMP_KEY);
-        map.remove(HOPS_KEY);
-        map.remove(LIFETIMES_KEY);
+        let (stamp, hops, lifetimes) = (
+            map.remove(STAMP_KEY),
+            map.remove(HOPS_KEY),
+            map.remove(LIFETIMES_KEY),
+        );
+        let (deadline, lifetimes) =
+            bookkeeping(stamp.as_ref(), hops.as_ref(), lifetimes.as_ref(), |key| {
+                map.contains_key(key)
+            })?;
         Ok(Self {
             map,
             deadline,
@@ -119,6 +120,30 @@ impl Stored {
     }
 }
 
+/// A stored namespace's bookkeeping, from what its reserved keys hold (the stamp, the hops, the
+/// keys' lifetimes), or why it cannot be read. `holds` says whether the namespace holds a user's
+/// key: a lifetime for a key it does not hold means nothing (this crate never stores one), and
+/// must not end, or outlive, a value inserted later.
+fn bookkeeping(
+    stamp: Option<&Value>,
+    hops: Option<&Value>,
+    lifetimes: Option<&Value>,
+    holds: impl Fn(&str) -> bool,
+) -> Result<(Deadline, BTreeMap<String, KeyDeadline>), &'static str> {
+    let stamp = stamp.map(decode_stamp).transpose()?;
+    let hops = hops.map(decode_hops).transpose()?;
+    let mut lifetimes: BTreeMap<String, KeyDeadline> = match lifetimes {
+        None => BTreeMap::new(),
+        Some(Value::Object(lifetimes)) => lifetimes
+            .iter()
+            .map(|(key, deadline)| Ok((key.clone(), KeyDeadline::decode(deadline)?)))
+            .collect::<Result<_, &'static str>>()?,
+        Some(_) => return Err("the keys' lifetimes are not a JSON object"),
+    };
+    lifetimes.retain(|key, _| holds(key));
+    Ok((Deadline { stamp, hops }, lifetimes))
+}
+
 /// A stored namespace read in place: its bookkeeping decoded, its user's values looked up in the
 /// stored object rather than copied out of it (a merge needs only the keys its request touched).
 pub(crate) struct StoredRef<'a> {
@@ -133,22 +158,15 @@ impl<'a> StoredRef<'a> {
         let Value::Object(map) = stored else {
             return Err("the namespace is not a JSON object");
         };
-        let stamp = map.get(STAMP_KEY).map(decode_stamp).transpose()?;
-        let hops = map.get(HOPS_KEY).map(decode_hops).transpose()?;
-        let mut lifetimes: BTreeMap<String, KeyDeadline> = match map.get(LIFETIMES_KEY) {
-            None => BTreeMap::new(),
-            Some(Value::Object(lifetimes)) => lifetimes
-                .iter()
-                .map(|(key, deadline)| Ok((key.clone(), KeyDeadline::decode(deadline)?)))
-                .collect::<Result<_, &'static str>>()?,
-            Some(_) => return Err("the keys' lifetimes are not a JSON object"),
-        };
-        // A lifetime for a key the namespace does not hold means nothing (this crate never
-        // stores one): it must not end, or outlive, a value inserted later.
-        lifetimes.retain(|key, _| !is_reserved(key) && map.contains_key(key));
+        let (deadline, lifetimes) = bookkeeping(
+            map.get(STAMP_KEY),
+            map.get(HOPS_KEY),
+            map.get(LIFETIMES_KEY),
+            |key| !is_reserved(key) && map.contains_key(key),
+        )?;
         Ok(Self {
             map,
-            deadline: Deadline { stamp, hops },
+            deadline,
             lifetimes,
         })
     }

@@ -258,11 +258,11 @@ impl Journal {
         self,
         session: &Session,
     ) -> Result<Left, tower_sessions::session::Error> {
-        let request = self.request;
-        left().insert(request, Arc::new(self));
-        let guard = Left { request };
+        let guard = Left {
+            request: self.leave(),
+        };
         session
-            .insert_value(JOURNAL_KEY, Value::from(request))
+            .insert_value(JOURNAL_KEY, Value::from(guard.request))
             .await?;
         Ok(guard)
     }
@@ -277,13 +277,18 @@ impl Journal {
         self.now
     }
 
+    /// Puts the journal where the save finds it, and returns its request's number.
+    fn leave(self) -> u64 {
+        let request = self.request;
+        left().insert(request, Arc::new(self));
+        request
+    }
+
     /// Leaves the journal for a save until the process ends, and returns what the session
     /// holds for it: for tests of the save that build its record by hand.
     #[cfg(test)]
     pub(crate) fn left_for_good(self) -> Value {
-        let request = self.request;
-        left().insert(request, Arc::new(self));
-        Value::from(request)
+        Value::from(self.leave())
     }
 
     /// The operations on `namespace`, if the request changed it.

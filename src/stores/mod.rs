@@ -11,9 +11,8 @@
 //! of tries it fails with a clear error. Through one store (and its clones), the saves of one
 //! session go in batches: the saves that wait while one is under way are merged in order and
 //! stored together, with one compare-and-set, so a save only ever competes with other instances'
-//! saves. A session
-//! that is gone when its request saves (a logout, an id cycled at login, an expiry) is never
-//! written back.
+//! saves. A session that is gone when its request saves (a logout, an id cycled at login, an
+//! expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
 //! - [`RedisStore`] (feature `redis`): in Redis, on a fred client (a pool, a client, a Redis
@@ -64,8 +63,8 @@ use crate::merge;
 
 /// How many times a save tries to replace the record before it gives up: each failed try means
 /// another request of the same session saved in between (through another instance's store:
-/// through one, saves of a session go in batches). Generous, as a try is cheap and fails only to another save that
-/// succeeded.
+/// through one, saves of a session go in batches). Generous, as a try is cheap and fails only to
+/// another save that succeeded.
 const MAX_ATTEMPTS: usize = 32;
 
 /// What a store that saves by compare-and-set provides; [`load`], [`save`] and [`create`] make a
@@ -278,13 +277,7 @@ impl Saves {
                 Next::Nothing => break,
                 // A member was refused after others were merged: start again from the latest
                 // record.
-                Next::Refetch => match store.fetch(&members[0].id).await {
-                    Ok(latest) => latest,
-                    Err(err) => {
-                        answer_all(&mut answers, &err);
-                        break;
-                    }
-                },
+                Next::Refetch => store.fetch(&members[0].id).await,
                 Next::Store(record) => {
                     // Saves waiting now make the next batch: it merges into what this one stores.
                     let keep = !self.waiting().is_empty();
@@ -302,12 +295,18 @@ impl Saves {
                             }
                             break;
                         }
-                        Ok(Replaced::Changed(latest)) => latest,
-                        Err(err) => {
-                            answer_all(&mut answers, &err);
-                            break;
-                        }
+                        Ok(Replaced::Changed(latest)) => Ok(latest),
+                        Err(err) => Err(err),
                     }
+                }
+            };
+            let latest = match latest {
+                Ok(latest) => latest,
+                Err(err) => {
+                    for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
+                        *answer = Some(Err(copy(&err)));
+                    }
+                    break;
                 }
             };
             let (latest, token) =
@@ -430,13 +429,6 @@ fn merged<'a>(
     Merged {
         next: base.flatten().map_or(Next::Nothing, Next::Store),
         digests,
-    }
-}
-
-/// Answers every member not answered yet with `err`.
-fn answer_all(answers: &mut [Option<session_store::Result<()>>], err: &session_store::Error) {
-    for answer in answers.iter_mut().filter(|answer| answer.is_none()) {
-        *answer = Some(Err(copy(err)));
     }
 }
 
@@ -834,7 +826,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_members_own_data_stored_as_it_is_hands_its_digests_to_the_flush_mark() {
+    async fn only_a_members_own_data_stored_as_it_is_hands_its_digests_to_the_note_of_its_save() {
         let store = Counted::default();
         let mut new = record(json!({ "user": "ada" }));
         create(&store, &mut new).await.unwrap();

@@ -7,6 +7,10 @@
 #
 #   benches/http/callgrind.sh                         # bare raw controllers keyed axum_session
 #   CONTENDERS="raw controllers" CONNECTIONS=16 benches/http/callgrind.sh
+#   SESSIONS=large CONTENDERS="raw_redis redis" benches/http/callgrind.sh
+#
+# SESSIONS=small (the default) gives each session its cart alone; SESSIONS=large also 10 other
+# namespaces of 1 KiB (POST /fill), as run.sh does.
 #
 # Uses the binary run.sh built (target/http-bench/bench_server), building it if missing; needs
 # valgrind and wrk. Only talks to 127.0.0.1; stops the server it started however it exits.
@@ -18,6 +22,11 @@ out=$root/target/http-bench/callgrind
 bin=$root/target/http-bench/bench_server
 CONTENDERS=${CONTENDERS:-"bare raw controllers keyed axum_session"}
 CONNECTIONS=${CONNECTIONS:-16}
+SESSIONS=${SESSIONS:-small}
+case $SESSIONS in
+small | large) ;;
+*) echo "SESSIONS is small or large, not $SESSIONS" >&2; exit 1 ;;
+esac
 
 for tool in valgrind callgrind_control callgrind_annotate wrk curl python3; do
     command -v "$tool" >/dev/null || { echo "missing: $tool" >&2; exit 1; }
@@ -39,12 +48,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-echo "| contender | route | requests counted | instructions / request |"
-echo "|---|---|---|---|"
+echo "| contender | sessions | route | requests counted | instructions / request |"
+echo "|---|---|---|---|---|"
 for contender in $CONTENDERS; do
     for route in "POST /cart/add" "GET /cart"; do
         read -r method path <<<"$route"
         profile=$out/$contender-$(tr -c 'a-z\n' '_' <<<"${method,,}$path")
+        if [[ $SESSIONS == large ]]; then
+            profile=$profile-large
+        fi
         port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         url=http://127.0.0.1:$port
         rm -f "$profile.out"*
@@ -63,6 +75,12 @@ for contender in $CONTENDERS; do
                 awk 'tolower($1) == "set-cookie:" { sub(/;.*/, "", $2); if ($2 !~ /=$/) print $2 }' |
                 paste -sd ';' - | sed 's/;/; /g')
             echo "${cookie:-id=none}" >>"$cookies"
+            if [[ $SESSIONS == large && $contender != bare ]]; then
+                [[ $(curl -s -X POST -H "Cookie: $cookie" "$url/fill") == ok ]] || {
+                    echo "$contender: POST /fill failed" >&2
+                    exit 1
+                }
+            fi
         done
         wrk_run() {
             wrk -t 1 -c "$CONNECTIONS" -d "$1" -s "$here/sessions.lua" "$url" -- \
@@ -78,6 +96,6 @@ for contender in $CONTENDERS; do
         parts=("$profile.out".*)
         part=${parts[0]}
         total=$(callgrind_annotate "$part" | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1; exit }')
-        echo "| $contender | $method $path | $requests | $((total / requests)) |"
+        echo "| $contender | $SESSIONS | $method $path | $requests | $((total / requests)) |"
     done
 done

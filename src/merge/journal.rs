@@ -327,11 +327,6 @@ impl Versions {
         }
     }
 
-    /// The digest of each key's value, if known.
-    pub(super) fn digests(&self) -> Option<&BTreeMap<String, u64>> {
-        self.digests.as_ref()
-    }
-
     /// Whether `key` was absent from the record these versions were loaded with. Without
     /// digests, no key counts as absent.
     pub(super) fn lacked(&self, key: &str) -> bool {
@@ -348,6 +343,12 @@ impl Versions {
             Some(digests) => digests.get(key).copied() != own.map(digest::of),
             None => true,
         }
+    }
+
+    /// The versions whose digests are `digests`, as stored: what [`Versions::to_value`] makes of
+    /// them, without a copy of the map first.
+    pub(super) fn value_of(digests: &BTreeMap<String, u64>) -> Value {
+        serde_json::json!({ "digests": digests })
     }
 
     pub(super) fn to_value(&self) -> Value {

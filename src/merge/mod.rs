@@ -27,7 +27,7 @@ pub(crate) use journal::{
     is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal};
+pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal, Unmerged};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
@@ -210,8 +210,8 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
         return Prepared::Save(Cow::Borrowed(ours));
     };
     // Compared key by key, without building the map: the usual answer is "unchanged".
-    let unchanged = data(ours).count() == at_flush.len()
-        && data(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
+    let unchanged = rebuild::data_of(ours).count() == at_flush.len()
+        && rebuild::data_of(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
     if unchanged {
         return Prepared::Nothing;
     }
@@ -224,7 +224,7 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 /// save notes what it stored, for the session manager's save that follows.
 pub(crate) fn saved(ours: &Record) {
     if let Some(request) = journal::flushing(ours) {
-        flushed::note_saved(ours.id, request, flushed::digests(data(ours)));
+        flushed::note_saved(ours.id, request, flushed::digests(rebuild::data_of(ours)));
     }
 }
 
@@ -245,9 +245,4 @@ pub(crate) fn refused(ours: &Record, refusal: Refusal) -> session_store::Error {
         flushed::note_refused(ours.id, request, refusal);
     }
     error
-}
-
-/// The session data of `record`: its keys without the merge's bookkeeping.
-fn data(record: &Record) -> impl Iterator<Item = (&String, &serde_json::Value)> {
-    record.data.iter().filter(|(key, _)| rebuild::is_data(key))
 }

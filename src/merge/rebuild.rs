@@ -5,10 +5,15 @@ use std::{
     fmt,
 };
 
+use serde::{
+    ser::{SerializeMap, SerializeStruct},
+    Serialize, Serializer,
+};
 use serde_json::Value;
 use time::OffsetDateTime;
-use tower_sessions::session::Record;
+use tower_sessions::session::{Id, Record};
 
+use super::digest;
 use super::journal::{
     self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY,
 };
@@ -77,39 +82,105 @@ pub(super) fn is_data(key: &str) -> bool {
 /// The record to store for `ours` (what this request would save) when the store still holds what
 /// the request loaded: ours as it is, its bookkeeping replaced by the digests of its values.
 pub(crate) fn as_stored(ours: &Record) -> Record {
-    stored_and_digests(ours).0
+    Unmerged::of(ours).0.into_record()
 }
 
-/// [`as_stored`], and the digests of ours' data it stored.
-fn stored_and_digests(ours: &Record) -> (Record, BTreeMap<String, u64>) {
-    let mut data: HashMap<String, Value> = ours
-        .data
-        .iter()
-        .filter(|(key, _)| is_data(key))
-        .map(|(key, value)| (key.clone(), value.clone()))
-        .collect();
-    let versions = Versions::of(data.iter());
-    let digests = versions.digests().cloned().unwrap_or_default();
-    data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
-    let record = Record {
-        id: ours.id,
-        data,
-        expiry_date: ours.expiry_date,
-    };
-    (record, digests)
+/// What a merging store's first try stores for `ours` when the store still holds what the request
+/// loaded ([`as_stored`]), without copying it: ours' data, borrowed, with the versions of its
+/// values in place of its bookkeeping. It serializes as that `Record` does, so a store that keeps
+/// records as bytes encodes it straight from the session; a store that keeps `Record`s takes
+/// [`Unmerged::into_record`].
+pub(crate) struct Unmerged<'a> {
+    ours: &'a Record,
+    /// The versions of ours' data, as stored under [`VERSIONS_KEY`].
+    versions: Value,
+}
+
+impl<'a> Unmerged<'a> {
+    /// The record to store for `ours`, and the digests of its data.
+    fn of(ours: &'a Record) -> (Self, BTreeMap<String, u64>) {
+        let digests: BTreeMap<String, u64> = data_of(ours)
+            .map(|(key, value)| (key.clone(), digest::of(value)))
+            .collect();
+        let versions = Versions::value_of(&digests);
+        (Self { ours, versions }, digests)
+    }
+
+    /// The session the record is stored under.
+    pub(crate) fn id(&self) -> Id {
+        self.ours.id
+    }
+
+    /// When the record expires.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn expiry_date(&self) -> OffsetDateTime {
+        self.ours.expiry_date
+    }
+
+    /// The record, owned: ours' data copied.
+    pub(crate) fn into_record(self) -> Record {
+        let mut data: HashMap<String, Value> = data_of(self.ours)
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        data.insert(VERSIONS_KEY.to_owned(), self.versions);
+        Record {
+            id: self.ours.id,
+            data,
+            expiry_date: self.ours.expiry_date,
+        }
+    }
+}
+
+impl fmt::Debug for Unmerged<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Unmerged")
+            .field("id", &self.ours.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Serialized exactly as `Record`'s derived `Serialize` would serialize [`Unmerged::into_record`].
+impl Serialize for Unmerged<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The record's data: ours' keys that are data, then the versions.
+        struct Data<'b>(&'b Unmerged<'b>);
+
+        impl Serialize for Data<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let Unmerged { ours, versions } = self.0;
+                let mut map = serializer.serialize_map(Some(data_of(ours).count() + 1))?;
+                for (key, value) in data_of(ours) {
+                    map.serialize_entry(key, value)?;
+                }
+                map.serialize_entry(VERSIONS_KEY, versions)?;
+                map.end()
+            }
+        }
+
+        let mut record = serializer.serialize_struct("Record", 3)?;
+        record.serialize_field("id", &self.ours.id)?;
+        record.serialize_field("data", &Data(self))?;
+        record.serialize_field("expiry_date", &self.ours.expiry_date)?;
+        record.end()
+    }
+}
+
+/// The session data of `record`: its keys without the merge's bookkeeping.
+pub(super) fn data_of(record: &Record) -> impl Iterator<Item = (&String, &Value)> {
+    record.data.iter().filter(|(key, _)| is_data(key))
 }
 
 /// The record to store for `ours` when the store still holds what the request loaded
-/// ([`as_stored`]), checked against the session's limits: a merging store's first try.
+/// ([`Unmerged`]), checked against the session's limits: a merging store's first try.
 ///
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
 fn unmerged(ours: &Record) -> Result<Record, Refusal> {
-    unmerged_with_digests(ours).map(|(next, _)| next)
+    unmerged_with_digests(ours).map(|(next, _)| next.into_record())
 }
 
-/// [`unmerged`], and the digests of ours' data it stores: what
+/// [`unmerged`], not copied, and the digests of ours' data it stores: what
 /// [`saved_with`](super::saved_with) notes when this record is the one stored, without digesting
 /// the session again.
 ///
@@ -118,13 +189,14 @@ fn unmerged(ours: &Record) -> Result<Record, Refusal> {
 /// [`Refusal::SessionFull`].
 pub(crate) fn unmerged_with_digests(
     ours: &Record,
-) -> Result<(Record, BTreeMap<String, u64>), Refusal> {
-    let (next, digests) = stored_and_digests(ours);
-    check_session(ours, &next)?;
+) -> Result<(Unmerged<'_>, BTreeMap<String, u64>), Refusal> {
+    let (next, digests) = Unmerged::of(ours);
+    // The data stored is ours'.
+    check_session(ours, &ours.data)?;
     Ok((next, digests))
 }
 
-/// Checks `next`, the record a save of `ours` is about to store, against the session's limits
+/// Checks `next`, the data of the record a save of `ours` is about to store, against the session's limits
 /// that `ours`'s journal carries. Cheap when the session is well inside them: a count of its
 /// keys and a walk of its values (not of their bytes).
 ///
@@ -135,11 +207,11 @@ pub(crate) fn unmerged_with_digests(
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
+fn check_session(ours: &Record, next: &HashMap<String, Value>) -> Result<(), Refusal> {
     let Some(limits) = journal::limits_of(ours) else {
         return Ok(());
     };
-    let data = || next.data.iter().filter(|(key, _)| is_data(key));
+    let data = || next.iter().filter(|(key, _)| is_data(key));
     let namespaces = data().count();
     let mut size = budget::entries(data(), false);
     if size.high > limits.budget {
@@ -154,7 +226,7 @@ fn check_session(ours: &Record, next: &Record) -> Result<(), Refusal> {
     };
     let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let adds = journal.namespaces().any(|(namespace, ops)| {
-        let Some(own) = next.data.get(namespace) else {
+        let Some(own) = next.get(namespace) else {
             return false;
         };
         let created = loaded
@@ -239,7 +311,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
         data,
         expiry_date: ours.expiry_date,
     };
-    check_session(ours, &next)?;
+    check_session(ours, &next.data)?;
     Ok(next)
 }
 
@@ -524,6 +596,31 @@ mod tests {
         assert_eq!(
             merge(&ours, Some(latest)).unwrap().data["cart"],
             json!({ "b": 1 })
+        );
+    }
+
+    #[test]
+    fn the_unmerged_record_serializes_as_the_record_it_stores() {
+        let ours = record(json!({
+            "cart": { "a": 1, "lifetimes": { "a": 5 } }, "user": "ada",
+            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+        }));
+        let (unmerged, digests) = Unmerged::of(&ours);
+        let serialized = serde_json::to_value(&unmerged).unwrap();
+        let stored = unmerged.into_record();
+        assert_eq!(serialized, serde_json::to_value(&stored).unwrap());
+        assert_eq!(stored.data.len(), 3, "cart, user and the versions");
+        assert!(!Versions::read(&stored.data[VERSIONS_KEY]).changed("user", Some(&json!("ada"))));
+        assert!(Versions::read(&stored.data[VERSIONS_KEY]).changed("user", Some(&json!("bob"))));
+        assert_eq!(
+            digests.keys().collect::<Vec<_>>(),
+            ["cart", "user"],
+            "the digests of the data, without the bookkeeping"
+        );
+        assert_eq!(
+            stored.data[VERSIONS_KEY],
+            Versions::of(data_of(&ours)).to_value()
         );
     }
 

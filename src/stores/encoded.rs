@@ -11,8 +11,9 @@ use tower_sessions::{session::Record, session_store};
 /// record stays far from the end of a thread's stack. A deeper record reads as no session.
 pub(super) const MAX_DECODE_DEPTH: usize = 128;
 
-/// The record's bytes.
-pub(super) fn encode(record: &Record) -> session_store::Result<Vec<u8>> {
+/// The record's bytes: a `Record`, or a record to store ([`ToStore`](super::ToStore)), which
+/// serializes as one.
+pub(super) fn encode(record: &impl serde::Serialize) -> session_store::Result<Vec<u8>> {
     rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
 }
 
@@ -36,59 +37,46 @@ pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record>
 }
 
 /// The token naming the stored `bytes`: they, in lower-case hex.
+///
+/// Written as arithmetic on each byte, without a lookup table or a branch, so that the compiler
+/// can turn the loop into vector instructions: a token is as long as the record twice over, and a
+/// load of a large session makes one.
 pub(super) fn token(bytes: &[u8]) -> String {
-    /// Each byte's two digits.
-    const PAIRS: [[u8; 2]; 256] = {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut pairs = [[0; 2]; 256];
-        let mut byte = 0;
-        while byte < 256 {
-            pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0x0f]];
-            byte += 1;
-        }
-        pairs
-    };
-    let mut token = vec![0; bytes.len() * 2];
-    for (pair, byte) in token.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&PAIRS[usize::from(*byte)]);
+    /// The lower-case hex digit of `nibble` (below 16).
+    fn digit(nibble: u8) -> u8 {
+        nibble + b'0' + u8::from(nibble > 9) * (b'a' - b'0' - 10)
     }
+    let pairs: Vec<[u8; 2]> = bytes
+        .iter()
+        .map(|byte| [digit(byte >> 4), digit(byte & 0x0f)])
+        .collect();
     // Hex digits are ASCII: never the empty fallback.
-    String::from_utf8(token).unwrap_or_default()
+    String::from_utf8(pairs.into_flattened()).unwrap_or_default()
 }
 
 /// The bytes `token` names; `None` if it is not an even run of lower-case hex digits (no token
-/// [`token`] made).
+/// [`token`] made). Arithmetic, as [`token`], for the same reason: a save sends these bytes back.
 pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
-    /// Each character's value as a hex digit, or `NOT_HEX`.
-    const NOT_HEX: u8 = 0xff;
-    const VALUES: [u8; 256] = {
-        let mut values = [NOT_HEX; 256];
-        let mut digit = 0;
-        while digit < 10 {
-            values[b'0' as usize + digit] = digit as u8;
-            digit += 1;
-        }
-        let mut letter = 0;
-        while letter < 6 {
-            values[b'a' as usize + letter] = 10 + letter as u8;
-            letter += 1;
-        }
-        values
-    };
-    let token = token.as_bytes();
-    if token.len() % 2 != 0 {
+    /// Whether `char` is a lower-case hex digit.
+    fn is_digit(char: u8) -> bool {
+        char.wrapping_sub(b'0') < 10 || char.wrapping_sub(b'a') < 6
+    }
+    /// The value of `digit`, a lower-case hex digit: its low four bits, plus 9 for a letter.
+    fn value(digit: u8) -> u8 {
+        (digit & 0x0f) + (digit >> 6) * 9
+    }
+    // Folded rather than `all`, which stops early and so is not turned into vector instructions.
+    let hex = token.bytes().fold(true, |hex, char| hex & is_digit(char));
+    if token.len() % 2 != 0 || !hex {
         return None;
     }
-    let mut bytes = Vec::with_capacity(token.len() / 2);
-    for pair in token.chunks_exact(2) {
-        let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
-        // Both digits are below 16 exactly when neither is `NOT_HEX`.
-        if (high | low) > 0x0f {
-            return None;
-        }
-        bytes.push(high << 4 | low);
-    }
-    Some(bytes)
+    Some(
+        token
+            .as_bytes()
+            .chunks_exact(2)
+            .map(|pair| value(pair[0]) << 4 | value(pair[1]))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -113,6 +101,13 @@ mod tests {
             "0", "0g", "é0", "abc", "zz", "AB", "/0", "0:", "`0", "0@", "G0", "\0\0",
         ] {
             assert_eq!(bytes_of(bad), None, "{bad}");
+        }
+        // Every ASCII character, in either place of a pair.
+        for char in (0..128u8).map(char::from) {
+            let value = char.to_digit(16).filter(|_| !char.is_ascii_uppercase());
+            let expected = |shift: u32| value.map(|value| vec![(value << shift) as u8]);
+            assert_eq!(bytes_of(&format!("{char}0")), expected(4), "{char:?}0");
+            assert_eq!(bytes_of(&format!("0{char}")), expected(0), "0{char:?}");
         }
     }
 
@@ -143,6 +138,26 @@ mod tests {
         assert!(decode("s", &nested(MAX_DECODE_DEPTH)).is_none());
         // Past the decoder's depth limit: no session, no overflow.
         assert!(decode("s", &nested(100_000)).is_none());
+    }
+
+    #[test]
+    fn a_record_to_store_is_encoded_as_the_record_it_stores() {
+        let ours = Record {
+            id: Id::default(),
+            data: [
+                ("cart".to_owned(), serde_json::json!({ "apple": 3 })),
+                ("user".to_owned(), serde_json::json!("ada")),
+            ]
+            .into_iter()
+            .collect(),
+            expiry_date: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+        };
+        let (unmerged, _) = crate::merge::unmerged_with_digests(&ours).expect("within limits");
+        let bytes = encode(&super::super::ToStore::Unmerged(unmerged)).expect("encodes");
+        let stored = crate::merge::as_stored(&ours);
+        assert_eq!(decode("s", &bytes), Some(stored.clone()));
+        // Byte for byte, but for the order of the data's keys, which a `HashMap` does not keep.
+        assert_eq!(bytes.len(), encode(&stored).expect("encodes").len());
     }
 
     #[test]

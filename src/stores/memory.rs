@@ -13,7 +13,7 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-use super::{Batches, CompareAndSet, Replaced};
+use super::{Batches, CompareAndSet, Replaced, ToStore};
 
 /// Session records in the process's memory, merged atomically: overlapping requests of one
 /// visitor lose nothing from the first line of an app.
@@ -100,12 +100,12 @@ impl CompareAndSet for MemoryStore {
 
     async fn replace(
         &self,
-        record: Record,
+        record: ToStore<'_>,
         seen: Option<&str>,
         keep: bool,
     ) -> session_store::Result<Replaced> {
         let mut records = self.records();
-        let current = live(&mut records, &record.id);
+        let current = live(&mut records, &record.id());
         let number = match (current, seen) {
             (Some(stored), Some(seen)) if seen.parse() != Ok(stored.number) => {
                 let latest = (stored.record.clone(), stored.number.to_string());
@@ -115,6 +115,7 @@ impl CompareAndSet for MemoryStore {
             (Some(stored), _) => stored.number.wrapping_add(1),
             (None, None) => 0,
         };
+        let record = record.into_record();
         let kept = keep.then(|| (record.clone(), number.to_string()));
         records.insert(record.id, Version { record, number });
         Ok(Replaced::Done(kept))

@@ -75,14 +75,15 @@ pub(crate) trait CompareAndSet: Send + Sync {
     /// of it.
     async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>>;
 
-    /// Replaces the record stored under `record.id` with `record` if the store still holds the
+    /// Replaces the record stored under `record.id()` with `record` if the store still holds the
     /// version `seen` names; with `seen` `None`, whatever it holds, or nothing. Otherwise writes
-    /// nothing and returns what the store holds now. The record is the store's to keep: a store
-    /// in memory keeps it without a copy. With `keep`, a replace that is done gives back the
-    /// record now stored and its token (another save of the session is waiting to merge into it).
+    /// nothing and returns what the store holds now. A merged record is the store's to keep: a
+    /// store in memory keeps it without a copy; a store of bytes encodes either kind without one.
+    /// With `keep`, a replace that is done gives back the record now stored and its token
+    /// (another save of the session is waiting to merge into it).
     async fn replace(
         &self,
-        record: Record,
+        record: ToStore<'_>,
         seen: Option<&str>,
         keep: bool,
     ) -> session_store::Result<Replaced>;
@@ -92,6 +93,61 @@ pub(crate) trait CompareAndSet: Send + Sync {
 
     /// The saves this store (and its clones) is storing or waiting for, by session.
     fn batches(&self) -> &Batches;
+}
+
+/// The record a save stores: a request's own session as it is (its first try, when nobody else
+/// saved since it loaded), borrowed, or a merge.
+pub(crate) enum ToStore<'a> {
+    /// The request's session as it is, with its versions; not copied.
+    Unmerged(merge::Unmerged<'a>),
+    /// The request's operations merged into a later record.
+    Merged(Record),
+}
+
+impl ToStore<'_> {
+    /// The session the record is stored under.
+    pub(crate) fn id(&self) -> Id {
+        match self {
+            Self::Unmerged(record) => record.id(),
+            Self::Merged(record) => record.id,
+        }
+    }
+
+    /// When the record expires.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn expiry_date(&self) -> time::OffsetDateTime {
+        match self {
+            Self::Unmerged(record) => record.expiry_date(),
+            Self::Merged(record) => record.expiry_date,
+        }
+    }
+
+    /// The record, owned (the request's session is copied).
+    pub(crate) fn into_record(self) -> Record {
+        match self {
+            Self::Unmerged(record) => record.into_record(),
+            Self::Merged(record) => record,
+        }
+    }
+}
+
+/// Serialized as the `Record` it stores.
+impl serde::Serialize for ToStore<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Unmerged(record) => record.serialize(serializer),
+            Self::Merged(record) => record.serialize(serializer),
+        }
+    }
+}
+
+impl fmt::Debug for ToStore<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unmerged(record) => record.fmt(f),
+            Self::Merged(record) => f.debug_tuple("Merged").field(&record.id).finish(),
+        }
+    }
 }
 
 /// What [`CompareAndSet::replace`] did.
@@ -355,15 +411,15 @@ impl Drop for Held<'_> {
 /// What [`merged`] made: the record to store, if any member is left to store, and, when that
 /// record is one member's own data as it is (its first try, nobody merged after it), the digests
 /// of that data, which the note of the flush's save takes without digesting the session again.
-struct Merged {
-    next: Next,
+struct Merged<'a> {
+    next: Next<'a>,
     digests: Option<BTreeMap<String, u64>>,
 }
 
 /// What a batch does after [`merged`].
-enum Next {
+enum Next<'a> {
     /// Stores this record.
-    Store(Record),
+    Store(ToStore<'a>),
     /// Nothing: every member is answered (refused).
     Nothing,
     /// Fetches the latest record and merges again: a member was refused after the record it
@@ -385,8 +441,8 @@ fn merged<'a>(
     answers: &mut [Option<session_store::Result<()>>],
     latest: Option<Option<Record>>,
     seen: &mut Option<Cow<'a, str>>,
-) -> Merged {
-    let mut base = latest;
+) -> Merged<'a> {
+    let mut base = latest.map(|latest| latest.map(ToStore::Merged));
     let mut digests = None;
     for (ours, answer) in members.iter().zip(answers.iter_mut()) {
         if answer.is_some() {
@@ -397,13 +453,14 @@ fn merged<'a>(
                 merge::unmerged_with_digests(ours).map(|(next, own)| {
                     *seen = merge::seen(ours).map(Cow::Borrowed);
                     digests = Some(own);
-                    next
+                    ToStore::Unmerged(next)
                 }),
                 false,
             ),
             Some(latest) => {
                 let took = latest.is_some();
-                (merge::merge(ours, latest.take()), took)
+                let latest = latest.take().map(ToStore::into_record);
+                (merge::merge(ours, latest).map(ToStore::Merged), took)
             }
         };
         match next {
@@ -489,7 +546,7 @@ mod tests {
 
         async fn replace(
             &self,
-            record: Record,
+            record: ToStore<'_>,
             seen: Option<&str>,
             keep: bool,
         ) -> session_store::Result<Replaced> {
@@ -498,9 +555,11 @@ mod tests {
             let others = self.interleave.load(Ordering::SeqCst);
             if others > 0 {
                 self.interleave.store(others - 1, Ordering::SeqCst);
-                let (mut other, token) = self.store.fetch(&record.id).await?.expect("stored");
+                let (mut other, token) = self.store.fetch(&record.id()).await?.expect("stored");
                 other.data.insert(format!("other{others}"), json!(others));
-                self.store.replace(other, Some(&token), false).await?;
+                self.store
+                    .replace(ToStore::Merged(other), Some(&token), false)
+                    .await?;
             }
             self.store.replace(record, seen, keep).await
         }
@@ -894,7 +953,10 @@ mod tests {
         let (mut stored, token) = store.fetch(&new.id).await.unwrap().unwrap();
         stored.expiry_date = OffsetDateTime::now_utc() - Duration::seconds(1);
         assert!(matches!(
-            store.replace(stored, Some(&token), false).await.unwrap(),
+            store
+                .replace(ToStore::Merged(stored), Some(&token), false)
+                .await
+                .unwrap(),
             Replaced::Done(None)
         ));
 

@@ -34,6 +34,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use fred::{
+    bytes::Bytes,
     interfaces::{KeysInterface, LuaInterface},
     types::{Expiration, SetOptions, Value},
 };
@@ -44,7 +45,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{bytes_of, decode, encode, token},
-    Batches, CompareAndSet, Replaced,
+    Batches, CompareAndSet, Replaced, ToStore,
 };
 
 /// The compare-and-set: `KEYS[1]` the session's key, `ARGV[1]` the value the save loaded,
@@ -144,14 +145,14 @@ fn backend(what: &str, err: &fred::error::Error) -> session_store::Error {
 
 /// What a replace that is done gives back: with `keep`, the record and its token (`value` being
 /// the record as stored).
-fn kept(record: Record, value: &[u8], keep: bool) -> Option<(Record, String)> {
-    keep.then(|| (record, token(value)))
+fn kept(record: ToStore<'_>, value: &[u8], keep: bool) -> Option<(Record, String)> {
+    keep.then(|| (record.into_record(), token(value)))
 }
 
 /// The key's expiry for `record`: its expiry date in whole Unix seconds, at least 1 (Redis
 /// refuses 0 and less; a record that old has expired anyway, and Redis removes it at once).
-fn expire_at(record: &Record) -> i64 {
-    record.expiry_date.unix_timestamp().max(1)
+fn expire_at(expiry_date: time::OffsetDateTime) -> i64 {
+    expiry_date.unix_timestamp().max(1)
 }
 
 impl<C> RedisStore<C>
@@ -183,7 +184,8 @@ where
 {
     async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
         let key = id.to_string();
-        let bytes: Option<Vec<u8>> = self
+        // Bytes, not a `Vec`: fred hands over the reply's buffer without a copy.
+        let bytes: Option<Bytes> = self
             .client
             .get(key.as_str())
             .await
@@ -193,19 +195,19 @@ where
 
     async fn replace(
         &self,
-        record: Record,
+        record: ToStore<'_>,
         seen: Option<&str>,
         keep: bool,
     ) -> session_store::Result<Replaced> {
-        let key = record.id.to_string();
-        let value = encode(&record)?;
+        let key = record.id().to_string();
+        let value = Bytes::from(encode(&record)?);
         let Some(seen) = seen else {
             let _: Value = self
                 .client
                 .set(
                     key.as_str(),
-                    value.as_slice(),
-                    Some(Expiration::EXAT(expire_at(&record))),
+                    value.clone(),
+                    Some(Expiration::EXAT(expire_at(record.expiry_date()))),
                     None,
                     false,
                 )
@@ -217,9 +219,9 @@ where
         // so the save goes on with the latest record and its true token.
         let seen = bytes_of(seen).unwrap_or_default();
         let args = vec![
-            Value::from(seen.as_slice()),
-            Value::from(value.as_slice()),
-            Value::from(expire_at(&record)),
+            Value::Bytes(seen.into()),
+            Value::Bytes(value.clone()),
+            Value::from(expire_at(record.expiry_date())),
         ];
         match self.run_replace(&key, args).await? {
             Value::Integer(1) => Ok(Replaced::Done(kept(record, &value, keep))),
@@ -245,7 +247,7 @@ where
             .set(
                 record.id.to_string(),
                 value.as_slice(),
-                Some(Expiration::EXAT(expire_at(record))),
+                Some(Expiration::EXAT(expire_at(record.expiry_date))),
                 Some(SetOptions::NX),
                 false,
             )
@@ -350,8 +352,8 @@ mod tests {
             expiry_date: time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
                 + time::Duration::milliseconds(900),
         };
-        assert_eq!(expire_at(&record), 1_800_000_000);
+        assert_eq!(expire_at(record.expiry_date), 1_800_000_000);
         record.expiry_date = time::OffsetDateTime::UNIX_EPOCH - time::Duration::days(1);
-        assert_eq!(expire_at(&record), 1);
+        assert_eq!(expire_at(record.expiry_date), 1);
     }
 }

@@ -48,7 +48,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{self, bytes_of, encode, token},
-    Batches, Replaced,
+    Batches, Replaced, ToStore,
 };
 
 /// What differs between the databases beyond sqlx's own types.
@@ -166,7 +166,7 @@ where
 
     pub(crate) async fn replace(
         &self,
-        record: Record,
+        record: ToStore<'_>,
         seen: Option<&str>,
         keep: bool,
     ) -> session_store::Result<Replaced> {
@@ -175,30 +175,34 @@ where
         let kept = keep.then(|| token(&data));
         let Some(seen) = seen else {
             sqlx::query(&self.sql.upsert)
-                .bind(record.id.to_string())
+                .bind(record.id().to_string())
                 .bind(data)
-                .bind(record.expiry_date)
+                .bind(record.expiry_date())
                 .execute(&self.pool)
                 .await
                 .map_err(failed::<DB>("save"))?;
-            return Ok(Replaced::Done(kept.map(|token| (record, token))));
+            return Ok(Replaced::Done(
+                kept.map(|token| (record.into_record(), token)),
+            ));
         };
         // A token is always one of ours; one that is not names no stored value.
         if let Some(seen) = bytes_of(seen) {
             let result = sqlx::query(&self.sql.replace)
-                .bind(record.id.to_string())
+                .bind(record.id().to_string())
                 .bind(data)
-                .bind(record.expiry_date)
+                .bind(record.expiry_date())
                 .bind(seen)
                 .bind(OffsetDateTime::now_utc())
                 .execute(&self.pool)
                 .await
                 .map_err(failed::<DB>("save"))?;
             if DB::rows_affected(&result) > 0 {
-                return Ok(Replaced::Done(kept.map(|token| (record, token))));
+                return Ok(Replaced::Done(
+                    kept.map(|token| (record.into_record(), token)),
+                ));
             }
         }
-        Ok(Replaced::Changed(self.fetch(&record.id).await?))
+        Ok(Replaced::Changed(self.fetch(&record.id()).await?))
     }
 
     pub(crate) async fn insert(&self, record: &Record) -> session_store::Result<bool> {
@@ -278,7 +282,7 @@ macro_rules! sql_session_store {
 
             async fn replace(
                 &self,
-                record: Record,
+                record: $crate::stores::ToStore<'_>,
                 seen: Option<&str>,
                 keep: bool,
             ) -> session_store::Result<$crate::stores::Replaced> {

@@ -23,6 +23,7 @@ use crate::{
     entry::Limits,
     merge::SessionLimits,
     state::RequestState,
+    stores::held::{self, HoldsLoads},
 };
 
 /// A layer that makes [`SessionControllers`](crate::SessionControllers) and
@@ -347,24 +348,47 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Some(flush) = this.flush {
-            return flush.as_mut().poll(cx).map(Ok);
-        }
-        let response = ready!(this.inner.poll(cx))?;
-        let changed = this.state.finish();
-        if changed.is_empty() {
-            return Poll::Ready(Ok(response));
-        }
-        let state = Arc::clone(this.state);
-        let server_error = response.status().is_server_error();
-        let flush = this.flush.insert(Box::pin(async move {
-            match state.flush(changed, server_error).await {
-                Ok(()) => response,
-                // A server error: SessionManagerLayer saves nothing for it, so the session keeps
-                // what it had before this request and no namespace is half written.
-                Err(err) => err.into_response(),
+        // Polled as part of the request: a store's load holds the bytes it read for the save.
+        let request: Arc<dyn HoldsLoads> = this.state.clone();
+        held::within(request, || {
+            if let Some(flush) = this.flush {
+                return flush.as_mut().poll(cx).map(Ok);
             }
-        }));
-        flush.as_mut().poll(cx).map(Ok)
+            let response = ready!(this.inner.poll(cx))?;
+            let changed = this.state.finish();
+            if changed.is_empty() {
+                return Poll::Ready(Ok(keep_loads(this.state, response)));
+            }
+            let state = Arc::clone(this.state);
+            let server_error = response.status().is_server_error();
+            let flush = this.flush.insert(Box::pin(async move {
+                let response = match state.flush(changed, server_error).await {
+                    Ok(()) => response,
+                    // A server error: SessionManagerLayer saves nothing for it, so the session
+                    // keeps what it had before this request and no namespace is half written.
+                    Err(err) => err.into_response(),
+                };
+                keep_loads(&state, response)
+            }));
+            flush.as_mut().poll(cx).map(Ok)
+        })
     }
+}
+
+/// The bytes a load held for the request, kept until the response is sent: the session
+/// manager's save, after this layer's response, may still need them.
+#[derive(Clone)]
+struct HeldLoads {
+    /// Only ever dropped.
+    _state: Arc<RequestState>,
+}
+
+/// `response`, keeping the bytes `state`'s loads hold, if any, until it is dropped.
+fn keep_loads(state: &Arc<RequestState>, mut response: Response<Body>) -> Response<Body> {
+    if state.loads().any() {
+        response.extensions_mut().insert(HeldLoads {
+            _state: Arc::clone(state),
+        });
+    }
+    response
 }

@@ -25,6 +25,7 @@ use crate::{
     error::Error,
     expiry::ExpiryPolicy,
     merge::{self, Journal, Refusal, SessionLimits},
+    stores::held::{HoldsLoads, Loads},
 };
 
 /// The longest key a namespace may have, in bytes.
@@ -63,6 +64,14 @@ pub(crate) struct RequestState {
     /// Whether a [`MergingStore`](crate::MergingStore) is underneath, learnt by
     /// [`is_merging`](Self::is_merging) when first needed.
     merging: OnceLock<bool>,
+    /// The bytes the session's load read, if a store held them for the save.
+    loads: Loads,
+}
+
+impl HoldsLoads for RequestState {
+    fn loads(&self) -> &Loads {
+        &self.loads
+    }
 }
 
 impl RequestState {
@@ -80,6 +89,7 @@ impl RequestState {
             responded: AtomicBool::new(false),
             entries: Mutex::new(Vec::new()),
             merging: OnceLock::new(),
+            loads: Loads::default(),
         }
     }
 

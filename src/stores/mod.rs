@@ -29,6 +29,7 @@
 
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 mod encoded;
+pub(crate) mod held;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

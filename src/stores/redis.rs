@@ -45,7 +45,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{bytes_of, decode, encode, token},
-    Batches, CompareAndSet, Replaced, ToStore,
+    held, Batches, CompareAndSet, Replaced, ToStore,
 };
 
 /// The compare-and-set: `KEYS[1]` the session's key, `ARGV[1]` the value the save loaded,
@@ -190,7 +190,7 @@ where
             .get(key.as_str())
             .await
             .map_err(|err| backend("GET", &err))?;
-        Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, token(&bytes)))))
+        Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, held::token_of(bytes, token)))))
     }
 
     async fn replace(
@@ -217,7 +217,7 @@ where
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
-        let seen = bytes_of(seen).unwrap_or_default();
+        let seen = held::bytes_of(seen, bytes_of).unwrap_or_default();
         let args = vec![
             Value::Bytes(seen.into()),
             Value::Bytes(value.clone()),

@@ -48,7 +48,7 @@ use tower_sessions::{
 
 use super::{
     encoded::{self, bytes_of, encode, token},
-    Batches, Replaced, ToStore,
+    held, Batches, Replaced, ToStore,
 };
 
 /// What differs between the databases beyond sqlx's own types.
@@ -161,7 +161,7 @@ where
             return Ok(None);
         };
         let data: Vec<u8> = row.try_get(0).map_err(failed::<DB>("load"))?;
-        Ok(decode(id, &data).map(|record| (record, token(&data))))
+        Ok(decode(id, &data).map(|record| (record, held::token_of(data, token))))
     }
 
     pub(crate) async fn replace(
@@ -186,7 +186,7 @@ where
             ));
         };
         // A token is always one of ours; one that is not names no stored value.
-        if let Some(seen) = bytes_of(seen) {
+        if let Some(seen) = held::bytes_of(seen, bytes_of) {
             let result = sqlx::query(&self.sql.replace)
                 .bind(record.id().to_string())
                 .bind(data)

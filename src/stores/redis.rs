@@ -10,9 +10,11 @@
 //!
 //! # The compare-and-set
 //!
-//! - A load is one `GET`. The token that names the version read is the bytes read themselves
-//!   (hex-encoded, as the token is a string): two versions are the same version exactly when
-//!   their bytes are equal.
+//! - A load is one `GET`. The version read is named by the bytes read themselves: two versions
+//!   are the same version exactly when their bytes are equal. Within a request that
+//!   `SessionControllerLayer` serves, the process holds those bytes until the response is sent
+//!   and the session carries a short token naming them; elsewhere (and for a record under 512
+//!   bytes, whose hex costs less than holding it) the token is the bytes in hex.
 //! - A save is one `EVALSHA` of a short Lua script (`EVAL` once per server, when the server does
 //!   not know the script yet): it compares the stored value with the bytes the request loaded
 //!   and, if they are equal, `SET`s the new record with `EXAT`; otherwise it writes nothing and
@@ -27,8 +29,8 @@
 //! which needs a SHA-1 on the client. Comparing the bytes needs neither, costs Redis a `memcmp`,
 //! and is never wrong: equal bytes are an equal record, so a save that finds them merges into
 //! exactly what it would have merged into. The price is that a save sends the record it loaded
-//! along with the new one (about twice a `SET`'s upload), and a request keeps a hex copy of the
-//! record it loaded until it ends.
+//! along with the new one (about twice a `SET`'s upload), and a request keeps the record it loaded,
+//! as bytes, until it ends.
 
 use std::fmt;
 

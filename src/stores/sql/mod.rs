@@ -29,8 +29,10 @@
 //! exact where a hash (PostgreSQL's `md5(data)`, absent from FIPS builds) is not: whatever wrote
 //! the row, this crate's store or tower-sessions-sqlx-store's, the comparison sees it. A value
 //! written back byte for byte as it was is the same record, so merging into it is merging into
-//! the latest. The cost is the loaded bytes sent back once per save, and kept (hex encoded) in
-//! the request's bookkeeping while it runs.
+//! the latest. The cost is the loaded bytes sent back once per save, and kept while the request
+//! runs: in the process, named by a short token in the request's bookkeeping, within a request
+//! that `SessionControllerLayer` serves; elsewhere, or for a record under 512 bytes, in the
+//! bookkeeping itself, hex encoded.
 //!
 //! A new session (or a cycled id) is one `insert ... on conflict (id) do update ... where` the
 //! row under the id has expired: it stores the record unless a live session holds the id, in

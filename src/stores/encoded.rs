@@ -55,28 +55,40 @@ pub(super) fn token(bytes: &[u8]) -> String {
 }
 
 /// The bytes `token` names; `None` if it is not an even run of lower-case hex digits (no token
-/// [`token`] made). Arithmetic, as [`token`], for the same reason: a save sends these bytes back.
+/// [`token`] made). Through a table of digit values: faster here than arithmetic (which, unlike
+/// [`token`]'s, the compiler does not turn into vector instructions).
 pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
-    /// Whether `char` is a lower-case hex digit.
-    fn is_digit(char: u8) -> bool {
-        char.wrapping_sub(b'0') < 10 || char.wrapping_sub(b'a') < 6
-    }
-    /// The value of `digit`, a lower-case hex digit: its low four bits, plus 9 for a letter.
-    fn value(digit: u8) -> u8 {
-        (digit & 0x0f) + (digit >> 6) * 9
-    }
-    // Folded rather than `all`, which stops early and so is not turned into vector instructions.
-    let hex = token.bytes().fold(true, |hex, char| hex & is_digit(char));
-    if token.len() % 2 != 0 || !hex {
+    /// Each character's value as a hex digit, or `NOT_HEX`.
+    const NOT_HEX: u8 = 0xff;
+    const VALUES: [u8; 256] = {
+        let mut values = [NOT_HEX; 256];
+        let mut digit = 0;
+        while digit < 10 {
+            values[b'0' as usize + digit] = digit as u8;
+            digit += 1;
+        }
+        let mut letter = 0;
+        while letter < 6 {
+            values[b'a' as usize + letter] = 10 + letter as u8;
+            letter += 1;
+        }
+        values
+    };
+    if token.len() % 2 != 0 {
         return None;
     }
-    Some(
-        token
-            .as_bytes()
-            .chunks_exact(2)
-            .map(|pair| value(pair[0]) << 4 | value(pair[1]))
-            .collect(),
-    )
+    // Every digit's value, or'ed: below 16 exactly when none was `NOT_HEX`.
+    let mut all = 0;
+    let bytes = token
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| {
+            let (high, low) = (VALUES[usize::from(pair[0])], VALUES[usize::from(pair[1])]);
+            all |= high | low;
+            high << 4 | low
+        })
+        .collect();
+    (all <= 0x0f).then_some(bytes)
 }
 
 #[cfg(test)]

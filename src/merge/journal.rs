@@ -348,7 +348,13 @@ impl Versions {
     /// The versions whose digests are `digests`, as stored: what [`Versions::to_value`] makes of
     /// them, without a copy of the map first.
     pub(super) fn value_of(digests: &BTreeMap<String, u64>) -> Value {
-        serde_json::json!({ "digests": digests })
+        // Built as the map it is, not through a serializer: a write makes one.
+        let digests = digests
+            .iter()
+            .map(|(key, digest)| (key.clone(), Value::from(*digest)))
+            .collect();
+        let versions = [("digests".to_owned(), Value::Object(digests))];
+        Value::Object(versions.into_iter().collect())
     }
 
     pub(super) fn to_value(&self) -> Value {

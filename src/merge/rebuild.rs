@@ -129,6 +129,29 @@ impl<'a> Unmerged<'a> {
             expiry_date: self.ours.expiry_date,
         }
     }
+
+    /// Makes `stored` this record, copying only the values that differ from it: `stored` is what
+    /// the store holds, the version the request loaded, so most of its values are ours already (a
+    /// request changes a namespace or two). Gives the same record as [`Unmerged::into_record`],
+    /// whatever `stored` held.
+    pub(crate) fn patch(self, stored: &mut Record) {
+        let ours = self.ours;
+        stored
+            .data
+            .retain(|key, _| is_data(key) && ours.data.contains_key(key));
+        for (key, value) in data_of(ours) {
+            match stored.data.get_mut(key) {
+                Some(old) if old == value => {}
+                Some(old) => old.clone_from(value),
+                None => {
+                    stored.data.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        stored.data.insert(VERSIONS_KEY.to_owned(), self.versions);
+        stored.id = ours.id;
+        stored.expiry_date = ours.expiry_date;
+    }
 }
 
 impl fmt::Debug for Unmerged<'_> {
@@ -622,6 +645,28 @@ mod tests {
             stored.data[VERSIONS_KEY],
             Versions::of(data_of(&ours)).to_value()
         );
+    }
+
+    #[test]
+    fn patching_what_the_store_holds_gives_the_record_to_store() {
+        let ours = record(json!({
+            "cart": { "a": 2 }, "user": "ada", "new": [1],
+            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+        }));
+        let held = [
+            // What the request loaded: the cart changed, a key added, one removed.
+            json!({ "cart": { "a": 1 }, "user": "ada", "gone": 1, VERSIONS_KEY: { "digests": {} } }),
+            // Anything at all, bookkeeping included.
+            json!({ JOURNAL_KEY: 1, LOADED_KEY: "x", "user": "bob" }),
+            json!({}),
+        ];
+        for held in held {
+            let mut stored = record(held.clone());
+            stored.expiry_date = OffsetDateTime::UNIX_EPOCH;
+            Unmerged::of(&ours).0.patch(&mut stored);
+            assert_eq!(stored, Unmerged::of(&ours).0.into_record(), "{held}");
+        }
     }
 
     #[test]

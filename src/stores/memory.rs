@@ -106,18 +106,30 @@ impl CompareAndSet for MemoryStore {
     ) -> session_store::Result<Replaced> {
         let mut records = self.records();
         let current = live(&mut records, &record.id());
-        let number = match (current, seen) {
+        let stored = match (current, seen) {
             (Some(stored), Some(seen)) if seen.parse() != Ok(stored.number) => {
                 let latest = (stored.record.clone(), stored.number.to_string());
                 return Ok(Replaced::Changed(Some(latest)));
             }
             (None, Some(_)) => return Ok(Replaced::Changed(None)),
-            (Some(stored), _) => stored.number.wrapping_add(1),
-            (None, None) => 0,
+            (Some(stored), _) => {
+                match record {
+                    // The request's own session over the version it loaded: only what it
+                    // changed is copied.
+                    ToStore::Unmerged(record) => record.patch(&mut stored.record),
+                    ToStore::Merged(record) => stored.record = record,
+                }
+                stored.number = stored.number.wrapping_add(1);
+                stored
+            }
+            (None, None) => {
+                let record = record.into_record();
+                records
+                    .entry(record.id)
+                    .or_insert(Version { record, number: 0 })
+            }
         };
-        let record = record.into_record();
-        let kept = keep.then(|| (record.clone(), number.to_string()));
-        records.insert(record.id, Version { record, number });
+        let kept = keep.then(|| (stored.record.clone(), stored.number.to_string()));
         Ok(Replaced::Done(kept))
     }
 

@@ -1,8 +1,8 @@
 //! The Redis commands a request costs on `stores::RedisStore`, counted exactly: on a
 //! `redis-server` of the test's own (nobody else sends it commands), as `MONITOR` shows them,
 //! the commands a script runs inside Redis left out. A write of a stored session is one `GET` and
-//! one `EVALSHA` (as with tower-sessions' own Redis store, a `GET` and a `SET`), a read one
-//! `GET`, an anonymous read nothing, a new visitor's first write one `SET NX`.
+//! one `EVALSHA` (as with tower-sessions' own Redis store, a `GET` and a `SET`), small or large,
+//! a read one `GET`, an anonymous read nothing, a new visitor's first write one `SET NX`.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -139,8 +139,25 @@ async fn a_write_is_two_commands_a_read_one_an_anonymous_read_none() {
         );
     }
 
+    // A record of 512 bytes and more: its load holds the bytes it read in the process, the
+    // session carries a short token, and the save finds the bytes by it: still one `EVALSHA`
+    // (a token that named nothing would cost a second, after a merge).
+    let long = "x".repeat(600);
+    for i in 0..3 {
+        visitor
+            .post(&router, &format!("/ns/cart/long{i}/{long}"))
+            .await
+            .assert_ok();
+        assert_eq!(
+            monitor.take(&pool).await,
+            commands(&["get", "evalsha"]),
+            "write {i} of a large session"
+        );
+    }
+
     let reply = visitor.get(&router, "/ns/cart").await;
     assert_eq!(reply.json()["k4"], "4");
+    assert_eq!(reply.json()["long2"], long.as_str());
     assert_eq!(monitor.take(&pool).await, commands(&["get"]), "a read");
 
     visitor.post(&router, "/logout").await.assert_ok();

@@ -219,9 +219,9 @@ pub(crate) fn unmerged_with_digests(
     Ok((next, digests))
 }
 
-/// Checks `next`, the data of the record a save of `ours` is about to store, against the session's limits
-/// that `ours`'s journal carries. Cheap when the session is well inside them: a count of its
-/// keys and a walk of its values (not of their bytes).
+/// Checks `next`, the data of the record a save of `ours` is about to store, against the
+/// session's limits that `ours`'s journal carries. Cheap when the session is well inside them: a
+/// count of its keys and a walk of its values (not of their bytes).
 ///
 /// A session over a limit is refused only a request that adds to it: one that creates a
 /// namespace when there are too many, or sets a key when there are too many bytes. A request

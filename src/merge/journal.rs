@@ -318,12 +318,10 @@ impl Versions {
     }
 
     /// The versions of `data` as stored: the digest of every value.
+    #[cfg(test)]
     pub(super) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
         Self {
-            digests: Some(
-                data.map(|(key, value)| (key.clone(), digest::of(value)))
-                    .collect(),
-            ),
+            digests: Some(super::flushed::digests(data)),
         }
     }
 

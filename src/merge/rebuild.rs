@@ -13,7 +13,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 
-use super::digest;
+use super::flushed;
 use super::journal::{
     self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY,
 };
@@ -99,9 +99,7 @@ pub(crate) struct Unmerged<'a> {
 impl<'a> Unmerged<'a> {
     /// The record to store for `ours`, and the digests of its data.
     fn of(ours: &'a Record) -> (Self, BTreeMap<String, u64>) {
-        let digests: BTreeMap<String, u64> = data_of(ours)
-            .map(|(key, value)| (key.clone(), digest::of(value)))
-            .collect();
+        let digests = flushed::digests(data_of(ours));
         let versions = Versions::value_of(&digests);
         (Self { ours, versions }, digests)
     }
@@ -327,8 +325,8 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
             data.insert(key, value);
         }
     }
-    let versions = Versions::of(data.iter());
-    data.insert(VERSIONS_KEY.to_owned(), versions.to_value());
+    let versions = Versions::value_of(&flushed::digests(data.iter()));
+    data.insert(VERSIONS_KEY.to_owned(), versions);
     let next = Record {
         id: ours.id,
         data,

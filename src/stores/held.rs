@@ -17,14 +17,12 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
-    },
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
 /// The fewest bytes a load holds: below, their hex costs less to make and read than holding them
 /// (a map entry, and the layer's hold on the response).
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 const HOLD_FROM: usize = 512;
 
 /// Bytes a load read.
@@ -83,18 +81,17 @@ pub(crate) fn within<R>(request: Arc<dyn HoldsLoads>, poll: impl FnOnce() -> R) 
     REQUEST.sync_scope(request, poll)
 }
 
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 /// The token of `bytes`, just read by a load: a number naming them held in the process within a
-/// request the layer serves (and if they are [`HOLD_FROM`] bytes or more), else `hex` of them.
-pub(super) fn token_of(
-    bytes: impl AsRef<[u8]> + Send + Sync + 'static,
-    hex: impl FnOnce(&[u8]) -> String,
-) -> String {
+/// request the layer serves (and if they are [`HOLD_FROM`] bytes or more), else their hex.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(super) fn token_of(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
     if bytes.as_ref().len() < HOLD_FROM {
-        return hex(bytes.as_ref());
+        return super::encoded::token(bytes.as_ref());
     }
     let Ok(request) = REQUEST.try_with(Arc::clone) else {
-        return hex(bytes.as_ref());
+        return super::encoded::token(bytes.as_ref());
     };
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let number = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -103,20 +100,17 @@ pub(super) fn token_of(
     format!("@{number}")
 }
 
+/// The bytes `token` names: those held under its number, or else those its hex spells. `None` if
+/// it names none (bytes let go, or not a token at all).
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-/// The bytes `token` names: those held under its number, or else `from_hex` of it. `None` if it
-/// names none (bytes let go, or not a token at all).
-pub(super) fn bytes_of(
-    token: &str,
-    from_hex: impl FnOnce(&str) -> Option<Vec<u8>>,
-) -> Option<Vec<u8>> {
+pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
     match token.strip_prefix('@') {
         Some(number) => {
             let number = number.parse().ok()?;
             let bytes = held().get(&number).map(Arc::clone)?;
             Some((*bytes).as_ref().to_vec())
         }
-        None => from_hex(token),
+        None => super::encoded::bytes_of(token),
     }
 }
 
@@ -133,40 +127,29 @@ mod tests {
         }
     }
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-    }
-
-    fn from_hex(token: &str) -> Option<Vec<u8>> {
-        (0..token.len())
-            .step_by(2)
-            .map(|at| u8::from_str_radix(token.get(at..at + 2)?, 16).ok())
-            .collect()
-    }
-
     #[test]
     fn outside_a_request_the_token_is_the_hex() {
-        let token = token_of(vec![0xab; HOLD_FROM], hex);
+        let token = token_of(vec![0xab; HOLD_FROM]);
         assert_eq!(token, "ab".repeat(HOLD_FROM));
-        assert_eq!(bytes_of(&token, from_hex), Some(vec![0xab; HOLD_FROM]));
+        assert_eq!(bytes_of(&token), Some(vec![0xab; HOLD_FROM]));
     }
 
     #[test]
     fn within_a_request_the_bytes_are_held_until_it_ends() {
         let request = Arc::new(Request::default());
-        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM], hex));
+        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM]));
         assert!(token.starts_with('@') && token.len() < 22, "{token}");
         assert!(request.loads().any());
         // Found from anywhere in the process (another request's batch stores this one's save).
-        assert_eq!(bytes_of(&token, from_hex), Some(vec![7; HOLD_FROM]));
+        assert_eq!(bytes_of(&token), Some(vec![7; HOLD_FROM]));
         drop(request);
-        assert_eq!(bytes_of(&token, from_hex), None, "let go with the request");
+        assert_eq!(bytes_of(&token), None, "let go with the request");
     }
 
     #[test]
     fn a_short_record_goes_as_hex_even_within_a_request() {
         let request = Arc::new(Request::default());
-        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM - 1], hex));
+        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM - 1]));
         assert_eq!(token, "07".repeat(HOLD_FROM - 1));
         assert!(!request.loads().any());
     }
@@ -180,7 +163,7 @@ mod tests {
             "@99999999999999999999",
             "@18446744073709551615",
         ] {
-            assert_eq!(bytes_of(token, from_hex), None, "{token}");
+            assert_eq!(bytes_of(token), None, "{token}");
         }
     }
 }

@@ -46,7 +46,7 @@ use tower_sessions::{
 };
 
 use super::{
-    encoded::{bytes_of, decode, encode, token},
+    encoded::{decode, encode, token},
     held, Batches, CompareAndSet, Replaced, ToStore,
 };
 
@@ -192,7 +192,7 @@ where
             .get(key.as_str())
             .await
             .map_err(|err| backend("GET", &err))?;
-        Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, held::token_of(bytes, token)))))
+        Ok(bytes.and_then(|bytes| Some((decode(&key, &bytes)?, held::token_of(bytes)))))
     }
 
     async fn replace(
@@ -219,7 +219,7 @@ where
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
-        let seen = held::bytes_of(seen, bytes_of).unwrap_or_default();
+        let seen = held::bytes_of(seen).unwrap_or_default();
         let args = vec![
             Value::Bytes(seen.into()),
             Value::Bytes(value.clone()),

@@ -49,7 +49,7 @@ use tower_sessions::{
 };
 
 use super::{
-    encoded::{self, bytes_of, encode, token},
+    encoded::{self, encode, token},
     held, Batches, Replaced, ToStore,
 };
 
@@ -163,7 +163,7 @@ where
             return Ok(None);
         };
         let data: Vec<u8> = row.try_get(0).map_err(failed::<DB>("load"))?;
-        Ok(decode(id, &data).map(|record| (record, held::token_of(data, token))))
+        Ok(decode(id, &data).map(|record| (record, held::token_of(data))))
     }
 
     pub(crate) async fn replace(
@@ -188,7 +188,7 @@ where
             ));
         };
         // A token is always one of ours; one that is not names no stored value.
-        if let Some(seen) = held::bytes_of(seen, bytes_of) {
+        if let Some(seen) = held::bytes_of(seen) {
             let result = sqlx::query(&self.sql.replace)
                 .bind(record.id().to_string())
                 .bind(data)

@@ -14,7 +14,9 @@
 //!
 //! `cargo bench --bench redis` (`REDIS_BENCH_RUNS=<n>` sets the overlap runs per contender,
 //! default 5; `REDIS_BENCH_ONLY=<text>` runs the overlaps of the contenders whose name holds
-//! `<text>` only, for a profiler). Without `redis-server` on the `PATH` it says so and exits.
+//! `<text>` only, for a profiler; `REDIS_BENCH_SERVER=<program>` runs another server than
+//! `redis-server`, e.g. a `valkey-server`, whose `SET ... IFEQ` `stores::RedisStore` then uses).
+//! Without the server on the `PATH` it says so and exits.
 
 use std::{
     io::{BufRead, BufReader, Write},
@@ -269,6 +271,11 @@ async fn calls(pool: &Pool, command: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The `EVALSHA` and `SET` commands the server has run.
+async fn saves(pool: &Pool) -> u64 {
+    calls(pool, "evalsha").await + calls(pool, "set").await
+}
+
 /// 240 overlapping writes of distinct keys to one session over two instances, 16 in flight:
 /// the keys lost, the writes not answered `200`, and the wall time.
 async fn overlap(contender: Contender, a: &Pool, b: &Pool) -> (usize, usize, StdDuration) {
@@ -300,10 +307,11 @@ async fn overlap(contender: Contender, a: &Pool, b: &Pool) -> (usize, usize, Std
 }
 
 fn main() {
-    let redis = match OwnRedis::start(false) {
+    let program = std::env::var("REDIS_BENCH_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let redis = match OwnRedis::start_program(&program, false) {
         Ok(redis) => redis,
         Err(err) => {
-            eprintln!("SKIPPED: a redis-server of its own is needed: {err}");
+            eprintln!("SKIPPED: a {program} of its own is needed: {err}");
             return;
         }
     };
@@ -345,15 +353,21 @@ fn main() {
                 continue;
             }
             let (mut lost, mut failed, mut times) = (Vec::new(), 0, Vec::new());
-            let evalsha = calls(&a, "evalsha").await;
+            let before = saves(&a).await;
             for _ in 0..runs {
                 let (l, f, t) = overlap(contender, &a, &b).await;
                 lost.push(l.to_string());
                 failed += f;
                 times.push(format!("{:.0}", t.as_secs_f64() * 1000.0));
             }
-            // `stores::RedisStore`: one `EVALSHA` per compare-and-set, so per write, the tries.
-            let tries = (calls(&a, "evalsha").await - evalsha) as f64 / (runs * WRITES) as f64;
+            // `stores::RedisStore`: one `EVALSHA` or `SET ... IFEQ` per compare-and-set (and one
+            // `SET NX` per run, the session's creation), so per write, the tries.
+            let tries = match contender {
+                Contender::Ours => {
+                    (saves(&a).await - before - runs as u64) as f64 / (runs * WRITES) as f64
+                }
+                _ => 0.0,
+            };
             println!(
                 "| {} | {} | {failed} | {} | {} |",
                 contender.name(),

@@ -12,14 +12,15 @@
 # SESSIONS=small (the default) gives each session its cart alone; SESSIONS=large also 10 other
 # namespaces of 1 KiB (POST /fill), as run.sh does.
 #
-# Uses the binary run.sh built (target/http-bench/bench_server), building it if missing; needs
+# Uses the binary run.sh built (target/http-bench/bench_server), building it if missing, or the
+# one BENCH_SERVER names (as in run.sh); the Redis contenders use REDIS_URL (as in run.sh). Needs
 # valgrind and wrk. Only talks to 127.0.0.1; stops the server it started however it exits.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here=$root/benches/http
 out=$root/target/http-bench/callgrind
-bin=$root/target/http-bench/bench_server
+bin=${BENCH_SERVER:-$root/target/http-bench/bench_server}
 CONTENDERS=${CONTENDERS:-"bare raw controllers keyed axum_session"}
 CONNECTIONS=${CONNECTIONS:-16}
 SESSIONS=${SESSIONS:-small}

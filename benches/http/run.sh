@@ -39,6 +39,9 @@
 #   REV=               empty: build the working tree; a git revision: build that commit,
 #                      exported to target/http-bench/tree (so others' uncommitted edits to src/
 #                      are not measured)
+#   BENCH_SERVER=      a bench_server binary built before (by this script, or with
+#                      `cargo build --release --example bench_server`), used instead of building
+#                      one: two builds measured in turn, without building between runs
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,6 +60,7 @@ SEED_THREADS=${SEED_THREADS:-4}
 PIN=${PIN:-auto}
 NICE=${NICE:--20}
 REV=${REV:-}
+BENCH_SERVER=${BENCH_SERVER:-}
 
 mkdir -p "$out"
 started=$(date -u +%s)
@@ -104,7 +108,11 @@ if [[ " $CONTENDERS " == *" seed "* ]]; then
 fi
 
 # ---- the Rust server, in release ----
-if [[ -n $REV ]]; then
+if [[ -n $BENCH_SERVER ]]; then
+    log "using the prebuilt $BENCH_SERVER"
+    built="prebuilt $BENCH_SERVER"
+    cp "$BENCH_SERVER" "$out/bench_server.next"
+elif [[ -n $REV ]]; then
     rev=$(git -C "$root" rev-parse --short "$REV")
     log "building bench_server at $rev (exported to $out/tree)"
     rm -rf "$out/tree"
@@ -122,7 +130,11 @@ else
         built="$built, with uncommitted changes to src/, the manifests or bench_server.rs"
     fi
 fi
-cp "$root/target/release/examples/bench_server" "$out/bench_server"
+if [[ -n $BENCH_SERVER ]]; then
+    mv "$out/bench_server.next" "$out/bench_server"
+else
+    cp "$root/target/release/examples/bench_server" "$out/bench_server"
+fi
 
 # ---- priority and pinning: one core for the load generator, one for the server ----
 client_pin=()

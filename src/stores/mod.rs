@@ -22,7 +22,8 @@
 //! - [`SqliteStore`] (feature `sqlite`): in a SQLite table, the one of
 //!   tower-sessions-sqlx-store's `SqliteStore`.
 //!
-//! Each compares what the load read: Redis in a Lua script, the SQL stores with `update ... where
+//! Each compares what the load read: Redis with `SET ... IFEQ` (Valkey 8.1 and later, Redis 8.4
+//! and later) or else a Lua script, the SQL stores with `update ... where
 //! data = <the bytes the load read>`; so none needs a key or a column beyond those of
 //! tower-sessions' own store crates, and an app switches to them keeping its sessions
 //! ([`RedisStore`], [`PostgresStore`] and [`SqliteStore`] tell more).

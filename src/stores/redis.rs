@@ -15,12 +15,22 @@
 //!   `SessionControllerLayer` serves, the process holds those bytes until the response is sent
 //!   and the session carries a short token naming them; elsewhere (and for a record under 512
 //!   bytes, whose hex costs less than holding it) the token is the bytes in hex.
-//! - A save is one `EVALSHA` of a short Lua script (`EVAL` once per server, when the server does
-//!   not know the script yet): it compares the stored value with the bytes the request loaded
-//!   and, if they are equal, `SET`s the new record with `EXAT`; otherwise it writes nothing and
-//!   answers the stored value (or nil, when the session is gone), which the save merges into and
-//!   tries again with, without another `GET`. Redis runs a script atomically, on the server that
-//!   holds the key, so this is also correct in a Redis Cluster.
+//! - A save is one command. On a server with a compare-and-set of its own (Valkey 8.1 and later,
+//!   Redis 8.4 and later) it is `SET key new IFEQ loaded EXAT t GET`: the server sets the new
+//!   record only if the stored value is the bytes the request loaded, and answers the stored
+//!   value either way; the save is done when that answer is the loaded bytes. (For a loaded
+//!   record of 1 KiB or more, without `GET`, so that the server does not send it back: a save
+//!   that lost then reads the latest with a `GET` of its own.) On older servers it
+//!   is one `EVALSHA` of a short Lua script (`EVAL` once per server, when the server does not know
+//!   the script yet) that does the same: it compares the stored value with the loaded bytes and,
+//!   if they are equal, `SET`s the new record with `EXAT`; otherwise it writes nothing. Either
+//!   way a save that lost gets the stored value (or nil, when the session is gone), which it
+//!   merges into and tries again with, without another `GET`. Both run atomically on the server
+//!   that holds the key, so this is also correct in a Redis Cluster.
+//! - Which of the two: a store tries `SET ... IFEQ` first; when a server refuses it as a syntax
+//!   error (Redis before 8.4, Valkey before 8.1), that save and every later one of the store (and
+//!   of its clones) run the script instead. The script costs a Redis 7 server several times a
+//!   plain `SET`'s time (see BENCHMARKS.md); `SET ... IFEQ` about a `SET`'s.
 //! - A new session is one `SET NX EXAT`; a taken id makes `create` try another.
 //!
 //! Why compare the whole bytes rather than a digest or a version number: a version number would
@@ -29,16 +39,23 @@
 //! which needs a SHA-1 on the client. Comparing the bytes needs neither, costs Redis a `memcmp`,
 //! and is never wrong: equal bytes are an equal record, so a save that finds them merges into
 //! exactly what it would have merged into. The price is that a save sends the record it loaded
-//! along with the new one (about twice a `SET`'s upload), and a request keeps the record it loaded,
-//! as bytes, until it ends.
+//! along with the new one (about twice a `SET`'s upload; `SET ... IFEQ ... GET` also answers it
+//! back), and a request keeps the record it loaded, as bytes, until it ends. (Redis 8.4's `IFDEQ`
+//! compares a digest, but Valkey has no such option and Redis 7 neither.)
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use async_trait::async_trait;
 use fred::{
     bytes::Bytes,
     interfaces::{KeysInterface, LuaInterface},
-    types::{Expiration, SetOptions, Value},
+    types::{ClusterHash, CustomCommand, Expiration, SetOptions, Value},
 };
 use tower_sessions::{
     session::{Id, Record},
@@ -67,6 +84,12 @@ return current
 /// once `EVAL` has run it).
 const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 
+/// The length from which a loaded record does not come back with `SET ... IFEQ`'s answer: a
+/// save that loses then `GET`s the latest record (one more round trip, under contention only),
+/// and one that wins (nearly all) does not have the server send the record back. Measured on a
+/// session of 11 KiB: the answer cost the app 15k instructions a write (BENCHMARKS.md).
+const ANSWER_BELOW: usize = 1024;
+
 /// Session records in Redis (through a [fred](https://docs.rs/fred/10) client), merged
 /// atomically: overlapping requests of one visitor lose nothing, across any number of app
 /// instances, with no lock and no polling. Behind the cargo feature `redis`.
@@ -76,6 +99,8 @@ const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 /// changes is the save: it applies the request's namespace operations to the latest stored record
 /// by compare-and-set (see [`stores`](crate::stores)), in one round trip when no other request of
 /// the session saved meanwhile, as `tower-sessions-redis-store`'s own save; a load is one `GET`.
+/// The compare-and-set is the server's own `SET ... IFEQ` on Valkey 8.1 and Redis 8.4 and later,
+/// and a Lua script on older servers; the store finds out which by itself.
 /// A session that ended meanwhile (a logout, an id cycled at login, an expiry) is never written
 /// back.
 ///
@@ -109,6 +134,9 @@ const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 pub struct RedisStore<C> {
     client: C,
     batches: Batches,
+    /// Set once a server refused `SET ... IFEQ`: saves run the script from then on. Shared by
+    /// the store's clones, which use one client.
+    script_only: Arc<AtomicBool>,
 }
 
 impl<C> RedisStore<C> {
@@ -118,6 +146,7 @@ impl<C> RedisStore<C> {
         Self {
             client,
             batches: Batches::default(),
+            script_only: Arc::default(),
         }
     }
 
@@ -131,6 +160,14 @@ impl<C: fmt::Debug> fmt::Debug for RedisStore<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("client", &self.client)
+            .field(
+                "compare_and_set",
+                &if self.script_only.load(Ordering::Relaxed) {
+                    "script"
+                } else {
+                    "SET IFEQ"
+                },
+            )
             .finish()
     }
 }
@@ -161,6 +198,69 @@ impl<C> RedisStore<C>
 where
     C: KeysInterface + LuaInterface + Send + Sync,
 {
+    /// Stores `value` under `key` (expiring at `expire_at`) if it holds `seen`: `Ok(true)` once
+    /// stored, else the stored value or nil. By `SET ... IFEQ` while the server takes it, else
+    /// by the script.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        seen: Bytes,
+        value: &Bytes,
+        expire_at: i64,
+    ) -> session_store::Result<Result<(), Value>> {
+        if !self.script_only.load(Ordering::Relaxed) {
+            // A short record comes back with the answer (`GET`), so a save that lost has the
+            // latest at once; a long one only when the save lost, by a `GET` of its own.
+            let answer = seen.len() < ANSWER_BELOW;
+            let mut args = vec![
+                Value::from(key),
+                Value::Bytes(value.clone()),
+                Value::from_static_str("IFEQ"),
+                Value::Bytes(seen.clone()),
+                Value::from_static_str("EXAT"),
+                Value::from(expire_at),
+            ];
+            if answer {
+                args.push(Value::from_static_str("GET"));
+            }
+            let set = CustomCommand::new_static("SET", ClusterHash::FirstKey, false);
+            match self.client.custom::<Value, _>(set, args).await {
+                Ok(stored) if answer => {
+                    return Ok(match stored.as_bytes() {
+                        Some(stored) if *stored == *seen => Ok(()),
+                        _ => Err(stored),
+                    })
+                }
+                Ok(Value::Null) => {
+                    let latest: Value = self
+                        .client
+                        .get(key)
+                        .await
+                        .map_err(|err| backend("GET", &err))?;
+                    return Ok(Err(latest));
+                }
+                Ok(_) => return Ok(Ok(())),
+                Err(err) if err.details().contains("syntax error") => {
+                    tracing::debug!(
+                        "Redis refused SET ... IFEQ ({}): saves compare and set by a script",
+                        err.details()
+                    );
+                    self.script_only.store(true, Ordering::Relaxed);
+                }
+                Err(err) => return Err(backend("SET IFEQ", &err)),
+            }
+        }
+        let args = vec![
+            Value::Bytes(seen),
+            Value::Bytes(value.clone()),
+            Value::from(expire_at),
+        ];
+        Ok(match self.run_replace(key, args).await? {
+            Value::Integer(1) => Ok(()),
+            stored => Err(stored),
+        })
+    }
+
     /// Runs the compare-and-set script: by its SHA-1, or whole when the server does not know it
     /// yet (which also makes the server keep it).
     async fn run_replace(&self, key: &str, args: Vec<Value>) -> session_store::Result<Value> {
@@ -219,16 +319,12 @@ where
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
-        let seen = held::bytes_of(seen).unwrap_or_default();
-        let args = vec![
-            Value::Bytes(seen.into()),
-            Value::Bytes(value.clone()),
-            Value::from(expire_at(record.expiry_date())),
-        ];
-        match self.run_replace(&key, args).await? {
-            Value::Integer(1) => Ok(Replaced::Done(kept(record, &value, keep))),
-            Value::Null => Ok(Replaced::Changed(None)),
-            latest => match latest.as_bytes() {
+        let seen = held::bytes_of(seen).unwrap_or_default().into();
+        let expiry = expire_at(record.expiry_date());
+        match self.compare_and_set(&key, seen, &value, expiry).await? {
+            Ok(()) => Ok(Replaced::Done(kept(record, &value, keep))),
+            Err(Value::Null) => Ok(Replaced::Changed(None)),
+            Err(latest) => match latest.as_bytes() {
                 // An undecodable latest record counts as none: the session is not written back
                 // over it.
                 Some(bytes) => Ok(Replaced::Changed(

@@ -8,7 +8,7 @@ use serde_json::json;
 use tower_sessions::SessionStore;
 
 use crate::{
-    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, Gate, Visitor,
+    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, Gate, Shared, Visitor,
 };
 
 /// Writes of distinct keys to one session.
@@ -58,26 +58,28 @@ fn all_keys() -> Vec<String> {
 async fn overlapping_writes_on_two_instances_lose_nothing() {
     on_redis(
         "instances::overlapping_writes_on_two_instances_lose_nothing",
-        |shared| async move {
-            let a = app(routes(Gate::default()), shared.a.clone());
-            let b = app(routes(Gate::default()), shared.b.clone());
-            let mut visitor = Visitor::default();
-            visitor.post(&a, "/ns/other/seed/1").await.assert_ok();
-
-            let (stored, failed) = overlapping_writes(&a, &b, &shared.a, &visitor).await;
-            assert!(
-                failed.is_empty(),
-                "writes that did not answer 200: {failed:#?}"
-            );
-            assert_eq!(stored, all_keys(), "{} of {WRITES} stored", stored.len());
-            // The other namespace, which no write touched, is intact.
-            assert_eq!(
-                visitor.get(&b, "/ns/other").await.json(),
-                json!({ "seed": "1" })
-            );
-        },
+        overlapping_writes_lose_nothing,
     )
     .await;
+}
+
+pub async fn overlapping_writes_lose_nothing(shared: Shared) {
+    let a = app(routes(Gate::default()), shared.a.clone());
+    let b = app(routes(Gate::default()), shared.b.clone());
+    let mut visitor = Visitor::default();
+    visitor.post(&a, "/ns/other/seed/1").await.assert_ok();
+
+    let (stored, failed) = overlapping_writes(&a, &b, &shared.a, &visitor).await;
+    assert!(
+        failed.is_empty(),
+        "writes that did not answer 200: {failed:#?}"
+    );
+    assert_eq!(stored, all_keys(), "{} of {WRITES} stored", stored.len());
+    // The other namespace, which no write touched, is intact.
+    assert_eq!(
+        visitor.get(&b, "/ns/other").await.json(),
+        json!({ "seed": "1" })
+    );
 }
 
 /// A visitor of `a` with a session holding `cart {apple}`.
@@ -117,130 +119,136 @@ async fn ended(shared_pool: &fred::prelude::Pool, app: &Router, visitor: &mut Vi
 async fn a_logout_during_a_slow_write_is_never_undone() {
     on_redis(
         "instances::a_logout_during_a_slow_write_is_never_undone",
-        |shared| async move {
-            let gate = Gate::default();
-            let a = app(routes(gate.clone()), shared.a.clone());
-            let b = app(routes(Gate::default()), shared.b.clone());
-            let mut visitor = logged_in(&a).await;
-            let old = visitor.session_id().expect("a session").to_string();
-
-            // The write loads the session and stops; the logout runs whole on B; the write's save
-            // then finds the session gone.
-            let mut writer = visitor.clone();
-            let write = tokio::spawn({
-                let a = a.clone();
-                async move { writer.post(&a, "/gated/cart/fig/3").await }
-            });
-            gate.entered.notified().await;
-            let logout = visitor.post(&b, "/logout").await;
-            assert_eq!(logout.status, StatusCode::OK);
-            assert!(visitor.cookie.is_none(), "the logout removed the cookie");
-            assert!(!exists(&shared.pools[0], &old).await);
-            gate.release.notify_one();
-            let write = write.await.expect("the write");
-            assert_session_ended(&write, "the write that raced the logout");
-            assert!(
-                write
-                    .set_cookie
-                    .as_deref()
-                    .is_some_and(|cookie| cookie.contains("Max-Age=0")),
-                "the ended session's cookie is removed: {write:?}"
-            );
-
-            ended(&shared.pools[0], &a, &mut visitor, &old).await;
-        },
+        logout_during_a_slow_write,
     )
     .await;
+}
+
+pub async fn logout_during_a_slow_write(shared: Shared) {
+    let gate = Gate::default();
+    let a = app(routes(gate.clone()), shared.a.clone());
+    let b = app(routes(Gate::default()), shared.b.clone());
+    let mut visitor = logged_in(&a).await;
+    let old = visitor.session_id().expect("a session").to_string();
+
+    // The write loads the session and stops; the logout runs whole on B; the write's save
+    // then finds the session gone.
+    let mut writer = visitor.clone();
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { writer.post(&a, "/gated/cart/fig/3").await }
+    });
+    gate.entered.notified().await;
+    let logout = visitor.post(&b, "/logout").await;
+    assert_eq!(logout.status, StatusCode::OK);
+    assert!(visitor.cookie.is_none(), "the logout removed the cookie");
+    assert!(!exists(&shared.pools[0], &old).await);
+    gate.release.notify_one();
+    let write = write.await.expect("the write");
+    assert_session_ended(&write, "the write that raced the logout");
+    assert!(
+        write
+            .set_cookie
+            .as_deref()
+            .is_some_and(|cookie| cookie.contains("Max-Age=0")),
+        "the ended session's cookie is removed: {write:?}"
+    );
+
+    ended(&shared.pools[0], &a, &mut visitor, &old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_logout_during_a_write_ends_the_session() {
     on_redis(
         "instances::a_slow_logout_during_a_write_ends_the_session",
-        |shared| async move {
-            let gate = Gate::default();
-            let a = app(routes(Gate::default()), shared.a.clone());
-            let b = app(routes(gate.clone()), shared.b.clone());
-            let mut visitor = logged_in(&a).await;
-            let old = visitor.session_id().expect("a session").to_string();
-
-            // The logout loads the session and stops; a write runs whole on A; the logout then
-            // deletes the session, the write's key with it.
-            let mut leaving = visitor.clone();
-            let logout = tokio::spawn({
-                let b = b.clone();
-                async move {
-                    let reply = leaving.post(&b, "/gated_logout").await;
-                    (reply, leaving)
-                }
-            });
-            gate.entered.notified().await;
-            visitor.post(&a, "/ns/cart/fig/3").await.assert_ok();
-            gate.release.notify_one();
-            let (logout, leaving) = logout.await.expect("the logout");
-            assert_eq!(logout.status, StatusCode::OK, "{logout:?}");
-            assert!(leaving.cookie.is_none(), "the logout removed the cookie");
-
-            ended(&shared.pools[0], &a, &mut visitor, &old).await;
-        },
+        slow_logout_during_a_write,
     )
     .await;
+}
+
+pub async fn slow_logout_during_a_write(shared: Shared) {
+    let gate = Gate::default();
+    let a = app(routes(Gate::default()), shared.a.clone());
+    let b = app(routes(gate.clone()), shared.b.clone());
+    let mut visitor = logged_in(&a).await;
+    let old = visitor.session_id().expect("a session").to_string();
+
+    // The logout loads the session and stops; a write runs whole on A; the logout then
+    // deletes the session, the write's key with it.
+    let mut leaving = visitor.clone();
+    let logout = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let reply = leaving.post(&b, "/gated_logout").await;
+            (reply, leaving)
+        }
+    });
+    gate.entered.notified().await;
+    visitor.post(&a, "/ns/cart/fig/3").await.assert_ok();
+    gate.release.notify_one();
+    let (logout, leaving) = logout.await.expect("the logout");
+    assert_eq!(logout.status, StatusCode::OK, "{logout:?}");
+    assert!(leaving.cookie.is_none(), "the logout removed the cookie");
+
+    ended(&shared.pools[0], &a, &mut visitor, &old).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_cycled_during_a_slow_write_is_never_written_back() {
     on_redis(
         "instances::an_id_cycled_during_a_slow_write_is_never_written_back",
-        |shared| async move {
-            let gate = Gate::default();
-            let a = app(routes(gate.clone()), shared.a.clone());
-            let b = app(routes(Gate::default()), shared.b.clone());
-            let mut visitor = logged_in(&a).await;
-            let old = visitor.session_id().expect("a session").to_string();
-
-            let mut writer = visitor.clone();
-            let write = tokio::spawn({
-                let a = a.clone();
-                async move { writer.post(&a, "/gated/cart/fig/3").await }
-            });
-            gate.entered.notified().await;
-            let cycled = visitor.post(&b, "/cycle").await;
-            assert_eq!(cycled.status, StatusCode::OK);
-            let new = visitor.session_id().expect("the cycled session");
-            assert_ne!(new.to_string(), old);
-            gate.release.notify_one();
-            let write = write.await.expect("the write");
-            assert_session_ended(&write, "the write that raced the id cycle");
-
-            assert!(
-                !exists(&shared.pools[0], &old).await,
-                "the old id came back"
-            );
-            // The session lives on under its new id, without the refused write.
-            assert_eq!(
-                stored_keys(&shared.a, &new, "cart").await,
-                vec!["apple".to_owned()]
-            );
-            visitor.post(&b, "/ns/cart/kiwi/4").await.assert_ok();
-            assert_eq!(visitor.session_id(), Some(new));
-            assert_eq!(
-                visitor.get(&a, "/ns/cart").await.json(),
-                json!({ "apple": "1", "kiwi": "4" })
-            );
-            assert!(
-                !exists(&shared.pools[0], &old).await,
-                "the old id came back"
-            );
-
-            // A brand-new session is still created, for the old cookie as for a new visitor.
-            let mut stale = Visitor {
-                cookie: Some(format!("id={old}")),
-            };
-            ended(&shared.pools[0], &a, &mut stale, &old).await;
-            let mut fresh = Visitor::default();
-            fresh.post(&b, "/ns/cart/lime/5").await.assert_ok();
-            assert!(fresh.session_id().is_some());
-        },
+        id_cycled_during_a_slow_write,
     )
     .await;
+}
+
+pub async fn id_cycled_during_a_slow_write(shared: Shared) {
+    let gate = Gate::default();
+    let a = app(routes(gate.clone()), shared.a.clone());
+    let b = app(routes(Gate::default()), shared.b.clone());
+    let mut visitor = logged_in(&a).await;
+    let old = visitor.session_id().expect("a session").to_string();
+
+    let mut writer = visitor.clone();
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { writer.post(&a, "/gated/cart/fig/3").await }
+    });
+    gate.entered.notified().await;
+    let cycled = visitor.post(&b, "/cycle").await;
+    assert_eq!(cycled.status, StatusCode::OK);
+    let new = visitor.session_id().expect("the cycled session");
+    assert_ne!(new.to_string(), old);
+    gate.release.notify_one();
+    let write = write.await.expect("the write");
+    assert_session_ended(&write, "the write that raced the id cycle");
+
+    assert!(
+        !exists(&shared.pools[0], &old).await,
+        "the old id came back"
+    );
+    // The session lives on under its new id, without the refused write.
+    assert_eq!(
+        stored_keys(&shared.a, &new, "cart").await,
+        vec!["apple".to_owned()]
+    );
+    visitor.post(&b, "/ns/cart/kiwi/4").await.assert_ok();
+    assert_eq!(visitor.session_id(), Some(new));
+    assert_eq!(
+        visitor.get(&a, "/ns/cart").await.json(),
+        json!({ "apple": "1", "kiwi": "4" })
+    );
+    assert!(
+        !exists(&shared.pools[0], &old).await,
+        "the old id came back"
+    );
+
+    // A brand-new session is still created, for the old cookie as for a new visitor.
+    let mut stale = Visitor {
+        cookie: Some(format!("id={old}")),
+    };
+    ended(&shared.pools[0], &a, &mut stale, &old).await;
+    let mut fresh = Visitor::default();
+    fresh.post(&b, "/ns/cart/lime/5").await.assert_ok();
+    assert!(fresh.session_id().is_some());
 }

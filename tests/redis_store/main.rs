@@ -2,19 +2,23 @@
 //! (`compat`), two app instances on one Redis with overlapping writes, logouts and id cycles
 //! racing them (`instances`), the exact Redis commands a request costs (`round_trips`, on a
 //! `redis-server` of the test's own), a Redis Cluster of three shards of the test's own
-//! (`cluster`), and the fault schedules of `tests/faults.rs` (`faults`). The behaviour suite runs
-//! on the store in `tests/stores/` (`atomic_redis`).
+//! (`cluster`), the fault schedules of `tests/faults.rs` (`faults`), and the races and round
+//! trips again on a Valkey server of the test's own, whose `SET ... IFEQ` replaces the script
+//! (`native`). The behaviour suite runs on the store in `tests/stores/` (`atomic_redis`).
 //!
 //! The shared Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); the servers of the tests'
-//! own need `redis-server` and `redis-cli` on the `PATH`. A test that cannot reach what it needs
-//! prints `SKIPPED <test>: ...` and passes, unless `REQUIRE_SERVICES=1`. On the shared Redis the
-//! tests write only sessions under random ids, and delete every one they wrote at the end (the
-//! counting store remembers them); nothing else there is read, changed or reconfigured.
+//! own need `redis-server` and `redis-cli` on the `PATH`, and Valkey 8.1 or later
+//! (`VALKEY_SERVER`, else `valkey-server` on the `PATH`; `.ci/run` fetches one). A test that
+//! cannot reach what it needs prints `SKIPPED <test>: ...` and passes, unless
+//! `REQUIRE_SERVICES=1`. On the shared Redis the tests write only sessions under random ids, and
+//! delete every one they wrote at the end (the counting store remembers them); nothing else there
+//! is read, changed or reconfigured.
 
 mod cluster;
 mod compat;
 mod faults;
 mod instances;
+mod native;
 mod round_trips;
 mod servers;
 
@@ -165,13 +169,35 @@ where
     F: FnOnce(Shared) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let url = services::redis_url();
+    on_server(test, "Redis", &services::redis_url(), body).await;
+}
+
+/// Runs `body` as [`on_redis`] does, on a Valkey server of the test's own (one with a
+/// compare-and-set of its own, `SET ... IFEQ`), stopped at the end.
+pub async fn on_valkey<F, Fut>(test: &'static str, body: F)
+where
+    F: FnOnce(Shared) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(valkey) = servers::own_valkey(test) else {
+        return;
+    };
+    on_server(test, "Valkey", &valkey.url(), body).await;
+}
+
+/// Runs `body` on two clients of the server `service` at `url`, then deletes every session
+/// written through them, even if `body` panics.
+async fn on_server<F, Fut>(test: &'static str, service: &str, url: &str, body: F)
+where
+    F: FnOnce(Shared) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut pools = Vec::new();
     for _ in 0..2 {
-        match connect(&url).await {
+        match connect(url).await {
             Ok(pool) => pools.push(pool),
             Err(err) => {
-                services::unreachable(test, "Redis", &url, &err);
+                services::unreachable(test, service, url, &err);
                 return;
             }
         }

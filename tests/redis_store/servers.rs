@@ -22,6 +22,17 @@ pub fn own_redis(test: &str) -> Option<OwnRedis> {
     }
 }
 
+/// A Valkey server of the test's own, or `None` after reporting the skip.
+pub fn own_valkey(test: &str) -> Option<OwnRedis> {
+    match OwnRedis::start_valkey() {
+        Ok(valkey) => Some(valkey),
+        Err(err) => {
+            services::missing(test, &format!("a Valkey server of its own: {err}"));
+            None
+        }
+    }
+}
+
 /// Three servers of the test's own, made one Redis Cluster of three shards (no replicas).
 pub struct OwnCluster {
     pub nodes: Vec<OwnRedis>,

@@ -1,5 +1,5 @@
-//! A `redis-server` of a test's (or a benchmark's) own, on a free port with its own temporary
-//! directory and no persistence (`--save "" --appendonly no`). It dies with the thread that
+//! A `redis-server` (or `valkey-server`) of a test's (or a benchmark's) own, on a free port with
+//! its own temporary directory and no persistence (`--save "" --appendonly no`). It dies with the thread that
 //! started it (Linux: PR_SET_PDEATHSIG), and is killed, its directory removed, when its guard is
 //! dropped, also when a test fails; it can be stopped and started again on the same port. The
 //! machine's own Redis is never touched. Shared by `tests/redis_store/`, `tests/faults/` and
@@ -97,16 +97,37 @@ fn die_with_this_thread(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_this_thread(_command: &mut Command) {}
 
-/// One `redis-server` of the test's own.
+/// One `redis-server` (or `valkey-server`) of the test's own.
 pub struct OwnRedis {
     pub port: u16,
     pub dir: PathBuf,
+    program: String,
     server: Option<Child>,
 }
 
+/// The Valkey server the tests and benchmarks start: `VALKEY_SERVER` (a path), else
+/// `valkey-server` on the `PATH`. `.ci/run` provides one (Valkey 9.1, which has `SET ... IFEQ`).
+pub fn valkey_program() -> String {
+    std::env::var("VALKEY_SERVER")
+        .ok()
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| "valkey-server".to_owned())
+}
+
 impl OwnRedis {
-    /// Starts a server (in cluster mode if `cluster`), or says why it cannot.
+    /// Starts a `redis-server` (in cluster mode if `cluster`), or says why it cannot.
     pub fn start(cluster: bool) -> Result<Self, String> {
+        Self::start_program("redis-server", cluster)
+    }
+
+    /// Starts a Valkey server ([`valkey_program`]), or says why it cannot.
+    pub fn start_valkey() -> Result<Self, String> {
+        Self::start_program(&valkey_program(), false)
+    }
+
+    /// Starts `program`, a Redis or Valkey server (in cluster mode if `cluster`), or says why it
+    /// cannot.
+    pub fn start_program(program: &str, cluster: bool) -> Result<Self, String> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_nanos());
@@ -121,6 +142,7 @@ impl OwnRedis {
             let mut redis = Self {
                 port,
                 dir,
+                program: program.to_owned(),
                 server: None,
             };
             match redis.spawn(cluster) {
@@ -138,7 +160,7 @@ impl OwnRedis {
     fn spawn(&mut self, cluster: bool) -> Result<(), String> {
         let port = self.port.to_string();
         let log = self.dir.join("redis.log");
-        let mut command = Command::new("redis-server");
+        let mut command = Command::new(&self.program);
         command.args([
             "--bind",
             HOST,
@@ -163,7 +185,7 @@ impl OwnRedis {
         die_with_this_thread(&mut command);
         let server = command
             .spawn()
-            .map_err(|err| format!("redis-server cannot be started: {err}"))?;
+            .map_err(|err| format!("{} cannot be started: {err}", self.program))?;
         let pid = server.id();
         self.server = Some(server);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -179,7 +201,8 @@ impl OwnRedis {
         }
         self.kill();
         Err(format!(
-            "redis-server on port {port} did not answer; its log:\n{}",
+            "{} on port {port} did not answer; its log:\n{}",
+            self.program,
             std::fs::read_to_string(&log).unwrap_or_default()
         ))
     }

@@ -100,17 +100,46 @@ pub(super) fn token_of(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Strin
     format!("@{number}")
 }
 
+/// The bytes a token names: held ones shared with the map (not copied), or those its hex spells.
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(super) enum Seen {
+    /// Bytes held in the process.
+    Held(Bytes),
+    /// Bytes a hex token spells.
+    Spelled(Vec<u8>),
+}
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl Seen {
+    /// The bytes as a `Vec` (a copy of held ones).
+    pub(super) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Seen::Held(bytes) => (*bytes).as_ref().to_vec(),
+            Seen::Spelled(bytes) => bytes,
+        }
+    }
+}
+
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+impl AsRef<[u8]> for Seen {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            Seen::Held(bytes) => (**bytes).as_ref(),
+            Seen::Spelled(bytes) => bytes,
+        }
+    }
+}
+
 /// The bytes `token` names: those held under its number, or else those its hex spells. `None` if
 /// it names none (bytes let go, or not a token at all).
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
+pub(super) fn bytes_of(token: &str) -> Option<Seen> {
     match token.strip_prefix('@') {
         Some(number) => {
             let number = number.parse().ok()?;
-            let bytes = held().get(&number).map(Arc::clone)?;
-            Some((*bytes).as_ref().to_vec())
+            held().get(&number).map(Arc::clone).map(Seen::Held)
         }
-        None => super::encoded::bytes_of(token),
+        None => super::encoded::bytes_of(token).map(Seen::Spelled),
     }
 }
 
@@ -120,6 +149,11 @@ mod tests {
 
     #[derive(Default)]
     struct Request(Loads);
+
+    /// The bytes `token` names, copied.
+    fn bytes(token: &str) -> Option<Vec<u8>> {
+        bytes_of(token).map(|seen| seen.as_ref().to_vec())
+    }
 
     impl HoldsLoads for Request {
         fn loads(&self) -> &Loads {
@@ -131,7 +165,7 @@ mod tests {
     fn outside_a_request_the_token_is_the_hex() {
         let token = token_of(vec![0xab; HOLD_FROM]);
         assert_eq!(token, "ab".repeat(HOLD_FROM));
-        assert_eq!(bytes_of(&token), Some(vec![0xab; HOLD_FROM]));
+        assert_eq!(bytes(&token), Some(vec![0xab; HOLD_FROM]));
     }
 
     #[test]
@@ -141,9 +175,9 @@ mod tests {
         assert!(token.starts_with('@') && token.len() < 22, "{token}");
         assert!(request.loads().any());
         // Found from anywhere in the process (another request's batch stores this one's save).
-        assert_eq!(bytes_of(&token), Some(vec![7; HOLD_FROM]));
+        assert_eq!(bytes(&token), Some(vec![7; HOLD_FROM]));
         drop(request);
-        assert_eq!(bytes_of(&token), None, "let go with the request");
+        assert_eq!(bytes(&token), None, "let go with the request");
     }
 
     #[test]
@@ -163,7 +197,7 @@ mod tests {
             "@99999999999999999999",
             "@18446744073709551615",
         ] {
-            assert_eq!(bytes_of(token), None, "{token}");
+            assert_eq!(bytes(token), None, "{token}");
         }
     }
 }

@@ -319,7 +319,7 @@ where
         };
         // A token is always one this store made; one that is not hex matches no stored value,
         // so the save goes on with the latest record and its true token.
-        let seen = held::bytes_of(seen).unwrap_or_default().into();
+        let seen = held::bytes_of(seen).map_or_else(Bytes::new, Bytes::from_owner);
         let expiry = expire_at(record.expiry_date());
         match self.compare_and_set(&key, seen, &value, expiry).await? {
             Ok(()) => Ok(Replaced::Done(kept(record, &value, keep))),

@@ -193,7 +193,7 @@ where
                 .bind(record.id().to_string())
                 .bind(data)
                 .bind(record.expiry_date())
-                .bind(seen)
+                .bind(seen.into_vec())
                 .bind(OffsetDateTime::now_utc())
                 .execute(&self.pool)
                 .await

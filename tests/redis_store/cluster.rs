@@ -1,7 +1,8 @@
 //! `stores::RedisStore` on a Redis Cluster of three shards of the test's own, through fred's
 //! clustered client: overlapping writes on two instances lose nothing, sessions spread over the
-//! shards, and a logout that races a write is never undone. The servers are the test's own and
-//! are killed at its end (see `servers`).
+//! shards, and a logout that races a write is never undone; once on `redis-server`s (the script),
+//! once on Valkey servers (`SET ... IFEQ`). The servers are the test's own and are killed at its
+//! end (see `servers`).
 
 use axum::http::{Method, StatusCode};
 use fred::{
@@ -44,13 +45,45 @@ async fn clustered_pool(cluster: &servers::OwnCluster) -> Pool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_cluster_overlapping_writes_lose_nothing_and_logouts_stay() {
     let test = "cluster::on_a_cluster_overlapping_writes_lose_nothing_and_logouts_stay";
-    let Some(cluster) = servers::own_cluster(test) else {
-        return;
-    };
-    let (pool_a, pool_b) = (
-        clustered_pool(&cluster).await,
-        clustered_pool(&cluster).await,
-    );
+    if let Some(cluster) = servers::own_cluster(test, "redis-server") {
+        overlapping_writes_and_a_logout(&cluster).await;
+    }
+}
+
+/// The same on a cluster of Valkey servers, where the store saves by `SET ... IFEQ`, routed to
+/// the key's shard like every other command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_valkey_cluster_overlapping_writes_lose_nothing_and_logouts_stay() {
+    let test = "cluster::on_a_valkey_cluster_overlapping_writes_lose_nothing_and_logouts_stay";
+    if let Some(cluster) = servers::own_cluster(test, &crate::redis_server::valkey_program()) {
+        overlapping_writes_and_a_logout(&cluster).await;
+        // Every save was a `SET` on its shard; no shard ran the script.
+        let calls = |command: &str| -> u64 {
+            cluster
+                .nodes
+                .iter()
+                .filter_map(|node| servers::command(node.port, "INFO commandstats"))
+                .flat_map(|stats| {
+                    let prefix = format!("cmdstat_{command}:calls=");
+                    stats
+                        .lines()
+                        .filter_map(|line| {
+                            line.strip_prefix(&prefix)?.split(',').next()?.parse().ok()
+                        })
+                        .collect::<Vec<u64>>()
+                })
+                .sum()
+        };
+        assert_eq!(calls("evalsha") + calls("eval"), 0, "no script ran");
+        // Beyond one `SET NX` per session, the saves.
+        assert!(calls("set") > SESSIONS as u64, "the saves were SETs");
+    }
+}
+
+/// Sessions spread over the shards of `cluster`, overlapping writes of each through two
+/// instances, then a logout that races a write.
+async fn overlapping_writes_and_a_logout(cluster: &servers::OwnCluster) {
+    let (pool_a, pool_b) = (clustered_pool(cluster).await, clustered_pool(cluster).await);
     let store = RedisStore::new(pool_a.clone());
     let gate = Gate::default();
     let a = app(routes(gate.clone()), store.clone());
@@ -139,5 +172,4 @@ async fn on_a_cluster_overlapping_writes_lose_nothing_and_logouts_stay() {
 
     let _ = pool_a.quit().await;
     let _ = pool_b.quit().await;
-    drop(cluster);
 }

@@ -39,9 +39,10 @@ pub struct OwnCluster {
 }
 
 impl OwnCluster {
-    pub fn start() -> Result<Self, String> {
+    /// Three `program`s (`redis-server`, or a Valkey server) made one cluster.
+    pub fn start(program: &str) -> Result<Self, String> {
         let nodes = (0..3)
-            .map(|_| OwnRedis::start(true))
+            .map(|_| OwnRedis::start_program(program, true))
             .collect::<Result<Vec<_>, _>>()?;
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -86,12 +87,12 @@ impl OwnCluster {
     }
 }
 
-/// A cluster of the test's own, or `None` after reporting the skip.
-pub fn own_cluster(test: &str) -> Option<OwnCluster> {
-    match OwnCluster::start() {
+/// A cluster of `program`s of the test's own, or `None` after reporting the skip.
+pub fn own_cluster(test: &str, program: &str) -> Option<OwnCluster> {
+    match OwnCluster::start(program) {
         Ok(cluster) => Some(cluster),
         Err(err) => {
-            services::missing(test, &format!("a Redis Cluster of its own: {err}"));
+            services::missing(test, &format!("a cluster of {program}s of its own: {err}"));
             None
         }
     }

@@ -8,7 +8,8 @@ use serde_json::json;
 use tower_sessions::SessionStore;
 
 use crate::{
-    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, Gate, Shared, Visitor,
+    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, Gate, Reply, Shared,
+    Visitor,
 };
 
 /// Writes of distinct keys to one session.
@@ -63,6 +64,7 @@ async fn overlapping_writes_on_two_instances_lose_nothing() {
     .await;
 }
 
+/// 240 overlapping writes through two instances: every key stored, every write answered `200`.
 pub async fn overlapping_writes_lose_nothing(shared: Shared) {
     let a = app(routes(Gate::default()), shared.a.clone());
     let b = app(routes(Gate::default()), shared.b.clone());
@@ -87,6 +89,13 @@ async fn logged_in(a: &Router) -> Visitor {
     let mut visitor = Visitor::default();
     visitor.post(a, "/ns/cart/apple/1").await.assert_ok();
     visitor
+}
+
+/// A write of `fig` into `visitor`'s cart through `a`'s gated route, spawned: it loads the
+/// session, says so through the gate (`entered`) and waits there until released.
+pub fn gated_write(a: &Router, visitor: &Visitor) -> tokio::task::JoinHandle<Reply> {
+    let (a, mut writer) = (a.clone(), visitor.clone());
+    tokio::spawn(async move { writer.post(&a, "/gated/cart/fig/3").await })
 }
 
 /// After a race ended the session `old`: its key is gone from Redis, and the visitor (with the
@@ -124,6 +133,8 @@ async fn a_logout_during_a_slow_write_is_never_undone() {
     .await;
 }
 
+/// A logout on B while a write on A has loaded the session: the write answers that the session
+/// ended, and the session stays gone.
 pub async fn logout_during_a_slow_write(shared: Shared) {
     let gate = Gate::default();
     let a = app(routes(gate.clone()), shared.a.clone());
@@ -133,11 +144,7 @@ pub async fn logout_during_a_slow_write(shared: Shared) {
 
     // The write loads the session and stops; the logout runs whole on B; the write's save
     // then finds the session gone.
-    let mut writer = visitor.clone();
-    let write = tokio::spawn({
-        let a = a.clone();
-        async move { writer.post(&a, "/gated/cart/fig/3").await }
-    });
+    let write = gated_write(&a, &visitor);
     gate.entered.notified().await;
     let logout = visitor.post(&b, "/logout").await;
     assert_eq!(logout.status, StatusCode::OK);
@@ -166,6 +173,8 @@ async fn a_slow_logout_during_a_write_ends_the_session() {
     .await;
 }
 
+/// A write on A while a logout on B has loaded the session: the logout ends the session, the
+/// write's key with it.
 pub async fn slow_logout_during_a_write(shared: Shared) {
     let gate = Gate::default();
     let a = app(routes(Gate::default()), shared.a.clone());
@@ -202,6 +211,8 @@ async fn an_id_cycled_during_a_slow_write_is_never_written_back() {
     .await;
 }
 
+/// An id cycle on B while a write on A has loaded the session: the old id never comes back, the
+/// session lives on under the new one without the refused write.
 pub async fn id_cycled_during_a_slow_write(shared: Shared) {
     let gate = Gate::default();
     let a = app(routes(gate.clone()), shared.a.clone());
@@ -209,11 +220,7 @@ pub async fn id_cycled_during_a_slow_write(shared: Shared) {
     let mut visitor = logged_in(&a).await;
     let old = visitor.session_id().expect("a session").to_string();
 
-    let mut writer = visitor.clone();
-    let write = tokio::spawn({
-        let a = a.clone();
-        async move { writer.post(&a, "/gated/cart/fig/3").await }
-    });
+    let write = gated_write(&a, &visitor);
     gate.entered.notified().await;
     let cycled = visitor.post(&b, "/cycle").await;
     assert_eq!(cycled.status, StatusCode::OK);

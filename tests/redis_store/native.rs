@@ -63,11 +63,7 @@ async fn on_valkey_a_save_that_lost_on_a_long_record_merges_into_the_latest() {
 
             // The write loads the long record and stops; another write is stored meanwhile
             // through B; the first one's compare-and-set then finds the record changed.
-            let mut writer = visitor.clone();
-            let write = tokio::spawn({
-                let a = a.clone();
-                async move { writer.post(&a, "/gated/cart/fig/3").await }
-            });
+            let write = instances::gated_write(&a, &visitor);
             gate.entered.notified().await;
             visitor.post(&b, "/ns/cart/kiwi/4").await.assert_ok();
             gate.release.notify_one();

@@ -13,7 +13,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,7 @@ use super::{digest, rebuild::Refusal};
 
 /// What a store noted of one flush's save.
 enum Outcome {
-    Saved(BTreeMap<String, u64>),
+    Saved(Arc<BTreeMap<String, u64>>),
     Refused(Refusal),
 }
 
@@ -62,7 +62,7 @@ pub(super) fn digests<'a>(
 }
 
 /// For the store: the flush's save of `request` stored the record whose keys have `digests`.
-pub(super) fn note_saved(id: Id, request: u64, digests: BTreeMap<String, u64>) {
+pub(super) fn note_saved(id: Id, request: u64, digests: Arc<BTreeMap<String, u64>>) {
     note(id, request, Outcome::Saved(digests));
 }
 
@@ -86,7 +86,7 @@ pub(crate) fn take_refusal(id: Id, request: u64) -> Option<Refusal> {
 
 /// For the store, at the session manager's save of a record the flush saved: the digests of
 /// every key as the flush saved them, if they were noted.
-pub(super) fn take_saved(record: &Record, request: u64) -> Option<BTreeMap<String, u64>> {
+pub(super) fn take_saved(record: &Record, request: u64) -> Option<Arc<BTreeMap<String, u64>>> {
     match noted().remove(&(record.id, request)) {
         Some((_, Outcome::Saved(digests))) => Some(digests),
         _ => None,

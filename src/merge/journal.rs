@@ -355,6 +355,24 @@ impl Versions {
         Value::Object(versions.into_iter().collect())
     }
 
+    /// The versions whose digests are `digests`, to serialize: exactly as the
+    /// [`value_of`](Self::value_of) them serializes, without building it.
+    pub(super) fn serialized(digests: &BTreeMap<String, u64>) -> impl Serialize + '_ {
+        /// `{"digests": {key: digest, ...}}`.
+        struct Serialized<'a>(&'a BTreeMap<String, u64>);
+
+        impl Serialize for Serialized<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("digests", self.0)?;
+                map.end()
+            }
+        }
+
+        Serialized(digests)
+    }
+
     pub(super) fn to_value(&self) -> Value {
         // Serializing maps of strings to numbers cannot fail.
         serde_json::to_value(self).unwrap_or(Value::Null)

@@ -216,7 +216,7 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
         return Prepared::Nothing;
     }
     let mut ours = ours.clone();
-    journal::set_digests(&mut ours, at_flush);
+    journal::set_digests(&mut ours, Arc::unwrap_or_clone(at_flush));
     Prepared::Save(Cow::Owned(ours))
 }
 
@@ -224,13 +224,14 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 /// save notes what it stored, for the session manager's save that follows.
 pub(crate) fn saved(ours: &Record) {
     if let Some(request) = journal::flushing(ours) {
-        flushed::note_saved(ours.id, request, flushed::digests(rebuild::data_of(ours)));
+        let digests = flushed::digests(rebuild::data_of(ours));
+        flushed::note_saved(ours.id, request, Arc::new(digests));
     }
 }
 
 /// [`saved`], where the record stored was ours as it is ([`unmerged_with_digests`]), whose
 /// `digests` of ours' data the store already computed.
-pub(crate) fn saved_with(ours: &Record, digests: BTreeMap<String, u64>) {
+pub(crate) fn saved_with(ours: &Record, digests: Arc<BTreeMap<String, u64>>) {
     if let Some(request) = journal::flushing(ours) {
         flushed::note_saved(ours.id, request, digests);
     }

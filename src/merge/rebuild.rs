@@ -3,6 +3,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
+    sync::Arc,
 };
 
 use serde::{
@@ -92,16 +93,22 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 /// [`Unmerged::into_record`].
 pub(crate) struct Unmerged<'a> {
     ours: &'a Record,
-    /// The versions of ours' data, as stored under [`VERSIONS_KEY`].
-    versions: Value,
+    /// The digests of ours' data: its versions, stored under [`VERSIONS_KEY`]. Shared with the
+    /// note of the save ([`saved_with`](super::saved_with)), and serialized from the map itself.
+    digests: Arc<BTreeMap<String, u64>>,
 }
 
 impl<'a> Unmerged<'a> {
     /// The record to store for `ours`, and the digests of its data.
-    fn of(ours: &'a Record) -> (Self, BTreeMap<String, u64>) {
-        let digests = flushed::digests(data_of(ours));
-        let versions = Versions::value_of(&digests);
-        (Self { ours, versions }, digests)
+    fn of(ours: &'a Record) -> (Self, Arc<BTreeMap<String, u64>>) {
+        let digests = Arc::new(flushed::digests(data_of(ours)));
+        (
+            Self {
+                ours,
+                digests: Arc::clone(&digests),
+            },
+            digests,
+        )
     }
 
     /// The session the record is stored under.
@@ -120,7 +127,7 @@ impl<'a> Unmerged<'a> {
         let mut data: HashMap<String, Value> = data_of(self.ours)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        data.insert(VERSIONS_KEY.to_owned(), self.versions);
+        data.insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
         Record {
             id: self.ours.id,
             data,
@@ -146,7 +153,9 @@ impl<'a> Unmerged<'a> {
                 }
             }
         }
-        stored.data.insert(VERSIONS_KEY.to_owned(), self.versions);
+        stored
+            .data
+            .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
         stored.id = ours.id;
         stored.expiry_date = ours.expiry_date;
     }
@@ -168,12 +177,12 @@ impl Serialize for Unmerged<'_> {
 
         impl Serialize for Data<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let Unmerged { ours, versions } = self.0;
+                let Unmerged { ours, digests } = self.0;
                 let mut map = serializer.serialize_map(Some(data_of(ours).count() + 1))?;
                 for (key, value) in data_of(ours) {
                     map.serialize_entry(key, value)?;
                 }
-                map.serialize_entry(VERSIONS_KEY, versions)?;
+                map.serialize_entry(VERSIONS_KEY, &Versions::serialized(digests))?;
                 map.end()
             }
         }
@@ -210,7 +219,7 @@ fn unmerged(ours: &Record) -> Result<Record, Refusal> {
 /// [`Refusal::SessionFull`].
 pub(crate) fn unmerged_with_digests(
     ours: &Record,
-) -> Result<(Unmerged<'_>, BTreeMap<String, u64>), Refusal> {
+) -> Result<(Unmerged<'_>, Arc<BTreeMap<String, u64>>), Refusal> {
     let (next, digests) = Unmerged::of(ours);
     // The data stored is ours'.
     check_session(ours, &ours.data)?;

@@ -415,7 +415,7 @@ impl Drop for Held<'_> {
 /// of that data, which the note of the flush's save takes without digesting the session again.
 struct Merged<'a> {
     next: Next<'a>,
-    digests: Option<BTreeMap<String, u64>>,
+    digests: Option<Arc<BTreeMap<String, u64>>>,
 }
 
 /// What a batch does after [`merged`].
@@ -899,7 +899,7 @@ mod tests {
         assert_eq!(
             alone
                 .digests
-                .map(|digests| digests.into_keys().collect::<Vec<_>>()),
+                .map(|digests| digests.keys().cloned().collect::<Vec<_>>()),
             Some(vec!["user".to_owned()])
         );
         let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);

@@ -105,13 +105,24 @@ pub struct OwnRedis {
     server: Option<Child>,
 }
 
-/// The Valkey server the tests and benchmarks start: `VALKEY_SERVER` (a path), else
-/// `valkey-server` on the `PATH`. `.ci/run` provides one (Valkey 9.1, which has `SET ... IFEQ`).
+/// The Valkey server the tests and benchmarks start: `VALKEY_SERVER` (a path), else the one
+/// `.ci/run` unpacked into `target/ci-valkey/` (Valkey 9.1, which has `SET ... IFEQ`), else
+/// `valkey-server` on the `PATH`.
 pub fn valkey_program() -> String {
-    std::env::var("VALKEY_SERVER")
+    if let Some(path) = std::env::var("VALKEY_SERVER")
         .ok()
         .filter(|path| !path.is_empty())
-        .unwrap_or_else(|| "valkey-server".to_owned())
+    {
+        return path;
+    }
+    let fetched = std::env::var("CARGO_MANIFEST_DIR")
+        .map(|root| PathBuf::from(root).join("target/ci-valkey/valkey-server"))
+        .ok()
+        .filter(|path| path.is_file());
+    match fetched {
+        Some(path) => path.to_string_lossy().into_owned(),
+        None => "valkey-server".to_owned(),
+    }
 }
 
 impl OwnRedis {

@@ -27,7 +27,7 @@ pub(crate) use journal::{
     is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, merge, unmerged_with_digests, Refusal, Unmerged};
+pub(crate) use rebuild::{as_stored, checked_unmerged, merge, Refusal, Unmerged};
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.
@@ -229,8 +229,8 @@ pub(crate) fn saved(ours: &Record) {
     }
 }
 
-/// [`saved`], where the record stored was ours as it is ([`unmerged_with_digests`]), whose
-/// `digests` of ours' data the store already computed.
+/// [`saved`], where the record stored was ours as it is ([`Unmerged`]), whose `digests` of ours'
+/// data the store already computed ([`Unmerged::digests`]).
 pub(crate) fn saved_with(ours: &Record, digests: Arc<BTreeMap<String, u64>>) {
     if let Some(request) = journal::flushing(ours) {
         flushed::note_saved(ours.id, request, digests);

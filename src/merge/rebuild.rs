@@ -83,7 +83,7 @@ pub(super) fn is_data(key: &str) -> bool {
 /// The record to store for `ours` (what this request would save) when the store still holds what
 /// the request loaded: ours as it is, its bookkeeping replaced by the digests of its values.
 pub(crate) fn as_stored(ours: &Record) -> Record {
-    Unmerged::of(ours).0.into_record()
+    Unmerged::of(ours).into_record()
 }
 
 /// What a merging store's first try stores for `ours` when the store still holds what the request
@@ -93,22 +93,24 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 /// [`Unmerged::into_record`].
 pub(crate) struct Unmerged<'a> {
     ours: &'a Record,
-    /// The digests of ours' data: its versions, stored under [`VERSIONS_KEY`]. Shared with the
-    /// note of the save ([`saved_with`](super::saved_with)), and serialized from the map itself.
+    /// The digests of ours' data: its versions, stored under [`VERSIONS_KEY`], serialized from
+    /// the map itself. Shared with the note of the save ([`saved_with`](super::saved_with)).
     digests: Arc<BTreeMap<String, u64>>,
 }
 
 impl<'a> Unmerged<'a> {
-    /// The record to store for `ours`, and the digests of its data.
-    fn of(ours: &'a Record) -> (Self, Arc<BTreeMap<String, u64>>) {
-        let digests = Arc::new(flushed::digests(data_of(ours)));
-        (
-            Self {
-                ours,
-                digests: Arc::clone(&digests),
-            },
-            digests,
-        )
+    /// The record to store for `ours`.
+    fn of(ours: &'a Record) -> Self {
+        Self {
+            ours,
+            digests: Arc::new(flushed::digests(data_of(ours))),
+        }
+    }
+
+    /// The digests of ours' data: what [`saved_with`](super::saved_with) notes when this record
+    /// is the one stored, without digesting the session again.
+    pub(crate) fn digests(&self) -> Arc<BTreeMap<String, u64>> {
+        Arc::clone(&self.digests)
     }
 
     /// The session the record is stored under.
@@ -207,23 +209,18 @@ pub(super) fn data_of(record: &Record) -> impl Iterator<Item = (&String, &Value)
 ///
 /// [`Refusal::SessionFull`].
 fn unmerged(ours: &Record) -> Result<Record, Refusal> {
-    unmerged_with_digests(ours).map(|(next, _)| next.into_record())
+    checked_unmerged(ours).map(Unmerged::into_record)
 }
 
-/// [`unmerged`], not copied, and the digests of ours' data it stores: what
-/// [`saved_with`](super::saved_with) notes when this record is the one stored, without digesting
-/// the session again.
+/// [`unmerged`], not copied.
 ///
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-pub(crate) fn unmerged_with_digests(
-    ours: &Record,
-) -> Result<(Unmerged<'_>, Arc<BTreeMap<String, u64>>), Refusal> {
-    let (next, digests) = Unmerged::of(ours);
+pub(crate) fn checked_unmerged(ours: &Record) -> Result<Unmerged<'_>, Refusal> {
     // The data stored is ours'.
     check_session(ours, &ours.data)?;
-    Ok((next, digests))
+    Ok(Unmerged::of(ours))
 }
 
 /// Checks `next`, the data of the record a save of `ours` is about to store, against the
@@ -636,7 +633,8 @@ mod tests {
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
             LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
         }));
-        let (unmerged, digests) = Unmerged::of(&ours);
+        let unmerged = Unmerged::of(&ours);
+        let digests = unmerged.digests();
         let serialized = serde_json::to_value(&unmerged).unwrap();
         let stored = unmerged.into_record();
         assert_eq!(serialized, serde_json::to_value(&stored).unwrap());
@@ -671,8 +669,8 @@ mod tests {
         for held in held {
             let mut stored = record(held.clone());
             stored.expiry_date = OffsetDateTime::UNIX_EPOCH;
-            Unmerged::of(&ours).0.patch(&mut stored);
-            assert_eq!(stored, Unmerged::of(&ours).0.into_record(), "{held}");
+            Unmerged::of(&ours).patch(&mut stored);
+            assert_eq!(stored, Unmerged::of(&ours).into_record(), "{held}");
         }
     }
 

@@ -164,7 +164,7 @@ mod tests {
             .collect(),
             expiry_date: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
         };
-        let (unmerged, _) = crate::merge::unmerged_with_digests(&ours).expect("within limits");
+        let unmerged = crate::merge::checked_unmerged(&ours).expect("within limits");
         let bytes = encode(&super::super::ToStore::Unmerged(unmerged)).expect("encodes");
         let stored = crate::merge::as_stored(&ours);
         assert_eq!(decode("s", &bytes), Some(stored.clone()));

@@ -124,6 +124,16 @@ impl ToStore<'_> {
         }
     }
 
+    /// The digests of the record's data when it is one request's own session as it is, which
+    /// the note of that request's flush takes without digesting the session again; `None` for a
+    /// merge.
+    fn digests(&self) -> Option<Arc<BTreeMap<String, u64>>> {
+        match self {
+            Self::Unmerged(record) => Some(record.digests()),
+            Self::Merged(_) => None,
+        }
+    }
+
     /// The record, owned (the request's session is copied).
     pub(crate) fn into_record(self) -> Record {
         match self {
@@ -325,10 +335,7 @@ impl Saves {
             Some((record, token)) => (Some(Cow::Owned(token)), Some(Some(record))),
             None => (None, None),
         };
-        let Merged {
-            mut next,
-            mut digests,
-        } = merged(members, &mut answers, latest, &mut seen);
+        let mut next = merged(members, &mut answers, latest, &mut seen);
         for _ in 0..MAX_ATTEMPTS {
             let latest = match next {
                 // Every member was refused: nothing to store.
@@ -339,6 +346,7 @@ impl Saves {
                 Next::Store(record) => {
                     // Saves waiting now make the next batch: it merges into what this one stores.
                     let keep = !self.waiting().is_empty();
+                    let mut digests = record.digests();
                     match store.replace(record, seen.as_deref(), keep).await {
                         Ok(Replaced::Done(stored)) => {
                             *self.stored() = stored;
@@ -370,7 +378,7 @@ impl Saves {
             let (latest, token) =
                 latest.map_or((None, None), |(record, token)| (Some(record), Some(token)));
             seen = token.map(Cow::Owned);
-            Merged { next, digests } = merged(members, &mut answers, Some(latest), &mut seen);
+            next = merged(members, &mut answers, Some(latest), &mut seen);
         }
         if answers.iter().any(Option::is_none) {
             tracing::error!(
@@ -410,14 +418,6 @@ impl Drop for Held<'_> {
     }
 }
 
-/// What [`merged`] made: the record to store, if any member is left to store, and, when that
-/// record is one member's own data as it is (its first try, nobody merged after it), the digests
-/// of that data, which the note of the flush's save takes without digesting the session again.
-struct Merged<'a> {
-    next: Next<'a>,
-    digests: Option<Arc<BTreeMap<String, u64>>>,
-}
-
 /// What a batch does after [`merged`].
 enum Next<'a> {
     /// Stores this record.
@@ -443,18 +443,16 @@ fn merged<'a>(
     answers: &mut [Option<session_store::Result<()>>],
     latest: Option<Option<Record>>,
     seen: &mut Option<Cow<'a, str>>,
-) -> Merged<'a> {
+) -> Next<'a> {
     let mut base = latest.map(|latest| latest.map(ToStore::Merged));
-    let mut digests = None;
     for (ours, answer) in members.iter().zip(answers.iter_mut()) {
         if answer.is_some() {
             continue;
         }
         let (next, took) = match &mut base {
             None => (
-                merge::unmerged_with_digests(ours).map(|(next, own)| {
+                merge::checked_unmerged(ours).map(|next| {
                     *seen = merge::seen(ours).map(Cow::Borrowed);
-                    digests = Some(own);
                     ToStore::Unmerged(next)
                 }),
                 false,
@@ -466,29 +464,17 @@ fn merged<'a>(
             }
         };
         match next {
-            Ok(next) => {
-                if base.is_some() {
-                    // Merged: no longer one member's data as it is.
-                    digests = None;
-                }
-                base = Some(Some(next));
-            }
+            Ok(next) => base = Some(Some(next)),
             Err(refusal) => {
                 *answer = Some(Err(merge::refused(ours, refusal)));
                 if took {
                     let others = answers.iter().any(Option::is_none);
-                    return Merged {
-                        next: if others { Next::Refetch } else { Next::Nothing },
-                        digests: None,
-                    };
+                    return if others { Next::Refetch } else { Next::Nothing };
                 }
             }
         }
     }
-    Merged {
-        next: base.flatten().map_or(Next::Nothing, Next::Store),
-        digests,
-    }
+    base.flatten().map_or(Next::Nothing, Next::Store)
 }
 
 /// A copy of a store error, for each save of a batch it failed.
@@ -894,21 +880,27 @@ mod tests {
         let loaded = loads(&store, new.id, 2).await;
         let (mut one, mut two) = ([None], [None, None]);
 
+        /// The digests the batch hands to the note, if it stores.
+        fn digests(next: &Next<'_>) -> Option<Arc<BTreeMap<String, u64>>> {
+            match next {
+                Next::Store(record) => record.digests(),
+                _ => None,
+            }
+        }
+
         let alone = merged(&[&loaded[0]], &mut one, None, &mut None);
-        assert!(matches!(alone.next, Next::Store(_)));
+        assert!(matches!(alone, Next::Store(_)));
         assert_eq!(
-            alone
-                .digests
-                .map(|digests| digests.keys().cloned().collect::<Vec<_>>()),
+            digests(&alone).map(|digests| digests.keys().cloned().collect::<Vec<_>>()),
             Some(vec!["user".to_owned()])
         );
         let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);
-        assert!(matches!(batch.next, Next::Store(_)));
-        assert!(batch.digests.is_none(), "the second member was merged in");
+        assert!(matches!(batch, Next::Store(_)));
+        assert!(digests(&batch).is_none(), "the second member was merged in");
         let into_latest = merged(&[&loaded[0]], &mut one, Some(Some(new.clone())), &mut None);
-        assert!(matches!(into_latest.next, Next::Store(_)));
+        assert!(matches!(into_latest, Next::Store(_)));
         assert!(
-            into_latest.digests.is_none(),
+            digests(&into_latest).is_none(),
             "merged into the latest record"
         );
     }

@@ -90,6 +90,16 @@ const REPLACE_SCRIPT_SHA1: &str = "bce978006dbaa5cfabc2fbf0a56b6817dcf89e5a";
 /// session of 11 KiB: the answer cost the app 15k instructions a write (BENCHMARKS.md).
 const ANSWER_BELOW: usize = 1024;
 
+/// What a compare-and-set did.
+enum Swap {
+    /// It stored the new value.
+    Stored,
+    /// It stored nothing; the stored value (nil when there is none) came with the answer.
+    Lost(Value),
+    /// It stored nothing, and the stored value did not come with the answer.
+    LostUnread,
+}
+
 /// Session records in Redis (through a [fred](https://docs.rs/fred/10) client), merged
 /// atomically: overlapping requests of one visitor lose nothing, across any number of app
 /// instances, with no lock and no polling. Behind the cargo feature `redis`.
@@ -198,19 +208,18 @@ impl<C> RedisStore<C>
 where
     C: KeysInterface + LuaInterface + Send + Sync,
 {
-    /// Stores `value` under `key` (expiring at `expire_at`) if it holds `seen`: `Ok(true)` once
-    /// stored, else the stored value or nil. By `SET ... IFEQ` while the server takes it, else
-    /// by the script.
+    /// Stores `value` under `key` (expiring at `expire_at`) if it holds `seen`. By `SET ... IFEQ`
+    /// while the server takes it, else by the script.
     async fn compare_and_set(
         &self,
         key: &str,
         seen: Bytes,
         value: &Bytes,
         expire_at: i64,
-    ) -> session_store::Result<Result<(), Value>> {
+    ) -> session_store::Result<Swap> {
         if !self.script_only.load(Ordering::Relaxed) {
             // A short record comes back with the answer (`GET`), so a save that lost has the
-            // latest at once; a long one only when the save lost, by a `GET` of its own.
+            // latest at once; a long one does not, and a save that lost fetches it.
             let answer = seen.len() < ANSWER_BELOW;
             let mut args = vec![
                 Value::from(key),
@@ -227,19 +236,12 @@ where
             match self.client.custom::<Value, _>(set, args).await {
                 Ok(stored) if answer => {
                     return Ok(match stored.as_bytes() {
-                        Some(stored) if *stored == *seen => Ok(()),
-                        _ => Err(stored),
+                        Some(stored) if *stored == *seen => Swap::Stored,
+                        _ => Swap::Lost(stored),
                     })
                 }
-                Ok(Value::Null) => {
-                    let latest: Value = self
-                        .client
-                        .get(key)
-                        .await
-                        .map_err(|err| backend("GET", &err))?;
-                    return Ok(Err(latest));
-                }
-                Ok(_) => return Ok(Ok(())),
+                Ok(Value::Null) => return Ok(Swap::LostUnread),
+                Ok(_) => return Ok(Swap::Stored),
                 Err(err) if err.details().contains("syntax error") => {
                     tracing::debug!(
                         "Redis refused SET ... IFEQ ({}): saves compare and set by a script",
@@ -256,8 +258,8 @@ where
             Value::from(expire_at),
         ];
         Ok(match self.run_replace(key, args).await? {
-            Value::Integer(1) => Ok(()),
-            stored => Err(stored),
+            Value::Integer(1) => Swap::Stored,
+            stored => Swap::Lost(stored),
         })
     }
 
@@ -322,9 +324,10 @@ where
         let seen = held::bytes_of(seen).map_or_else(Bytes::new, Bytes::from_owner);
         let expiry = expire_at(record.expiry_date());
         match self.compare_and_set(&key, seen, &value, expiry).await? {
-            Ok(()) => Ok(Replaced::Done(kept(record, &value, keep))),
-            Err(Value::Null) => Ok(Replaced::Changed(None)),
-            Err(latest) => match latest.as_bytes() {
+            Swap::Stored => Ok(Replaced::Done(kept(record, &value, keep))),
+            Swap::LostUnread => Ok(Replaced::Changed(self.fetch(&record.id()).await?)),
+            Swap::Lost(Value::Null) => Ok(Replaced::Changed(None)),
+            Swap::Lost(latest) => match latest.as_bytes() {
                 // An undecodable latest record counts as none: the session is not written back
                 // over it.
                 Some(bytes) => Ok(Replaced::Changed(

@@ -25,8 +25,8 @@ use std::{
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 const HOLD_FROM: usize = 512;
 
-/// Bytes a load read.
-type Bytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+/// Bytes a load read, held (the buffer the store's driver read them into).
+type HeldBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
 tokio::task_local! {
     /// The request being served, while the layer polls it.
@@ -71,8 +71,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The bytes held in the process, by number.
-fn held() -> MutexGuard<'static, HashMap<u64, Bytes>> {
-    static HELD: OnceLock<Mutex<HashMap<u64, Bytes>>> = OnceLock::new();
+fn held() -> MutexGuard<'static, HashMap<u64, HeldBytes>> {
+    static HELD: OnceLock<Mutex<HashMap<u64, HeldBytes>>> = OnceLock::new();
     lock(HELD.get_or_init(Mutex::default))
 }
 
@@ -104,7 +104,7 @@ pub(super) fn token_of(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Strin
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(super) enum Seen {
     /// Bytes held in the process.
-    Held(Bytes),
+    Held(HeldBytes),
     /// Bytes a hex token spells.
     Spelled(Vec<u8>),
 }

@@ -98,6 +98,37 @@ pub fn gated_write(a: &Router, visitor: &Visitor) -> tokio::task::JoinHandle<Rep
     tokio::spawn(async move { writer.post(&a, "/gated/cart/fig/3").await })
 }
 
+/// A write of a logged-in visitor through A, stopped at the gate after its load: the two
+/// instances (A's routes gated), the visitor, its session's id, and the write.
+struct SlowWrite {
+    gate: Gate,
+    a: Router,
+    b: Router,
+    visitor: Visitor,
+    old: String,
+    write: tokio::task::JoinHandle<Reply>,
+}
+
+impl SlowWrite {
+    async fn start(shared: &Shared) -> Self {
+        let gate = Gate::default();
+        let a = app(routes(gate.clone()), shared.a.clone());
+        let b = app(routes(Gate::default()), shared.b.clone());
+        let visitor = logged_in(&a).await;
+        let old = visitor.session_id().expect("a session").to_string();
+        let write = gated_write(&a, &visitor);
+        gate.entered.notified().await;
+        Self {
+            gate,
+            a,
+            b,
+            visitor,
+            old,
+            write,
+        }
+    }
+}
+
 /// After a race ended the session `old`: its key is gone from Redis, and the visitor (with the
 /// cookie it kept, if any, or the old one) gets a brand-new session on its next write.
 async fn ended(shared_pool: &fred::prelude::Pool, app: &Router, visitor: &mut Visitor, old: &str) {
@@ -136,16 +167,16 @@ async fn a_logout_during_a_slow_write_is_never_undone() {
 /// A logout on B while a write on A has loaded the session: the write answers that the session
 /// ended, and the session stays gone.
 pub async fn logout_during_a_slow_write(shared: Shared) {
-    let gate = Gate::default();
-    let a = app(routes(gate.clone()), shared.a.clone());
-    let b = app(routes(Gate::default()), shared.b.clone());
-    let mut visitor = logged_in(&a).await;
-    let old = visitor.session_id().expect("a session").to_string();
-
     // The write loads the session and stops; the logout runs whole on B; the write's save
     // then finds the session gone.
-    let write = gated_write(&a, &visitor);
-    gate.entered.notified().await;
+    let SlowWrite {
+        gate,
+        a,
+        b,
+        mut visitor,
+        old,
+        write,
+    } = SlowWrite::start(&shared).await;
     let logout = visitor.post(&b, "/logout").await;
     assert_eq!(logout.status, StatusCode::OK);
     assert!(visitor.cookie.is_none(), "the logout removed the cookie");
@@ -214,14 +245,14 @@ async fn an_id_cycled_during_a_slow_write_is_never_written_back() {
 /// An id cycle on B while a write on A has loaded the session: the old id never comes back, the
 /// session lives on under the new one without the refused write.
 pub async fn id_cycled_during_a_slow_write(shared: Shared) {
-    let gate = Gate::default();
-    let a = app(routes(gate.clone()), shared.a.clone());
-    let b = app(routes(Gate::default()), shared.b.clone());
-    let mut visitor = logged_in(&a).await;
-    let old = visitor.session_id().expect("a session").to_string();
-
-    let write = gated_write(&a, &visitor);
-    gate.entered.notified().await;
+    let SlowWrite {
+        gate,
+        a,
+        b,
+        mut visitor,
+        old,
+        write,
+    } = SlowWrite::start(&shared).await;
     let cycled = visitor.post(&b, "/cycle").await;
     assert_eq!(cycled.status, StatusCode::OK);
     let new = visitor.session_id().expect("the cycled session");

@@ -265,19 +265,7 @@ async fn calls(pool: &Pool, command: &str) -> u64 {
         )
         .await
         .expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:");
-    let Some(stats) = info.lines().find_map(|line| line.strip_prefix(&prefix)) else {
-        return 0;
-    };
-    let stat = |name: &str| -> u64 {
-        stats
-            .split(',')
-            .find_map(|field| field.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
-            .unwrap_or(0)
-    };
-    // `calls` counts the commands that failed too (a `SET ... IFEQ` that Redis 7 refuses, an
-    // `EVALSHA` that finds no script): only those that ran count.
-    stat("calls").saturating_sub(stat("failed_calls"))
+    redis_server::ran(&info, command)
 }
 
 /// 240 overlapping writes of distinct keys to one session over two instances, 16 in flight:

@@ -63,15 +63,7 @@ async fn on_a_valkey_cluster_overlapping_writes_lose_nothing_and_logouts_stay() 
                 .nodes
                 .iter()
                 .filter_map(|node| servers::command(node.port, "INFO commandstats"))
-                .flat_map(|stats| {
-                    let prefix = format!("cmdstat_{command}:calls=");
-                    stats
-                        .lines()
-                        .filter_map(|line| {
-                            line.strip_prefix(&prefix)?.split(',').next()?.parse().ok()
-                        })
-                        .collect::<Vec<u64>>()
-                })
+                .map(|info| crate::redis_server::ran(&info, command))
                 .sum()
         };
         assert_eq!(calls("evalsha") + calls("eval"), 0, "no script ran");

@@ -8,9 +8,9 @@
 //!
 //! The shared Redis is `REDIS_URL` (default `redis://127.0.0.1:6379`); the servers of the tests'
 //! own need `redis-server` and `redis-cli` on the `PATH`, and Valkey 8.1 or later
-//! (`VALKEY_SERVER`, else `valkey-server` on the `PATH`; `.ci/run` fetches one). A test that
-//! cannot reach what it needs prints `SKIPPED <test>: ...` and passes, unless
-//! `REQUIRE_SERVICES=1`. On the shared Redis the tests write only sessions under random ids, and
+//! (`redis_server::valkey_program`: `VALKEY_SERVER`, else the one `.ci/run` fetched, else
+//! `valkey-server` on the `PATH`). A test that cannot reach what it needs prints
+//! `SKIPPED <test>: ...` and passes, unless `REQUIRE_SERVICES=1`. On the shared Redis the tests write only sessions under random ids, and
 //! delete every one they wrote at the end (the counting store remembers them); nothing else there
 //! is read, changed or reconfigured.
 

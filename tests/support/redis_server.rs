@@ -39,6 +39,23 @@ pub fn command(port: u16, line: &str) -> Option<String> {
     }
 }
 
+/// How many times a server ran `command` and it did not fail, from the `INFO commandstats`
+/// reply `info` (`calls` counts failed commands too: a `SET ... IFEQ` that Redis 7 refuses, an
+/// `EVALSHA` that finds no script).
+pub fn ran(info: &str, command: &str) -> u64 {
+    let prefix = format!("cmdstat_{command}:");
+    let Some(stats) = info.lines().find_map(|line| line.strip_prefix(&prefix)) else {
+        return 0;
+    };
+    let stat = |name: &str| -> u64 {
+        stats
+            .split(',')
+            .find_map(|field| field.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or(0)
+    };
+    stat("calls").saturating_sub(stat("failed_calls"))
+}
+
 /// Whether the server on `port` answers `PING`.
 pub fn ping(port: u16) -> bool {
     command(port, "PING").as_deref() == Some("+PONG")

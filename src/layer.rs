@@ -349,8 +349,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         // Polled as part of the request: a store's load holds the bytes it read for the save.
-        let request: Arc<dyn HoldsLoads> = Arc::<RequestState>::clone(this.state);
-        held::within(request, || {
+        held::within(this.state, || {
             if let Some(flush) = this.flush {
                 return flush.as_mut().poll(cx).map(Ok);
             }

@@ -28,6 +28,7 @@ const HOLD_FROM: usize = 512;
 /// Bytes a load read, held (the buffer the store's driver read them into).
 type HeldBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
 
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 tokio::task_local! {
     /// The request being served, while the layer polls it.
     static REQUEST: Arc<dyn HoldsLoads>;
@@ -76,9 +77,16 @@ fn held() -> MutexGuard<'static, HashMap<u64, HeldBytes>> {
     lock(HELD.get_or_init(Mutex::default))
 }
 
-/// Runs `poll` as part of `request`: the loads it makes hold their bytes for it.
-pub(crate) fn within<R>(request: Arc<dyn HoldsLoads>, poll: impl FnOnce() -> R) -> R {
-    REQUEST.sync_scope(request, poll)
+/// Runs `poll` as part of `request`: the loads it makes hold their bytes for it. Without a store
+/// that holds loads (the features `redis`, `postgres`, `sqlite`), just runs it.
+pub(crate) fn within<S: HoldsLoads + 'static, R>(request: &Arc<S>, poll: impl FnOnce() -> R) -> R {
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    return REQUEST.sync_scope(Arc::<S>::clone(request), poll);
+    #[cfg(not(any(feature = "redis", feature = "postgres", feature = "sqlite")))]
+    {
+        let _ = request;
+        poll()
+    }
 }
 
 /// The token of `bytes`, just read by a load: a number naming them held in the process within a
@@ -171,7 +179,7 @@ mod tests {
     #[test]
     fn within_a_request_the_bytes_are_held_until_it_ends() {
         let request = Arc::new(Request::default());
-        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM]));
+        let token = within(&request, || token_of(vec![7; HOLD_FROM]));
         assert!(token.starts_with('@') && token.len() < 22, "{token}");
         assert!(request.loads().any());
         // Found from anywhere in the process (another request's batch stores this one's save).
@@ -183,7 +191,7 @@ mod tests {
     #[test]
     fn a_short_record_goes_as_hex_even_within_a_request() {
         let request = Arc::new(Request::default());
-        let token = within(request.clone(), || token_of(vec![7; HOLD_FROM - 1]));
+        let token = within(&request, || token_of(vec![7; HOLD_FROM - 1]));
         assert_eq!(token, "07".repeat(HOLD_FROM - 1));
         assert!(!request.loads().any());
     }

@@ -355,6 +355,32 @@ impl Versions {
         Value::Object(versions.into_iter().collect())
     }
 
+    /// Makes `value` [`value_of`](Self::value_of) `digests`, changing only the digests that
+    /// differ: a save's versions are mostly those of the record it replaces.
+    pub(super) fn update_value(value: &mut Value, digests: &BTreeMap<String, u64>) {
+        let Some(stored) = value
+            .as_object_mut()
+            .filter(|versions| versions.len() == 1)
+            .and_then(|versions| versions.get_mut("digests"))
+            .and_then(Value::as_object_mut)
+        else {
+            *value = Self::value_of(digests);
+            return;
+        };
+        if stored.len() != digests.len() {
+            stored.retain(|key, _| digests.contains_key(key));
+        }
+        for (key, digest) in digests {
+            match stored.get_mut(key) {
+                Some(old) if old.as_u64() == Some(*digest) => {}
+                Some(old) => *old = Value::from(*digest),
+                None => {
+                    stored.insert(key.clone(), Value::from(*digest));
+                }
+            }
+        }
+    }
+
     /// The versions whose digests are `digests`, to serialize: exactly as the
     /// [`value_of`](Self::value_of) them serializes, without building it.
     pub(super) fn serialized(digests: &BTreeMap<String, u64>) -> impl Serialize + '_ {

@@ -143,9 +143,6 @@ impl<'a> Unmerged<'a> {
     /// whatever `stored` held.
     pub(crate) fn patch(self, stored: &mut Record) {
         let ours = self.ours;
-        stored
-            .data
-            .retain(|key, _| is_data(key) && ours.data.contains_key(key));
         for (key, value) in data_of(ours) {
             match stored.data.get_mut(key) {
                 Some(old) if old == value => {}
@@ -155,9 +152,22 @@ impl<'a> Unmerged<'a> {
                 }
             }
         }
-        stored
-            .data
-            .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
+        // `stored` now holds every key of ours' data (the keys of its digests), and its versions
+        // if it had them: anything more is to drop, which is rare.
+        let versions = usize::from(stored.data.contains_key(VERSIONS_KEY));
+        if stored.data.len() != self.digests.len() + versions {
+            stored.data.retain(|key, _| {
+                key == VERSIONS_KEY || is_data(key) && ours.data.contains_key(key)
+            });
+        }
+        match stored.data.get_mut(VERSIONS_KEY) {
+            Some(versions) => Versions::update_value(versions, &self.digests),
+            None => {
+                stored
+                    .data
+                    .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
+            }
+        }
         stored.id = ours.id;
         stored.expiry_date = ours.expiry_date;
     }
@@ -665,6 +675,17 @@ mod tests {
             // Anything at all, bookkeeping included.
             json!({ JOURNAL_KEY: 1, LOADED_KEY: "x", "user": "bob" }),
             json!({}),
+            // Versions to update in place: one digest more, others wrong; or versions that are
+            // not versions at all.
+            json!({
+                "cart": { "a": 1 }, "user": "ada", "new": [1],
+                VERSIONS_KEY: { "digests": { "cart": 1, "user": 2, "new": 3, "gone": 4 } },
+            }),
+            json!({ "user": "ada", VERSIONS_KEY: { "digests": 5 } }),
+            json!({ "cart": 1, "x": 2, VERSIONS_KEY: { "digests": {}, "more": 1 } }),
+            json!({ "cart": 1, "x": 2, "y": 3, VERSIONS_KEY: [] }),
+            // What the request would store itself: nothing to change.
+            Value::Object(Unmerged::of(&ours).into_record().data.into_iter().collect()),
         ];
         for held in held {
             let mut stored = record(held.clone());

@@ -1,7 +1,7 @@
 //! The embedded store: session records in the process's memory.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
@@ -14,12 +14,16 @@ use tower_sessions::{
 };
 
 use super::{Batches, CompareAndSet, Replaced, ToStore};
+use crate::merge;
 
 /// Session records in the process's memory, merged atomically: overlapping requests of one
 /// visitor lose nothing from the first line of an app.
 ///
 /// What tower-sessions' `MemoryStore` is, with the merge of [`stores`](crate::stores): a save
-/// applies its request's namespace operations to the latest record under the store's lock.
+/// applies its request's namespace operations to the latest record under the store's lock, in one
+/// step, so it never tries twice and never waits for a batch (the stores of a server compare and
+/// set; this one has the records at hand). A save whose request loaded the version still stored
+/// copies only the values that request changed.
 /// Records live as long as the process (or until they expire); several app instances each have
 /// their own. Clones share one set of records.
 ///
@@ -80,6 +84,57 @@ impl fmt::Debug for MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// Stores `ours`, a request's session, under the lock: the compare-and-set of the other
+    /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
+    /// When the store still holds the version the request loaded, ours is patched in (only what
+    /// it changed is copied) and the digests of its data are returned, for the note of the save;
+    /// otherwise its operations are merged into the latest record (`None`).
+    fn store(&self, ours: &Record) -> Result<Option<Arc<BTreeMap<String, u64>>>, merge::Refusal> {
+        let seen = merge::seen(ours);
+        let mut records = self.records();
+        match live(&mut records, &ours.id) {
+            Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
+                let unmerged = merge::checked_unmerged(ours)?;
+                let digests = unmerged.digests();
+                unmerged.patch(&mut stored.record);
+                stored.number = stored.number.wrapping_add(1);
+                Ok(Some(digests))
+            }
+            // Never stored, or not loaded from this store: ours as it is.
+            None if seen.is_none() => {
+                let unmerged = merge::checked_unmerged(ours)?;
+                let digests = unmerged.digests();
+                let record = unmerged.into_record();
+                records.insert(record.id, Version { record, number: 0 });
+                Ok(Some(digests))
+            }
+            // Another save came first, or the session ended (then the merge refuses).
+            latest => {
+                let latest = latest.map(|stored| stored.record.clone());
+                let merged = merge::merge(ours, latest)?;
+                match records.get_mut(&merged.id) {
+                    Some(stored) => {
+                        stored.record = merged;
+                        stored.number = stored.number.wrapping_add(1);
+                    }
+                    None => {
+                        let id = merged.id;
+                        records.insert(
+                            id,
+                            Version {
+                                record: merged,
+                                number: 0,
+                            },
+                        );
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The stored record under `id` that has not expired, if any; an expired one is removed.
 fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Version> {
     if records
@@ -91,6 +146,9 @@ fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Ve
     records.get_mut(id)
 }
 
+/// Loads and creates go through the compare-and-set of [`stores`](super); saves merge under the
+/// lock instead ([`MemoryStore::store`]). The replace of the protocol is what the protocol's own
+/// tests run on.
 #[async_trait]
 impl CompareAndSet for MemoryStore {
     async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
@@ -160,7 +218,16 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        super::save(self, record).await
+        let merge::Prepared::Save(ours) = merge::prepare(record) else {
+            return Ok(());
+        };
+        // Logged and noted with the lock released.
+        match self.store(&ours) {
+            Ok(Some(digests)) => merge::saved_with(&ours, digests),
+            Ok(None) => merge::saved(&ours),
+            Err(refusal) => return Err(merge::refused(&ours, refusal)),
+        }
+        Ok(())
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {

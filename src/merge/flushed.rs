@@ -12,7 +12,7 @@
 //! between the two layers wrote to the session after the flush), it merges what changed.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::BTreeMap,
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
@@ -20,7 +20,7 @@ use std::{
 use serde_json::Value;
 use tower_sessions::session::{Id, Record};
 
-use super::{digest, rebuild::Refusal};
+use super::{digest, rebuild::Refusal, ByNumber};
 
 /// What a store noted of one flush's save.
 enum Outcome {
@@ -33,7 +33,7 @@ enum Outcome {
 const KEPT: Duration = Duration::from_secs(60);
 
 /// The outcomes noted and not yet read, by session id and request number, with when they were.
-type Noted = HashMap<(Id, u64), (Instant, Outcome)>;
+type Noted = ByNumber<(Id, u64), (Instant, Outcome)>;
 
 fn noted() -> MutexGuard<'static, Noted> {
     static NOTED: OnceLock<Mutex<Noted>> = OnceLock::new();

@@ -17,7 +17,7 @@
 //! flush that left it is saving.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
 };
 
@@ -29,7 +29,7 @@ use tower_sessions::{
     Session,
 };
 
-use super::digest;
+use super::{digest, ByNumber};
 
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
@@ -159,8 +159,8 @@ pub(crate) struct Journal {
 }
 
 /// The journals that flushes of this process left for their saves, by request number.
-fn left() -> MutexGuard<'static, HashMap<u64, Arc<Journal>>> {
-    static LEFT: OnceLock<Mutex<HashMap<u64, Arc<Journal>>>> = OnceLock::new();
+fn left() -> MutexGuard<'static, ByNumber<u64, Arc<Journal>>> {
+    static LEFT: OnceLock<Mutex<ByNumber<u64, Arc<Journal>>>> = OnceLock::new();
     LEFT.get_or_init(Mutex::default)
         .lock()
         // Every change to the map is one statement: a poisoned lock holds nothing half-done.

@@ -14,7 +14,13 @@ mod journal;
 mod lock;
 mod rebuild;
 
-use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::BTreeMap,
+    fmt,
+    hash::{BuildHasherDefault, Hasher},
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use tower_sessions::{
@@ -27,7 +33,37 @@ pub(crate) use journal::{
     is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
-pub(crate) use rebuild::{as_stored, checked_unmerged, merge, Refusal, Unmerged};
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(crate) use rebuild::Unmerged;
+pub(crate) use rebuild::{as_stored, checked_unmerged, merge, patched, Refusal};
+
+/// A map keyed by numbers this process drew itself (request numbers, held loads; a session id
+/// beside one): hashed with a multiply rather than SipHash, which is for maps whose keys others
+/// choose. Nobody outside the process picks these keys, so none can crowd one bucket.
+pub(crate) type ByNumber<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<NumberHasher>>;
+
+/// The hasher of [`ByNumber`]: each word in, multiplied by an odd constant; the high bits, which
+/// the table uses, mix all the bits of the key.
+#[derive(Default)]
+pub(crate) struct NumberHasher(u64);
+
+impl Hasher for NumberHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(29) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
 
 /// A `SessionStore` wrapper that merges concurrent saves of one session, so that no request's
 /// namespace changes are lost to another's.

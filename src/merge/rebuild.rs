@@ -12,12 +12,12 @@ use serde::{
 };
 use serde_json::Value;
 use time::OffsetDateTime;
-use tower_sessions::session::{Id, Record};
+use tower_sessions::session::Record;
 
-use super::flushed;
 use super::journal::{
     self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY,
 };
+use super::{digest, flushed};
 use crate::{
     budget, expiry,
     stored::{Stored, StoredRef},
@@ -114,7 +114,8 @@ impl<'a> Unmerged<'a> {
     }
 
     /// The session the record is stored under.
-    pub(crate) fn id(&self) -> Id {
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn id(&self) -> tower_sessions::session::Id {
         self.ours.id
     }
 
@@ -141,9 +142,9 @@ impl<'a> Unmerged<'a> {
     /// the store holds, the version the request loaded, so most of its values are ours already (a
     /// request changes a namespace or two). Gives the same record as [`Unmerged::into_record`],
     /// whatever `stored` held.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn patch(self, stored: &mut Record) {
-        let ours = self.ours;
-        for (key, value) in data_of(ours) {
+        for (key, value) in data_of(self.ours) {
             match stored.data.get_mut(key) {
                 Some(old) if old == value => {}
                 Some(old) => old.clone_from(value),
@@ -152,24 +153,7 @@ impl<'a> Unmerged<'a> {
                 }
             }
         }
-        // `stored` now holds every key of ours' data (the keys of its digests), and its versions
-        // if it had them: anything more is to drop, which is rare.
-        let versions = usize::from(stored.data.contains_key(VERSIONS_KEY));
-        if stored.data.len() != self.digests.len() + versions {
-            stored.data.retain(|key, _| {
-                key == VERSIONS_KEY || is_data(key) && ours.data.contains_key(key)
-            });
-        }
-        match stored.data.get_mut(VERSIONS_KEY) {
-            Some(versions) => Versions::update_value(versions, &self.digests),
-            None => {
-                stored
-                    .data
-                    .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
-            }
-        }
-        stored.id = ours.id;
-        stored.expiry_date = ours.expiry_date;
+        finish_patch(self.ours, stored, &self.digests);
     }
 }
 
@@ -205,6 +189,79 @@ impl Serialize for Unmerged<'_> {
         record.serialize_field("expiry_date", &self.ours.expiry_date)?;
         record.end()
     }
+}
+
+/// A merging store's first try when it holds the version the request loaded at hand, `stored`
+/// (as [`MemoryStore`](crate::stores::MemoryStore) does): checks `ours` against the session's
+/// limits as [`checked_unmerged`] does, then makes `stored` the record to store, as
+/// [`Unmerged::patch`] does, and returns the digests of its data.
+///
+/// A value the request left as it loaded it keeps the digest stored with it, rather than being
+/// digested again: `stored` must carry the versions of its own data, as every record a merging
+/// store writes does (then a request that changed one namespace digests that one alone).
+///
+/// # Errors
+///
+/// [`Refusal::SessionFull`].
+pub(crate) fn patched(
+    ours: &Record,
+    stored: &mut Record,
+) -> Result<Arc<BTreeMap<String, u64>>, Refusal> {
+    check_session(ours, &ours.data)?;
+    let known = stored
+        .data
+        .get(VERSIONS_KEY)
+        .and_then(|versions| versions.get("digests"))
+        .and_then(Value::as_object);
+    let mut changed = Vec::new();
+    let digests: BTreeMap<String, u64> = data_of(ours)
+        .map(|(key, value)| {
+            let same = stored.data.get(key).is_some_and(|old| old == value);
+            let digest = known
+                .filter(|_| same)
+                .and_then(|known| known.get(key))
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| digest::of(value));
+            if !same {
+                changed.push((key, value));
+            }
+            (key.clone(), digest)
+        })
+        .collect();
+    for (key, value) in changed {
+        match stored.data.get_mut(key) {
+            Some(old) => old.clone_from(value),
+            None => {
+                stored.data.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    finish_patch(ours, stored, &digests);
+    Ok(Arc::new(digests))
+}
+
+/// The end of a patch of `stored` into the record to store for `ours`, once it holds every value
+/// of ours' data, whose digests are `digests`: drops what ours does not hold, and stores the
+/// versions.
+fn finish_patch(ours: &Record, stored: &mut Record, digests: &BTreeMap<String, u64>) {
+    // `stored` holds every key of ours' data (the keys of its digests), and its versions if it
+    // had them: anything more is to drop, which is rare.
+    let versions = usize::from(stored.data.contains_key(VERSIONS_KEY));
+    if stored.data.len() != digests.len() + versions {
+        stored
+            .data
+            .retain(|key, _| key == VERSIONS_KEY || is_data(key) && ours.data.contains_key(key));
+    }
+    match stored.data.get_mut(VERSIONS_KEY) {
+        Some(versions) => Versions::update_value(versions, digests),
+        None => {
+            stored
+                .data
+                .insert(VERSIONS_KEY.to_owned(), Versions::value_of(digests));
+        }
+    }
+    stored.id = ours.id;
+    stored.expiry_date = ours.expiry_date;
 }
 
 /// The session data of `record`: its keys without the merge's bookkeeping.
@@ -693,6 +750,37 @@ mod tests {
             Unmerged::of(&ours).patch(&mut stored);
             assert_eq!(stored, Unmerged::of(&ours).into_record(), "{held}");
         }
+    }
+
+    #[test]
+    fn patching_with_the_digests_stored_gives_the_record_and_digests_of_a_first_try() {
+        let ours = record(json!({
+            "cart": { "a": 2 }, "user": "ada", "new": [1],
+            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
+            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+        }));
+        // What the store holds, each as a merging store stored it (with the versions of its own
+        // data): ours as it is, a changed cart, a key ours removed, a key ours added.
+        let held = [
+            json!({ "cart": { "a": 2 }, "user": "ada", "new": [1] }),
+            json!({ "cart": { "a": 1 }, "user": "ada", "new": [1] }),
+            json!({ "cart": { "a": 2 }, "user": "ada", "new": [1], "gone": 1 }),
+            json!({ "cart": { "a": 2 }, "user": "bob" }),
+        ];
+        let first_try = Unmerged::of(&ours);
+        let digests = first_try.digests();
+        let expected = first_try.into_record();
+        for held in held {
+            let mut stored = as_stored(&record(held.clone()));
+            stored.expiry_date = OffsetDateTime::UNIX_EPOCH;
+            let patched_digests = patched(&ours, &mut stored).unwrap();
+            assert_eq!(stored, expected, "{held}");
+            assert_eq!(patched_digests, digests, "{held}");
+        }
+        // The digests of unchanged values come from the store: a wrong one stored stays.
+        let mut stored = as_stored(&record(json!({ "cart": { "a": 2 }, "user": "ada" })));
+        stored.data.get_mut(VERSIONS_KEY).unwrap()["digests"]["user"] = json!(7);
+        assert_eq!(patched(&ours, &mut stored).unwrap()["user"], 7);
     }
 
     #[test]

@@ -15,10 +15,9 @@
 //! go (a save made after its request ended) names nothing: the store then finds its record
 //! changed and merges into the latest, as when another request saved first.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
-};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+
+use crate::merge::ByNumber;
 
 /// The fewest bytes a load holds: below, their hex costs less to make and read than holding them
 /// (a map entry, and the layer's hold on the response).
@@ -72,8 +71,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The bytes held in the process, by number.
-fn held() -> MutexGuard<'static, HashMap<u64, HeldBytes>> {
-    static HELD: OnceLock<Mutex<HashMap<u64, HeldBytes>>> = OnceLock::new();
+fn held() -> MutexGuard<'static, ByNumber<u64, HeldBytes>> {
+    static HELD: OnceLock<Mutex<ByNumber<u64, HeldBytes>>> = OnceLock::new();
     lock(HELD.get_or_init(Mutex::default))
 }
 

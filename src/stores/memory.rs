@@ -1,7 +1,7 @@
 //! The embedded store: session records in the process's memory.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{hash_map::Entry, BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
@@ -13,7 +13,9 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-use super::{Batches, CompareAndSet, Replaced, ToStore};
+use super::CompareAndSet;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+use super::{Batches, Replaced, ToStore};
 use crate::merge;
 
 /// Session records in the process's memory, merged atomically: overlapping requests of one
@@ -44,6 +46,7 @@ use crate::merge;
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     records: Arc<Mutex<HashMap<Id, Version>>>,
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     batches: Batches,
 }
 
@@ -88,16 +91,15 @@ impl MemoryStore {
     /// Stores `ours`, a request's session, under the lock: the compare-and-set of the other
     /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
     /// When the store still holds the version the request loaded, ours is patched in (only what
-    /// it changed is copied) and the digests of its data are returned, for the note of the save;
+    /// it changed is copied, and only that is digested) and the digests of its data are
+    /// returned, for the note of the save;
     /// otherwise its operations are merged into the latest record (`None`).
     fn store(&self, ours: &Record) -> Result<Option<Arc<BTreeMap<String, u64>>>, merge::Refusal> {
         let seen = merge::seen(ours);
         let mut records = self.records();
         match live(&mut records, &ours.id) {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
-                let unmerged = merge::checked_unmerged(ours)?;
-                let digests = unmerged.digests();
-                unmerged.patch(&mut stored.record);
+                let digests = merge::patched(ours, &mut stored.record)?;
                 stored.number = stored.number.wrapping_add(1);
                 Ok(Some(digests))
             }
@@ -137,18 +139,21 @@ impl MemoryStore {
 
 /// The stored record under `id` that has not expired, if any; an expired one is removed.
 fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Version> {
-    if records
-        .get(id)
-        .is_some_and(|stored| stored.record.expiry_date <= OffsetDateTime::now_utc())
-    {
-        records.remove(id);
+    match records.entry(*id) {
+        Entry::Occupied(stored) if stored.get().record.expiry_date > OffsetDateTime::now_utc() => {
+            Some(stored.into_mut())
+        }
+        Entry::Occupied(expired) => {
+            expired.remove();
+            None
+        }
+        Entry::Vacant(_) => None,
     }
-    records.get_mut(id)
 }
 
 /// Loads and creates go through the compare-and-set of [`stores`](super); saves merge under the
-/// lock instead ([`MemoryStore::store`]). The replace of the protocol is what the protocol's own
-/// tests run on.
+/// lock instead ([`MemoryStore::store`]). With a store of a server built, this store also
+/// replaces as they do, for the tests of their saves.
 #[async_trait]
 impl CompareAndSet for MemoryStore {
     async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
@@ -156,6 +161,7 @@ impl CompareAndSet for MemoryStore {
         Ok(live(&mut records, id).map(|stored| (stored.record.clone(), stored.number.to_string())))
     }
 
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     async fn replace(
         &self,
         record: ToStore<'_>,
@@ -206,6 +212,7 @@ impl CompareAndSet for MemoryStore {
         Ok(true)
     }
 
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     fn batches(&self) -> &Batches {
         &self.batches
     }

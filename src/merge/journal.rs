@@ -98,6 +98,9 @@ fn after_mark(value: &str) -> Option<Option<&str>> {
 /// again. The versions are left as stored.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
+    // Room for the mark and for the journal's number, which a write's flush adds: a map that grows
+    // rehashes every key.
+    record.data.reserve(2);
     let mark = load_mark();
     let loaded = match seen {
         None => mark.to_owned(),

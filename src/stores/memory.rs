@@ -56,6 +56,20 @@ struct Version {
     number: u64,
 }
 
+impl Version {
+    fn new(record: Record) -> Self {
+        let mut version = Self { record, number: 0 };
+        version.room();
+        version
+    }
+
+    /// Gives the record's map room for the keys a load and a flush add to its copies (see
+    /// `mark_loaded`): a copy of a map has its room, and one that grows rehashes every key.
+    fn room(&mut self) {
+        self.record.data.reserve(2);
+    }
+}
+
 impl MemoryStore {
     fn records(&self) -> MutexGuard<'_, HashMap<Id, Version>> {
         // Every change to the map is one statement: a poisoned lock holds nothing half-done.
@@ -101,6 +115,7 @@ impl MemoryStore {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
                 let digests = merge::patched(ours, &mut stored.record)?;
                 stored.number = stored.number.wrapping_add(1);
+                stored.room();
                 Ok(Some(digests))
             }
             // Never stored, or not loaded from this store: ours as it is.
@@ -108,7 +123,7 @@ impl MemoryStore {
                 let unmerged = merge::checked_unmerged(ours)?;
                 let digests = unmerged.digests();
                 let record = unmerged.into_record();
-                records.insert(record.id, Version { record, number: 0 });
+                records.insert(record.id, Version::new(record));
                 Ok(Some(digests))
             }
             // Another save came first, or the session ended (then the merge refuses).
@@ -184,13 +199,12 @@ impl CompareAndSet for MemoryStore {
                     ToStore::Merged(record) => stored.record = record,
                 }
                 stored.number = stored.number.wrapping_add(1);
+                stored.room();
                 stored
             }
             (None, None) => {
                 let record = record.into_record();
-                records
-                    .entry(record.id)
-                    .or_insert(Version { record, number: 0 })
+                records.entry(record.id).or_insert(Version::new(record))
             }
         };
         let kept = keep.then(|| (stored.record.clone(), stored.number.to_string()));
@@ -202,13 +216,7 @@ impl CompareAndSet for MemoryStore {
         if live(&mut records, &record.id).is_some() {
             return Ok(false);
         }
-        records.insert(
-            record.id,
-            Version {
-                record: record.clone(),
-                number: 0,
-            },
-        );
+        records.insert(record.id, Version::new(record.clone()));
         Ok(true)
     }
 

@@ -190,7 +190,7 @@ pub(super) fn request_of(record: &Record) -> Option<u64> {
 
 /// The number of the request whose journal `record` names, while the flush that left it is
 /// saving: the save to note the outcome of, for the flush and the session manager's save after it.
-pub(super) fn flushing(record: &Record) -> Option<u64> {
+pub(crate) fn flushing(record: &Record) -> Option<u64> {
     let request = request_of(record)?;
     left().contains_key(&request).then_some(request)
 }

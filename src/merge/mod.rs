@@ -30,7 +30,7 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
+    flushing, is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
@@ -237,6 +237,13 @@ pub(crate) enum Prepared<'a> {
 /// the flush's own is nothing when the record did not change since, and otherwise merges only
 /// what changed since.
 pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
+    prepare_with(ours, |_| false)
+}
+
+/// [`prepare`], for a store that may tell more cheaply than by digests that the record is what the
+/// flush's save of a request stored: `as_flushed(request)` says it is (`false`: it cannot tell,
+/// and the digests decide).
+pub(crate) fn prepare_with(ours: &Record, as_flushed: impl FnOnce(u64) -> bool) -> Prepared<'_> {
     // The flush's own save finds nothing noted yet; the session manager's save after it finds
     // what the flush's save noted under the same request number.
     let Some(request) = journal::request_of(ours) else {
@@ -245,6 +252,9 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
     let Some(at_flush) = flushed::take_saved(ours, request) else {
         return Prepared::Save(Cow::Borrowed(ours));
     };
+    if as_flushed(request) {
+        return Prepared::Nothing;
+    }
     // Compared key by key, without building the map: the usual answer is "unchanged".
     let unchanged = rebuild::data_of(ours).count() == at_flush.len()
         && rebuild::data_of(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
@@ -260,16 +270,30 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
 /// save notes what it stored, for the session manager's save that follows.
 pub(crate) fn saved(ours: &Record) {
     if let Some(request) = journal::flushing(ours) {
-        let digests = flushed::digests(rebuild::data_of(ours));
-        flushed::note_saved(ours.id, request, Arc::new(digests));
+        saved_by(ours, request, None);
     }
+}
+
+/// [`saved`], where the store already knows that `ours` is the flush's save of `request`
+/// ([`flushing`]), and has the digests of ours' data if it stored it as it is.
+pub(crate) fn saved_by(ours: &Record, request: u64, digests: Option<Arc<BTreeMap<String, u64>>>) {
+    let digests = digests.unwrap_or_else(|| Arc::new(flushed::digests(rebuild::data_of(ours))));
+    flushed::note_saved(ours.id, request, digests);
+}
+
+/// Whether `stored` holds the data of `ours`, key for key and value for value (its bookkeeping
+/// aside): what a store that has its record at hand compares, cheaper than digests.
+pub(crate) fn same_data(ours: &Record, stored: &Record) -> bool {
+    rebuild::data_of(ours).count() == rebuild::data_of(stored).count()
+        && rebuild::data_of(ours).all(|(key, value)| stored.data.get(key) == Some(value))
 }
 
 /// [`saved`], where the record stored was ours as it is ([`Unmerged`]), whose `digests` of ours'
 /// data the store already computed ([`Unmerged::digests`]).
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) fn saved_with(ours: &Record, digests: Arc<BTreeMap<String, u64>>) {
     if let Some(request) = journal::flushing(ours) {
-        flushed::note_saved(ours.id, request, digests);
+        saved_by(ours, request, Some(digests));
     }
 }
 

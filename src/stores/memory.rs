@@ -54,13 +54,28 @@ pub struct MemoryStore {
 struct Version {
     record: Record,
     number: u64,
+    /// The request whose flush's save wrote this version, if one did: the session manager's save
+    /// that follows compares its record with this one instead of digesting it.
+    flushed: Option<u64>,
 }
 
 impl Version {
-    fn new(record: Record) -> Self {
-        let mut version = Self { record, number: 0 };
+    fn new(record: Record, flushed: Option<u64>) -> Self {
+        let mut version = Self {
+            record,
+            number: 0,
+            flushed,
+        };
         version.room();
         version
+    }
+
+    /// This version's record becomes the next one, written by the flush's save of `flushed` if
+    /// that is what wrote it.
+    fn written(&mut self, flushed: Option<u64>) {
+        self.number = self.number.wrapping_add(1);
+        self.flushed = flushed;
+        self.room();
     }
 
     /// Gives the record's map room for the keys a load and a flush add to its copies (see
@@ -108,14 +123,17 @@ impl MemoryStore {
     /// it changed is copied, and only that is digested) and the digests of its data are
     /// returned, for the note of the save;
     /// otherwise its operations are merged into the latest record (`None`).
-    fn store(&self, ours: &Record) -> Result<Option<Arc<BTreeMap<String, u64>>>, merge::Refusal> {
+    fn store(
+        &self,
+        ours: &Record,
+        flushing: Option<u64>,
+    ) -> Result<Option<Arc<BTreeMap<String, u64>>>, merge::Refusal> {
         let seen = merge::seen(ours);
         let mut records = self.records();
         match live(&mut records, &ours.id) {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
                 let digests = merge::patched(ours, &mut stored.record)?;
-                stored.number = stored.number.wrapping_add(1);
-                stored.room();
+                stored.written(flushing);
                 Ok(Some(digests))
             }
             // Never stored, or not loaded from this store: ours as it is.
@@ -123,7 +141,7 @@ impl MemoryStore {
                 let unmerged = merge::checked_unmerged(ours)?;
                 let digests = unmerged.digests();
                 let record = unmerged.into_record();
-                records.insert(record.id, Version::new(record));
+                records.insert(record.id, Version::new(record, flushing));
                 Ok(Some(digests))
             }
             // Another save came first, or the session ended (then the merge refuses).
@@ -133,22 +151,27 @@ impl MemoryStore {
                 match records.get_mut(&merged.id) {
                     Some(stored) => {
                         stored.record = merged;
-                        stored.number = stored.number.wrapping_add(1);
+                        stored.written(flushing);
                     }
                     None => {
-                        let id = merged.id;
-                        records.insert(
-                            id,
-                            Version {
-                                record: merged,
-                                number: 0,
-                            },
-                        );
+                        records.insert(merged.id, Version::new(merged, flushing));
                     }
                 }
                 Ok(None)
             }
         }
+    }
+}
+
+impl MemoryStore {
+    /// Whether the store holds `ours` as the flush's save of `request` stored it: that save wrote
+    /// the version stored, and ours holds the same data (a layer between the flush and the session
+    /// manager may have changed it since).
+    fn holds_flushed(&self, ours: &Record, request: u64) -> bool {
+        let mut records = self.records();
+        live(&mut records, &ours.id).is_some_and(|stored| {
+            stored.flushed == Some(request) && merge::same_data(ours, &stored.record)
+        })
     }
 }
 
@@ -198,13 +221,14 @@ impl CompareAndSet for MemoryStore {
                     ToStore::Unmerged(record) => record.patch(&mut stored.record),
                     ToStore::Merged(record) => stored.record = record,
                 }
-                stored.number = stored.number.wrapping_add(1);
-                stored.room();
+                stored.written(None);
                 stored
             }
             (None, None) => {
                 let record = record.into_record();
-                records.entry(record.id).or_insert(Version::new(record))
+                records
+                    .entry(record.id)
+                    .or_insert(Version::new(record, None))
             }
         };
         let kept = keep.then(|| (stored.record.clone(), stored.number.to_string()));
@@ -216,7 +240,7 @@ impl CompareAndSet for MemoryStore {
         if live(&mut records, &record.id).is_some() {
             return Ok(false);
         }
-        records.insert(record.id, Version::new(record.clone()));
+        records.insert(record.id, Version::new(record.clone(), None));
         Ok(true)
     }
 
@@ -233,13 +257,18 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let merge::Prepared::Save(ours) = merge::prepare(record) else {
+        let prepared = merge::prepare_with(record, |request| self.holds_flushed(record, request));
+        let merge::Prepared::Save(ours) = prepared else {
             return Ok(());
         };
+        let flushing = merge::flushing(&ours);
         // Logged and noted with the lock released.
-        match self.store(&ours) {
-            Ok(Some(digests)) => merge::saved_with(&ours, digests),
-            Ok(None) => merge::saved(&ours),
+        match self.store(&ours, flushing) {
+            Ok(digests) => {
+                if let Some(request) = flushing {
+                    merge::saved_by(&ours, request, digests);
+                }
+            }
             Err(refusal) => return Err(merge::refused(&ours, refusal)),
         }
         Ok(())

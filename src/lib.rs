@@ -126,10 +126,11 @@
 //!   record's versions (`journal`, with the values' digests in `digest`), the rebuild of a
 //!   record from a save and the latest stored one (`rebuild`), and the flush's own save
 //!   (`flushed`). The flush reaches it only through the journal.
-//! - `stores`: the crate's own stores, saved by compare-and-set: what they share (`stores/mod.rs`),
-//!   then `memory`, `encoded` (a record as the Redis and SQL stores keep it), `redis` (feature
-//!   `redis`) and `sql` (features `postgres` and `sqlite`: the
-//!   code both share, then `postgres` and `sqlite`).
+//! - `stores`: the crate's own stores: what they share (`stores/mod.rs`), then `memory` (which
+//!   merges under its lock), `batches` (how the stores of a server save: compare-and-set, tries,
+//!   batches), `encoded` (a record as the Redis and SQL stores keep it), `held` (a load's bytes
+//!   kept for the save), `redis` (feature `redis`) and `sql` (features `postgres` and `sqlite`:
+//!   the code both share, then `postgres` and `sqlite`).
 //! - `export`: getting namespace data into a page; `error`: what can go wrong.
 
 #![forbid(unsafe_code)]

@@ -283,3 +283,71 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use time::Duration;
+
+    use super::*;
+
+    fn stored(store: &MemoryStore, id: &Id) -> Option<Record> {
+        store.records().get(id).map(|stored| stored.record.clone())
+    }
+
+    /// A new session, stored, and loaded twice (two overlapping requests).
+    async fn stored_and_loaded_twice(store: &MemoryStore) -> (Record, Record) {
+        let mut new = Record {
+            id: Id::default(),
+            data: [("a".to_owned(), json!(1)), ("b".to_owned(), json!(1))].into(),
+            expiry_date: OffsetDateTime::now_utc() + Duration::hours(1),
+        };
+        store.create(&mut new).await.unwrap();
+        let first = store.load(&new.id).await.unwrap().expect("stored");
+        let second = store.load(&new.id).await.unwrap().expect("stored");
+        (first, second)
+    }
+
+    #[tokio::test]
+    async fn a_save_after_another_keeps_both_changes() {
+        let store = MemoryStore::default();
+        let (mut first, mut second) = stored_and_loaded_twice(&store).await;
+        first.data.insert("a".to_owned(), json!(2));
+        second.data.insert("b".to_owned(), json!(2));
+
+        store.save(&first).await.unwrap();
+        store.save(&second).await.unwrap();
+
+        let record = stored(&store, &first.id).expect("stored");
+        assert_eq!(record.data["a"], 2, "{:?}", record.data);
+        assert_eq!(record.data["b"], 2, "{:?}", record.data);
+    }
+
+    #[tokio::test]
+    async fn a_loaded_session_that_expired_before_its_save_is_not_written_back() {
+        let store = MemoryStore::default();
+        let (mut first, _) = stored_and_loaded_twice(&store).await;
+        let past = OffsetDateTime::now_utc() - Duration::seconds(1);
+        store
+            .records()
+            .get_mut(&first.id)
+            .expect("stored")
+            .record
+            .expiry_date = past;
+        first.data.insert("a".to_owned(), json!(2));
+
+        assert!(store.save(&first).await.is_err());
+        assert!(stored(&store, &first.id).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_loaded_session_deleted_before_its_save_is_not_written_back() {
+        let store = MemoryStore::default();
+        let (mut first, _) = stored_and_loaded_twice(&store).await;
+        store.delete(&first.id).await.unwrap();
+        first.data.insert("a".to_owned(), json!(2));
+
+        assert!(store.save(&first).await.is_err());
+        assert!(stored(&store, &first.id).is_none());
+    }
+}

@@ -187,7 +187,7 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
         let mut stored = rebuild::as_stored(record);
         self.inner.create(&mut stored).await?;
         record.id = stored.id;
-        saved(record);
+        saved(record, None);
         Ok(())
     }
 
@@ -206,7 +206,7 @@ impl<S: SessionStore> SessionStore for MergingStore<S> {
         // The save's outcome is the request's: a lock that outlives it only delays the next save.
         held.release().await;
         if result.is_ok() {
-            saved(&ours);
+            saved(&ours, None);
         }
         result
     }
@@ -267,15 +267,16 @@ pub(crate) fn prepare_with(ours: &Record, as_flushed: impl FnOnce(u64) -> bool) 
 }
 
 /// The last step of a merging store's successful save of `ours` (under its final id): a flush's
-/// save notes what it stored, for the session manager's save that follows.
-pub(crate) fn saved(ours: &Record) {
+/// save notes what it stored, for the session manager's save that follows. `digests` are those of
+/// ours' data when the store already computed them (it stored ours as it is, [`Unmerged`]).
+pub(crate) fn saved(ours: &Record, digests: Option<Arc<BTreeMap<String, u64>>>) {
     if let Some(request) = journal::flushing(ours) {
-        saved_by(ours, request, None);
+        saved_by(ours, request, digests);
     }
 }
 
 /// [`saved`], where the store already knows that `ours` is the flush's save of `request`
-/// ([`flushing`]), and has the digests of ours' data if it stored it as it is.
+/// ([`flushing`]).
 pub(crate) fn saved_by(ours: &Record, request: u64, digests: Option<Arc<BTreeMap<String, u64>>>) {
     let digests = digests.unwrap_or_else(|| Arc::new(flushed::digests(rebuild::data_of(ours))));
     flushed::note_saved(ours.id, request, digests);
@@ -286,15 +287,6 @@ pub(crate) fn saved_by(ours: &Record, request: u64, digests: Option<Arc<BTreeMap
 pub(crate) fn same_data(ours: &Record, stored: &Record) -> bool {
     rebuild::data_of(ours).count() == rebuild::data_of(stored).count()
         && rebuild::data_of(ours).all(|(key, value)| stored.data.get(key) == Some(value))
-}
-
-/// [`saved`], where the record stored was ours as it is ([`Unmerged`]), whose `digests` of ours'
-/// data the store already computed ([`Unmerged::digests`]).
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-pub(crate) fn saved_with(ours: &Record, digests: Arc<BTreeMap<String, u64>>) {
-    if let Some(request) = journal::flushing(ours) {
-        saved_by(ours, request, Some(digests));
-    }
 }
 
 /// The store error a refused save of `ours` answers with, logged with the session it names; a

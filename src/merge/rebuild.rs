@@ -94,7 +94,7 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 pub(crate) struct Unmerged<'a> {
     ours: &'a Record,
     /// The digests of ours' data: its versions, stored under [`VERSIONS_KEY`], serialized from
-    /// the map itself. Shared with the note of the save ([`saved_with`](super::saved_with)).
+    /// the map itself. Shared with the note of the save ([`saved`](super::saved)).
     digests: Arc<BTreeMap<String, u64>>,
 }
 
@@ -107,7 +107,7 @@ impl<'a> Unmerged<'a> {
         }
     }
 
-    /// The digests of ours' data: what [`saved_with`](super::saved_with) notes when this record
+    /// The digests of ours' data: what [`saved`](super::saved) notes when this record
     /// is the one stored, without digesting the session again.
     pub(crate) fn digests(&self) -> Arc<BTreeMap<String, u64>> {
         Arc::clone(&self.digests)

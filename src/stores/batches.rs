@@ -268,10 +268,7 @@ impl Saves {
                             *self.stored() = stored;
                             for (ours, answer) in members.iter().zip(&mut answers) {
                                 if answer.is_none() {
-                                    match digests.take() {
-                                        Some(digests) => merge::saved_with(ours, digests),
-                                        None => merge::saved(ours),
-                                    }
+                                    merge::saved(ours, digests.take());
                                     *answer = Some(Ok(()));
                                 }
                             }

@@ -121,8 +121,8 @@ impl MemoryStore {
     /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
     /// When the store still holds the version the request loaded, ours is patched in (only what
     /// it changed is copied, and only that is digested) and the digests of its data are
-    /// returned, for the note of the save;
-    /// otherwise its operations are merged into the latest record (`None`).
+    /// returned, for the note of the save; otherwise its operations are merged into the latest
+    /// record (`None`).
     fn store(
         &self,
         ours: &Record,
@@ -161,9 +161,7 @@ impl MemoryStore {
             }
         }
     }
-}
 
-impl MemoryStore {
     /// Whether the store holds `ours` as the flush's save of `request` stored it: that save wrote
     /// the version stored, and ours holds the same data (a layer between the flush and the session
     /// manager may have changed it since).

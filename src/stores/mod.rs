@@ -112,6 +112,6 @@ pub(crate) async fn create<S: CompareAndSet>(
         stored.id = Id::default();
     }
     record.id = stored.id;
-    merge::saved(record);
+    merge::saved(record, None);
     Ok(())
 }

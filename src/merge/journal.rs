@@ -184,7 +184,7 @@ impl Drop for Left {
 }
 
 /// The number of the request whose journal `record` names, if it names one.
-pub(super) fn request_of(record: &Record) -> Option<u64> {
+pub(crate) fn request_of(record: &Record) -> Option<u64> {
     record.data.get(JOURNAL_KEY)?.as_u64()
 }
 
@@ -358,15 +358,21 @@ impl Versions {
         Value::Object(versions.into_iter().collect())
     }
 
+    /// The digests of a stored versions value, to update in place: `None` if it is not the map of
+    /// digests a merging store writes.
+    pub(super) fn digests_mut(value: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+        value
+            .as_object_mut()
+            .filter(|versions| versions.len() == 1)?
+            .get_mut("digests")?
+            .as_object_mut()
+    }
+
     /// Makes `value` [`value_of`](Self::value_of) `digests`, changing only the digests that
     /// differ: a save's versions are mostly those of the record it replaces.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(super) fn update_value(value: &mut Value, digests: &BTreeMap<String, u64>) {
-        let Some(stored) = value
-            .as_object_mut()
-            .filter(|versions| versions.len() == 1)
-            .and_then(|versions| versions.get_mut("digests"))
-            .and_then(Value::as_object_mut)
-        else {
+        let Some(stored) = Self::digests_mut(value) else {
             *value = Self::value_of(digests);
             return;
         };

@@ -30,12 +30,13 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    flushing, is_underneath, mark_loaded, seen, Journal, Left, Ops, SessionLimits, RESERVED_PREFIX,
+    flushing, is_underneath, mark_loaded, request_of, seen, Journal, Left, Ops, SessionLimits,
+    RESERVED_PREFIX,
 };
 use lock::SaveLocks;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) use rebuild::Unmerged;
-pub(crate) use rebuild::{as_stored, checked_unmerged, merge, patched, Refusal};
+pub(crate) use rebuild::{as_stored, checked_unmerged, merge, patch, Refusal};
 
 /// A map keyed by numbers this process drew itself (request numbers, held loads; a session id
 /// beside one): hashed with a multiply rather than SipHash, which is for maps whose keys others
@@ -237,13 +238,6 @@ pub(crate) enum Prepared<'a> {
 /// the flush's own is nothing when the record did not change since, and otherwise merges only
 /// what changed since.
 pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
-    prepare_with(ours, |_| false)
-}
-
-/// [`prepare`], for a store that may tell more cheaply than by digests that the record is what the
-/// flush's save of a request stored: `as_flushed(request)` says it is (`false`: it cannot tell,
-/// and the digests decide).
-pub(crate) fn prepare_with(ours: &Record, as_flushed: impl FnOnce(u64) -> bool) -> Prepared<'_> {
     // The flush's own save finds nothing noted yet; the session manager's save after it finds
     // what the flush's save noted under the same request number.
     let Some(request) = journal::request_of(ours) else {
@@ -252,9 +246,6 @@ pub(crate) fn prepare_with(ours: &Record, as_flushed: impl FnOnce(u64) -> bool) 
     let Some(at_flush) = flushed::take_saved(ours, request) else {
         return Prepared::Save(Cow::Borrowed(ours));
     };
-    if as_flushed(request) {
-        return Prepared::Nothing;
-    }
     // Compared key by key, without building the map: the usual answer is "unchanged".
     let unchanged = rebuild::data_of(ours).count() == at_flush.len()
         && rebuild::data_of(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
@@ -275,8 +266,7 @@ pub(crate) fn saved(ours: &Record, digests: Option<Arc<BTreeMap<String, u64>>>) 
     }
 }
 
-/// [`saved`], where the store already knows that `ours` is the flush's save of `request`
-/// ([`flushing`]).
+/// [`saved`], where the store knows that `ours` is what the flush's save of `request` stored.
 pub(crate) fn saved_by(ours: &Record, request: u64, digests: Option<Arc<BTreeMap<String, u64>>>) {
     let digests = digests.unwrap_or_else(|| Arc::new(flushed::digests(rebuild::data_of(ours))));
     flushed::note_saved(ours.id, request, digests);

@@ -109,6 +109,7 @@ impl<'a> Unmerged<'a> {
 
     /// The digests of ours' data: what [`saved`](super::saved) notes when this record
     /// is the one stored, without digesting the session again.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn digests(&self) -> Arc<BTreeMap<String, u64>> {
         Arc::clone(&self.digests)
     }
@@ -144,16 +145,17 @@ impl<'a> Unmerged<'a> {
     /// whatever `stored` held.
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn patch(self, stored: &mut Record) {
-        for (key, value) in data_of(self.ours) {
-            match stored.data.get_mut(key) {
-                Some(old) if old == value => {}
-                Some(old) => old.clone_from(value),
-                None => {
-                    stored.data.insert(key.clone(), value.clone());
-                }
+        copy_changes(self.ours, stored, |_, _| {});
+        match stored.data.get_mut(VERSIONS_KEY) {
+            Some(versions) => Versions::update_value(versions, &self.digests),
+            None => {
+                stored
+                    .data
+                    .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
             }
         }
-        finish_patch(self.ours, stored, &self.digests);
+        stored.id = self.ours.id;
+        stored.expiry_date = self.ours.expiry_date;
     }
 }
 
@@ -194,74 +196,84 @@ impl Serialize for Unmerged<'_> {
 /// A merging store's first try when it holds the version the request loaded at hand, `stored`
 /// (as [`MemoryStore`](crate::stores::MemoryStore) does): checks `ours` against the session's
 /// limits as [`checked_unmerged`] does, then makes `stored` the record to store, as
-/// [`Unmerged::patch`] does, and returns the digests of its data.
+/// [`Unmerged::patch`] does, in place: only the values that differ are copied, and only they are
+/// digested.
 ///
-/// A value the request left as it loaded it keeps the digest stored with it, rather than being
-/// digested again: `stored` must carry the versions of its own data, as every record a merging
-/// store writes does (then a request that changed one namespace digests that one alone).
+/// A value the request left as it loaded it keeps the digest stored with it: `stored` must carry
+/// the versions of its own data, as every record a merging store writes does (then a request that
+/// changed one namespace digests that one alone). Versions that are not a map of digests, or
+/// that end up with more or fewer digests than the data has keys, are made again from every value.
 ///
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-pub(crate) fn patched(
-    ours: &Record,
-    stored: &mut Record,
-) -> Result<Arc<BTreeMap<String, u64>>, Refusal> {
+pub(crate) fn patch(ours: &Record, stored: &mut Record) -> Result<(), Refusal> {
     check_session(ours, &ours.data)?;
-    let known = stored
+    // The usual write changes one namespace: one digest, and no allocation for none.
+    let mut changed: Vec<(&String, u64)> = Vec::new();
+    let (held, dropped) = copy_changes(ours, stored, |key, value| {
+        changed.push((key, digest::of(value)));
+    });
+    let updated = stored
         .data
-        .get(VERSIONS_KEY)
-        .and_then(|versions| versions.get("digests"))
-        .and_then(Value::as_object);
-    let mut changed = Vec::new();
-    let digests: BTreeMap<String, u64> = data_of(ours)
-        .map(|(key, value)| {
-            let same = stored.data.get(key).is_some_and(|old| old == value);
-            let digest = known
-                .filter(|_| same)
-                .and_then(|known| known.get(key))
-                .and_then(Value::as_u64)
-                .unwrap_or_else(|| digest::of(value));
-            if !same {
-                changed.push((key, value));
+        .get_mut(VERSIONS_KEY)
+        .and_then(Versions::digests_mut)
+        .is_some_and(|digests| {
+            if dropped {
+                digests.retain(|key, _| ours.data.contains_key(key) && is_data(key));
             }
-            (key.clone(), digest)
-        })
-        .collect();
-    for (key, value) in changed {
+            for (key, digest) in changed {
+                match digests.get_mut(key) {
+                    Some(old) => *old = Value::from(digest),
+                    None => {
+                        digests.insert(key.clone(), Value::from(digest));
+                    }
+                }
+            }
+            digests.len() == held
+        });
+    if !updated {
+        let digests = flushed::digests(data_of(ours));
+        stored
+            .data
+            .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&digests));
+    }
+    stored.id = ours.id;
+    stored.expiry_date = ours.expiry_date;
+    Ok(())
+}
+
+/// The common part of a patch of `stored` into the record to store for `ours`: copies each value of
+/// ours' data that differs from the one `stored` holds (and gives it to `changed`), then drops what
+/// ours does not hold, but the versions. Returns how many keys ours' data has, and whether any
+/// key was dropped.
+fn copy_changes<'a>(
+    ours: &'a Record,
+    stored: &mut Record,
+    mut changed: impl FnMut(&'a String, &'a Value),
+) -> (usize, bool) {
+    let mut held = 0;
+    for (key, value) in data_of(ours) {
+        held += 1;
         match stored.data.get_mut(key) {
+            Some(old) if old == value => continue,
             Some(old) => old.clone_from(value),
             None => {
                 stored.data.insert(key.clone(), value.clone());
             }
         }
+        changed(key, value);
     }
-    finish_patch(ours, stored, &digests);
-    Ok(Arc::new(digests))
-}
-
-/// The end of a patch of `stored` into the record to store for `ours`, once it holds every value
-/// of ours' data, whose digests are `digests`: drops what ours does not hold, and stores the
-/// versions.
-fn finish_patch(ours: &Record, stored: &mut Record, digests: &BTreeMap<String, u64>) {
-    // `stored` holds every key of ours' data (the keys of its digests), and its versions if it
-    // had them: anything more is to drop, which is rare.
+    // `stored` holds every key of ours' data, and its versions if it had them: anything more is
+    // to drop, which is rare.
     let versions = usize::from(stored.data.contains_key(VERSIONS_KEY));
-    if stored.data.len() != digests.len() + versions {
+    let dropped = stored.data.len() != held + versions;
+    if dropped {
         stored
             .data
             .retain(|key, _| key == VERSIONS_KEY || is_data(key) && ours.data.contains_key(key));
     }
-    match stored.data.get_mut(VERSIONS_KEY) {
-        Some(versions) => Versions::update_value(versions, digests),
-        None => {
-            stored
-                .data
-                .insert(VERSIONS_KEY.to_owned(), Versions::value_of(digests));
-        }
-    }
-    stored.id = ours.id;
-    stored.expiry_date = ours.expiry_date;
+    (held, dropped)
 }
 
 /// The session data of `record`: its keys without the merge's bookkeeping.
@@ -753,7 +765,7 @@ mod tests {
     }
 
     #[test]
-    fn patching_with_the_digests_stored_gives_the_record_and_digests_of_a_first_try() {
+    fn patching_with_the_digests_stored_gives_the_record_of_a_first_try() {
         let ours = record(json!({
             "cart": { "a": 2 }, "user": "ada", "new": [1],
             JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
@@ -766,21 +778,34 @@ mod tests {
             json!({ "cart": { "a": 1 }, "user": "ada", "new": [1] }),
             json!({ "cart": { "a": 2 }, "user": "ada", "new": [1], "gone": 1 }),
             json!({ "cart": { "a": 2 }, "user": "bob" }),
+            json!({}),
         ];
-        let first_try = Unmerged::of(&ours);
-        let digests = first_try.digests();
-        let expected = first_try.into_record();
+        let expected = Unmerged::of(&ours).into_record();
         for held in held {
             let mut stored = as_stored(&record(held.clone()));
             stored.expiry_date = OffsetDateTime::UNIX_EPOCH;
-            let patched_digests = patched(&ours, &mut stored).unwrap();
+            patch(&ours, &mut stored).unwrap();
             assert_eq!(stored, expected, "{held}");
-            assert_eq!(patched_digests, digests, "{held}");
+        }
+        // Versions that are not those of the stored data are made again.
+        for versions in [
+            json!({ "digests": { "cart": 1 } }),
+            json!({ "digests": { "cart": 1, "user": 2, "new": 3, "gone": 4 } }),
+            json!({ "digests": {}, "more": 1 }),
+            json!([]),
+        ] {
+            let mut stored = record(json!({ "cart": { "a": 1 }, "user": "ada", "new": [1] }));
+            stored
+                .data
+                .insert(VERSIONS_KEY.to_owned(), versions.clone());
+            patch(&ours, &mut stored).unwrap();
+            assert_eq!(stored.data, expected.data, "{versions}");
         }
         // The digests of unchanged values come from the store: a wrong one stored stays.
         let mut stored = as_stored(&record(json!({ "cart": { "a": 2 }, "user": "ada" })));
         stored.data.get_mut(VERSIONS_KEY).unwrap()["digests"]["user"] = json!(7);
-        assert_eq!(patched(&ours, &mut stored).unwrap()["user"], 7);
+        patch(&ours, &mut stored).unwrap();
+        assert_eq!(stored.data[VERSIONS_KEY]["digests"]["user"], 7);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The embedded store: session records in the process's memory.
 
 use std::{
-    collections::{hash_map::Entry, BTreeMap, HashMap},
+    collections::{hash_map::Entry, HashMap},
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
@@ -54,8 +54,9 @@ pub struct MemoryStore {
 struct Version {
     record: Record,
     number: u64,
-    /// The request whose flush's save wrote this version, if one did: the session manager's save
-    /// that follows compares its record with this one instead of digesting it.
+    /// The request whose flush's save wrote this version as the request's session held it (not
+    /// merged), if one did and the session manager's save that follows has not come yet: that save
+    /// compares its record with this one.
     flushed: Option<u64>,
 }
 
@@ -76,6 +77,15 @@ impl Version {
         self.number = self.number.wrapping_add(1);
         self.flushed = flushed;
         self.room();
+    }
+
+    /// Readies this version to be changed: if a flush's save wrote it and the session manager's
+    /// save of that request has not come yet, the digests of what the flush stored are noted for
+    /// it (it then merges what changed since the flush, as with the other stores).
+    fn changing(&mut self) {
+        if let Some(request) = self.flushed.take() {
+            merge::saved_by(&self.record, request, None);
+        }
     }
 
     /// Gives the record's map room for the keys a load and a flush add to its copies (see
@@ -120,60 +130,66 @@ impl MemoryStore {
     /// Stores `ours`, a request's session, under the lock: the compare-and-set of the other
     /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
     /// When the store still holds the version the request loaded, ours is patched in (only what
-    /// it changed is copied, and only that is digested) and the digests of its data are
-    /// returned, for the note of the save; otherwise its operations are merged into the latest
-    /// record (`None`).
-    fn store(
-        &self,
-        ours: &Record,
-        flushing: Option<u64>,
-    ) -> Result<Option<Arc<BTreeMap<String, u64>>>, merge::Refusal> {
+    /// it changed is copied, and only that is digested); otherwise its operations are merged into
+    /// the latest record.
+    fn store(&self, ours: &Record, flushing: Option<u64>) -> Result<(), merge::Refusal> {
         let seen = merge::seen(ours);
         let mut records = self.records();
         match live(&mut records, &ours.id) {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
-                let digests = merge::patched(ours, &mut stored.record)?;
+                stored.changing();
+                merge::patch(ours, &mut stored.record)?;
                 stored.written(flushing);
-                Ok(Some(digests))
             }
             // Never stored, or not loaded from this store: ours as it is.
             None if seen.is_none() => {
-                let unmerged = merge::checked_unmerged(ours)?;
-                let digests = unmerged.digests();
-                let record = unmerged.into_record();
+                let record = merge::checked_unmerged(ours)?.into_record();
                 records.insert(record.id, Version::new(record, flushing));
-                Ok(Some(digests))
             }
             // Another save came first, or the session ended (then the merge refuses).
             latest => {
                 let latest = latest.map(|stored| stored.record.clone());
                 let merged = merge::merge(ours, latest)?;
+                // The version stored is not ours: the session manager's save that follows a
+                // flush's finds what ours held in the note, as with the other stores.
                 match records.get_mut(&merged.id) {
                     Some(stored) => {
+                        stored.changing();
                         stored.record = merged;
-                        stored.written(flushing);
+                        stored.written(None);
                     }
                     None => {
-                        records.insert(merged.id, Version::new(merged, flushing));
+                        records.insert(merged.id, Version::new(merged, None));
                     }
                 }
-                Ok(None)
+                drop(records);
+                if let Some(request) = flushing {
+                    merge::saved_by(ours, request, None);
+                }
             }
         }
+        Ok(())
     }
 
-    /// Whether the store holds `ours` as the flush's save of `request` stored it: that save wrote
-    /// the version stored, and ours holds the same data (a layer between the flush and the session
-    /// manager may have changed it since).
-    fn holds_flushed(&self, ours: &Record, request: u64) -> bool {
-        // Expired or not: either way, the flush's save stored what there is to store.
-        self.records().get(&ours.id).is_some_and(|stored| {
-            stored.flushed == Some(request) && merge::same_data(ours, &stored.record)
-        })
+    /// The session manager's save of `ours` after the flush's save of `request`, when the store
+    /// holds what that save stored (nobody wrote since): nothing to store if ours holds the same
+    /// data, the usual case; otherwise a layer between the flush and the session manager changed
+    /// the session, and exactly that is patched in. `None` when somebody wrote since (or the
+    /// session is gone): then the save merges as any other.
+    fn after_flush(&self, ours: &Record, request: u64) -> Option<Result<(), merge::Refusal>> {
+        let mut records = self.records();
+        // Expired or not: either way, the flush's save stored what there was to store.
+        let stored = records
+            .get_mut(&ours.id)
+            .filter(|stored| stored.flushed == Some(request))?;
+        stored.flushed = None;
+        if merge::same_data(ours, &stored.record) {
+            return Some(Ok(()));
+        }
+        Some(merge::patch(ours, &mut stored.record).map(|()| stored.written(None)))
     }
 }
 
-/// The stored record under `id` that has not expired, if any; an expired one is removed.
 fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Version> {
     match records.entry(*id) {
         Entry::Occupied(stored) if stored.get().record.expiry_date > OffsetDateTime::now_utc() => {
@@ -213,6 +229,7 @@ impl CompareAndSet for MemoryStore {
             }
             (None, Some(_)) => return Ok(Replaced::Changed(None)),
             (Some(stored), _) => {
+                stored.changing();
                 match record {
                     // The request's own session over the version it loaded: only what it
                     // changed is copied.
@@ -255,21 +272,22 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let prepared = merge::prepare_with(record, |request| self.holds_flushed(record, request));
-        let merge::Prepared::Save(ours) = prepared else {
-            return Ok(());
+        let flushing = merge::flushing(record);
+        let stored = match (flushing, merge::request_of(record)) {
+            // The flush's own save.
+            (Some(_), _) => self.store(record, flushing),
+            // The session manager's save after it.
+            (None, Some(request)) => match self.after_flush(record, request) {
+                Some(done) => done,
+                None => match merge::prepare(record) {
+                    merge::Prepared::Save(ours) => self.store(&ours, None),
+                    merge::Prepared::Nothing => Ok(()),
+                },
+            },
+            (None, None) => self.store(record, None),
         };
-        let flushing = merge::flushing(&ours);
         // Logged and noted with the lock released.
-        match self.store(&ours, flushing) {
-            Ok(digests) => {
-                if let Some(request) = flushing {
-                    merge::saved_by(&ours, request, digests);
-                }
-            }
-            Err(refusal) => return Err(merge::refused(&ours, refusal)),
-        }
-        Ok(())
+        stored.map_err(|refusal| merge::refused(record, refusal))
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {

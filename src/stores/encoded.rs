@@ -2,9 +2,14 @@
 //! do: the whole `Record` in MessagePack. Also the token a load hands to the save: the bytes it
 //! read, in hex.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
-use tower_sessions::{session::Record, session_store};
+use serde_json::Value;
+use time::OffsetDateTime;
+use tower_sessions::{
+    session::{Id, Record},
+    session_store,
+};
 
 /// How deep the values of a stored record may nest: far deeper than a namespace may be written
 /// (`DEFAULT_MAX_DEPTH`, 32, unless the layer sets more), and shallow enough that decoding a
@@ -23,8 +28,16 @@ pub(super) fn encode(record: &impl serde::Serialize) -> session_store::Result<Ve
 pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record> {
     let mut decoder = rmp_serde::Deserializer::from_read_ref(bytes);
     decoder.set_max_depth(MAX_DECODE_DEPTH);
-    match <Record as serde::Deserialize>::deserialize(&mut decoder) {
-        Ok(record) => Some(record),
+    match <Decoded as serde::Deserialize>::deserialize(&mut decoder) {
+        Ok(Decoded {
+            id,
+            data,
+            expiry_date,
+        }) => Some(Record {
+            id,
+            data,
+            expiry_date,
+        }),
         Err(err) => {
             tracing::warn!(
                 session = %session,
@@ -34,6 +47,49 @@ pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record>
             None
         }
     }
+}
+
+/// A `Record` as decoded, field for field, with room in its map for the two keys a load and a
+/// flush add to it (see `mark_loaded`): a map that grows rehashes every key.
+#[derive(serde::Deserialize)]
+#[serde(rename = "Record")]
+struct Decoded {
+    id: Id,
+    #[serde(deserialize_with = "with_room")]
+    data: HashMap<String, Value>,
+    expiry_date: OffsetDateTime,
+}
+
+/// The most entries a stored map's length makes the decoder reserve room for up front: a length
+/// is what the bytes claim, not what they hold.
+const MOST_RESERVED: usize = 1024;
+
+fn with_room<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<HashMap<String, Value>, D::Error> {
+    struct Room;
+
+    impl<'de> serde::de::Visitor<'de> for Room {
+        type Value = HashMap<String, Value>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a map of session data")
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let claimed = map.size_hint().unwrap_or(0).min(MOST_RESERVED);
+            let mut data = HashMap::with_capacity(claimed + 2);
+            while let Some((key, value)) = map.next_entry()? {
+                data.insert(key, value);
+            }
+            Ok(data)
+        }
+    }
+
+    deserializer.deserialize_map(Room)
 }
 
 /// The token naming the stored `bytes`: they, in lower-case hex.
@@ -170,6 +226,37 @@ mod tests {
         assert_eq!(decode("s", &bytes), Some(stored.clone()));
         // Byte for byte, but for the order of the data's keys, which a `HashMap` does not keep.
         assert_eq!(bytes.len(), encode(&stored).expect("encodes").len());
+    }
+
+    #[test]
+    fn a_decoded_record_is_the_one_encoded_with_room_for_the_keys_of_a_load_and_a_flush() {
+        for len in [0, 1, 2, 3, 7, 14, 100] {
+            let record = Record {
+                id: Id::default(),
+                data: (0..len)
+                    .map(|n| (format!("key{n}"), serde_json::json!({ "n": n })))
+                    .collect(),
+                expiry_date: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
+            };
+            let decoded = decode("s", &encode(&record).expect("encodes")).expect("decodes");
+            assert_eq!(decoded, record);
+            assert!(decoded.data.capacity() >= len + 2, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_map_length_the_bytes_do_not_hold_reserves_no_room_for_it() {
+        // The data map claims 2^32 - 1 entries and holds one: if the decoder reserved room for
+        // the claim, the test would abort on the allocation.
+        let bytes = nested(0);
+        let map = bytes
+            .windows(4)
+            .position(|window| window == [0x81, 0xa1, b'x', 0xc0])
+            .expect("the data map");
+        let mut claimed = bytes[..map].to_vec();
+        claimed.extend([0xdf, 0xff, 0xff, 0xff, 0xff]);
+        claimed.extend(&bytes[map + 1..]);
+        assert!(decode("s", &claimed).is_none());
     }
 
     #[test]

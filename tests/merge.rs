@@ -886,6 +886,50 @@ fn with_two_namespaces<S: SessionStore + Clone>(store: S) -> Router {
     )
 }
 
+/// `routes` behind the session manager on `store`, with a layer that allows a session one
+/// top-level key and 200 bytes.
+fn with_tight_limits<S: SessionStore + Clone>(store: S) -> Router {
+    routes(1).layer(
+        tower::ServiceBuilder::new()
+            .layer(SessionManagerLayer::new(store).with_secure(false))
+            .layer(
+                SessionControllerLayer::new()
+                    .with_max_namespaces(1)
+                    .with_session_budget(200),
+            ),
+    )
+}
+
+#[tokio::test]
+async fn a_request_that_takes_the_session_past_its_limits_saves_nothing() {
+    for mut app in on_both_merging_stores(with_tight_limits, with_tight_limits) {
+        assert_eq!(app.post("/seed/cart").await.status, 200);
+        let before = app.record().await.expect("stored");
+
+        // A second namespace, then more bytes than the session's budget in the first.
+        for path in [
+            "/insert/other/a",
+            &format!("/insert/cart/{}", "k".repeat(200)),
+        ] {
+            let refused = app.post(path).await;
+            assert_eq!(
+                refused.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{refused:?}"
+            );
+            assert!(
+                refused.body.contains("over its limits"),
+                "{path}: {refused:?}"
+            );
+            let record = app.record().await.expect("still stored");
+            assert_eq!(record.data, before.data, "{path}: nothing of it is saved");
+        }
+        // Within the limits, the session still takes writes.
+        assert_eq!(app.post("/insert/cart/a").await.status, 200);
+        assert_eq!(app.record().await.expect("stored").data["cart"]["a"], true);
+    }
+}
+
 #[tokio::test]
 async fn overlapping_requests_that_each_fit_the_sessions_limit_are_checked_merged() {
     for mut app in on_both_merging_stores(with_two_namespaces, with_two_namespaces) {

@@ -195,9 +195,9 @@ pub(crate) fn flushing(record: &Record) -> Option<u64> {
     left().contains_key(&request).then_some(request)
 }
 
-/// The session's limits that the journal `record` names carries.
-pub(super) fn limits_of(record: &Record) -> Option<SessionLimits> {
-    Journal::read(record)?.limits
+/// The journal a flush left under `request`, while that flush is saving.
+pub(crate) fn left_by(request: u64) -> Option<Arc<Journal>> {
+    left().get(&request).cloned()
 }
 
 /// Replaces the digests of the versions `record` carries: what a save compares the record with
@@ -272,7 +272,12 @@ impl Journal {
 
     /// The journal `record` names, while the flush that left it is saving.
     pub(super) fn read(record: &Record) -> Option<Arc<Self>> {
-        left().get(&request_of(record)?).cloned()
+        left_by(request_of(record)?)
+    }
+
+    /// The session's limits, for the save to check.
+    pub(super) fn limits(&self) -> Option<SessionLimits> {
+        self.limits
     }
 
     /// The request's now.

@@ -195,7 +195,7 @@ impl Serialize for Unmerged<'_> {
 
 /// A merging store's first try when it holds the version the request loaded at hand, `stored`
 /// (as [`MemoryStore`](crate::stores::MemoryStore) does): checks `ours` against the session's
-/// limits as [`checked_unmerged`] does, then makes `stored` the record to store, as
+/// limits its `journal` carries, as [`checked_unmerged`] does, then makes `stored` the record to store, as
 /// [`Unmerged::patch`] does, in place: only the values that differ are copied, and only they are
 /// digested.
 ///
@@ -207,8 +207,12 @@ impl Serialize for Unmerged<'_> {
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-pub(crate) fn patch(ours: &Record, stored: &mut Record) -> Result<(), Refusal> {
-    check_session(ours, &ours.data)?;
+pub(crate) fn patch(
+    ours: &Record,
+    journal: Option<&Journal>,
+    stored: &mut Record,
+) -> Result<(), Refusal> {
+    check_session(ours, journal, &ours.data)?;
     // The usual write changes one namespace: one digest, and no allocation for none.
     let mut changed: Vec<(&String, u64)> = Vec::new();
     let (held, dropped) = copy_changes(ours, stored, |key, value| {
@@ -298,7 +302,7 @@ fn unmerged(ours: &Record) -> Result<Record, Refusal> {
 /// [`Refusal::SessionFull`].
 pub(crate) fn checked_unmerged(ours: &Record) -> Result<Unmerged<'_>, Refusal> {
     // The data stored is ours'.
-    check_session(ours, &ours.data)?;
+    check_session(ours, Journal::read(ours).as_deref(), &ours.data)?;
     Ok(Unmerged::of(ours))
 }
 
@@ -313,8 +317,13 @@ pub(crate) fn checked_unmerged(ours: &Record) -> Result<Unmerged<'_>, Refusal> {
 /// # Errors
 ///
 /// [`Refusal::SessionFull`].
-fn check_session(ours: &Record, next: &HashMap<String, Value>) -> Result<(), Refusal> {
-    let Some(limits) = journal::limits_of(ours) else {
+fn check_session(
+    ours: &Record,
+    journal: Option<&Journal>,
+    next: &HashMap<String, Value>,
+) -> Result<(), Refusal> {
+    let Some((journal, limits)) = journal.and_then(|journal| Some((journal, journal.limits()?)))
+    else {
         return Ok(());
     };
     let data = || next.iter().filter(|(key, _)| is_data(key));
@@ -327,9 +336,6 @@ fn check_session(ours: &Record, next: &HashMap<String, Value>) -> Result<(), Ref
     if !too_many && !too_large {
         return Ok(());
     }
-    let Some(journal) = Journal::read(ours) else {
-        return Ok(());
-    };
     let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let adds = journal.namespaces().any(|(namespace, ops)| {
         let Some(own) = next.get(namespace) else {
@@ -417,7 +423,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
         data,
         expiry_date: ours.expiry_date,
     };
-    check_session(ours, &next.data)?;
+    check_session(ours, journal.as_deref(), &next.data)?;
     Ok(next)
 }
 
@@ -784,7 +790,7 @@ mod tests {
         for held in held {
             let mut stored = as_stored(&record(held.clone()));
             stored.expiry_date = OffsetDateTime::UNIX_EPOCH;
-            patch(&ours, &mut stored).unwrap();
+            patch(&ours, Journal::read(&ours).as_deref(), &mut stored).unwrap();
             assert_eq!(stored, expected, "{held}");
         }
         // Versions that are not those of the stored data are made again.
@@ -798,13 +804,13 @@ mod tests {
             stored
                 .data
                 .insert(VERSIONS_KEY.to_owned(), versions.clone());
-            patch(&ours, &mut stored).unwrap();
+            patch(&ours, Journal::read(&ours).as_deref(), &mut stored).unwrap();
             assert_eq!(stored.data, expected.data, "{versions}");
         }
         // The digests of unchanged values come from the store: a wrong one stored stays.
         let mut stored = as_stored(&record(json!({ "cart": { "a": 2 }, "user": "ada" })));
         stored.data.get_mut(VERSIONS_KEY).unwrap()["digests"]["user"] = json!(7);
-        patch(&ours, &mut stored).unwrap();
+        patch(&ours, Journal::read(&ours).as_deref(), &mut stored).unwrap();
         assert_eq!(stored.data[VERSIONS_KEY]["digests"]["user"], 7);
     }
 

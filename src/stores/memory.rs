@@ -131,14 +131,19 @@ impl MemoryStore {
     /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
     /// When the store still holds the version the request loaded, ours is patched in (only what
     /// it changed is copied, and only that is digested); otherwise its operations are merged into
-    /// the latest record.
-    fn store(&self, ours: &Record, flushing: Option<u64>) -> Result<(), merge::Refusal> {
+    /// the latest record. `flushing`: the request and its journal, when this is a flush's save.
+    fn store(
+        &self,
+        ours: &Record,
+        flushing: Option<(u64, &merge::Journal)>,
+    ) -> Result<(), merge::Refusal> {
+        let (flushing, journal) = flushing.unzip();
         let seen = merge::seen(ours);
         let mut records = self.records();
         match live(&mut records, &ours.id) {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
                 stored.changing();
-                merge::patch(ours, &mut stored.record)?;
+                merge::patch(ours, journal, &mut stored.record)?;
                 stored.written(flushing);
             }
             // Never stored, or not loaded from this store: ours as it is.
@@ -186,7 +191,8 @@ impl MemoryStore {
         if merge::same_data(ours, &stored.record) {
             return Some(Ok(()));
         }
-        Some(merge::patch(ours, &mut stored.record).map(|()| stored.written(None)))
+        // The flush is done: its journal, and the session's limits it carries, are gone.
+        Some(merge::patch(ours, None, &mut stored.record).map(|()| stored.written(None)))
     }
 }
 
@@ -272,19 +278,19 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let flushing = merge::flushing(record);
-        let stored = match (flushing, merge::request_of(record)) {
-            // The flush's own save.
-            (Some(_), _) => self.store(record, flushing),
+        let request = merge::request_of(record);
+        let stored = match request.map(|request| (request, merge::left_by(request))) {
+            // The flush's own save, with the journal its flush left.
+            Some((request, Some(journal))) => self.store(record, Some((request, &journal))),
             // The session manager's save after it.
-            (None, Some(request)) => match self.after_flush(record, request) {
+            Some((request, None)) => match self.after_flush(record, request) {
                 Some(done) => done,
                 None => match merge::prepare(record) {
                     merge::Prepared::Save(ours) => self.store(&ours, None),
                     merge::Prepared::Nothing => Ok(()),
                 },
             },
-            (None, None) => self.store(record, None),
+            None => self.store(record, None),
         };
         // Logged and noted with the lock released.
         stored.map_err(|refusal| merge::refused(record, refusal))

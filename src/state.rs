@@ -61,9 +61,9 @@ pub(crate) struct RequestState {
     responded: AtomicBool,
     /// The namespaces opened so far. A request opens one or two, so a list beats a hash map.
     entries: Mutex<Vec<Arc<Entry>>>,
-    /// Whether a [`MergingStore`](crate::MergingStore) is underneath, learnt by
-    /// [`is_merging`](Self::is_merging) when first needed.
-    merging: OnceLock<bool>,
+    /// Whether a [`MergingStore`](crate::MergingStore) is underneath (with the number of the
+    /// session's load through it), learnt by [`merging`](Self::merging) when first needed.
+    merging: OnceLock<Option<u64>>,
     /// The bytes the session's load read, if a store held them for the save.
     loads: Loads,
 }
@@ -161,19 +161,20 @@ impl RequestState {
             .cloned()
     }
 
-    /// Whether a [`MergingStore`](crate::MergingStore) is underneath. Learnt once per request,
-    /// and only by a write's flush (and the rare [`reload_lent_map`](Self::reload_lent_map)), so a
-    /// read does not pay the lookup.
+    /// Whether a [`MergingStore`](crate::MergingStore) is underneath: `Some`, with the number of
+    /// the session's load through it, which names the request's journal. Learnt once per
+    /// request, and only by a write's flush (and the rare
+    /// [`reload_lent_map`](Self::reload_lent_map)), so a read does not pay the lookup.
     ///
     /// # Errors
     ///
     /// [`Error::Store`] if the session had to be loaded and the store failed.
-    async fn is_merging(&self) -> Result<bool, Error> {
+    async fn merging(&self) -> Result<Option<u64>, Error> {
         if let Some(merging) = self.merging.get() {
             return Ok(*merging);
         }
         let Some(session) = &self.session else {
-            return Ok(false);
+            return Ok(None);
         };
         let merging = merge::is_underneath(session).await.map_err(Error::Store)?;
         Ok(*self.merging.get_or_init(|| merging))
@@ -192,7 +193,7 @@ impl RequestState {
         match entry.map_need() {
             MapNeed::No => return Ok(()),
             // Boxed, as the load in `open` is: this runs inside handler futures.
-            MapNeed::IfMerging if !Box::pin(self.is_merging()).await? => return Ok(()),
+            MapNeed::IfMerging if Box::pin(self.merging()).await?.is_none() => return Ok(()),
             MapNeed::IfMerging | MapNeed::Yes => {}
         }
         let Some(session) = &self.session else {
@@ -246,8 +247,10 @@ impl RequestState {
             // Nothing can be opened without a session.
             return Ok(());
         };
-        let merging = self.is_merging().await?;
-        let mut journal = merging.then(|| Journal::new(self.now).limited(self.session_limits));
+        let load = self.merging().await?;
+        let merging = load.is_some();
+        let mut journal =
+            load.map(|load| Journal::new(self.now, load).limited(self.session_limits));
         for entry in changed {
             let namespace = entry.namespace();
             if entry.loaded_from().is_some() && session.id().is_none() && session.is_empty().await {
@@ -297,15 +300,15 @@ impl RequestState {
         };
         // Only a modified session is saved: an unmodified one (changes that cancelled out)
         // needs no journal. Nor does a response that is a server error: the session manager does
-        // not save it. (A session the flush emptied still holds the journal's number, so it is
-        // saved, and the removals are merged.)
+        // not save it. (A session the flush emptied still holds the load's mark, so it is saved,
+        // and the removals are merged.)
         if journal.is_empty() || !session.is_modified() || server_error {
             return Ok(());
         }
         let request = journal.request();
         // Taken back once the save below is done (or abandoned): the session manager's save
         // that follows finds the outcome noted under the same number instead.
-        let _left: merge::Left = journal.leave_in(session).await.map_err(Error::Store)?;
+        let _left: merge::Left = journal.left();
         match session.save().await {
             Ok(()) => Ok(()),
             Err(err) => {

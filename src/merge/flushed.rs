@@ -3,13 +3,15 @@
 //! not the session manager's bare `500`), and the session manager's own save afterwards costs
 //! nothing.
 //!
-//! The flush leaves the request's journal under a random `request` number, which the session
-//! holds, and calls `Session::save`. The store merges as usual and notes the outcome here, under
-//! the session's id and that number: saved (with the digest of every key of the record it was
-//! given), or refused. The flush reads a refusal back. When the session manager then saves the
-//! same session, still holding the number, the store finds the outcome and compares the record
-//! with the digests it noted: unchanged (the usual case), it stores nothing; changed (a middleware
-//! between the two layers wrote to the session after the flush), it merges what changed.
+//! The flush leaves the request's journal under the `request` number of its load, which the load's
+//! mark in the session holds, and calls `Session::save`. The store merges as usual and notes the
+//! outcome here, under the session's id and that number: saved (with the digest of every key of
+//! the record it was given), or refused. The flush reads a refusal back. When the session manager
+//! then saves the same session, still holding the number, the store finds the outcome and
+//! compares the record with the digests it noted: unchanged (the usual case), it stores nothing;
+//! changed (a middleware between the two layers wrote to the session after the flush), it merges
+//! what changed. (The embedded store compares with the record it stored instead, and notes
+//! digests only when another save overwrites it first.)
 
 use std::{
     collections::BTreeMap,

@@ -4,21 +4,26 @@
 //! session keys of their own, read and written here only.
 //!
 //! The journal itself never enters the session: the flush leaves it in this process, under the
-//! request's random number, and puts only that number in the session, where the save finds it
-//! (the save runs in the same process, inside the flush's own `Session::save`). So a write costs
-//! no serialization of its journal, and the session manager's save that follows finds the same
-//! number and learns from `flushed` that the flush saved it.
+//! number of the request's load, which the load's mark in the session already holds (a load draws
+//! a number of its own, and a request loads its session once), so the save finds it (the save
+//! runs in the same process, inside the flush's own `Session::save`). So a write costs no
+//! serialization of its journal and writes no key of its own into the session, and the session
+//! manager's save that follows finds the same number and learns from `flushed` that the flush
+//! saved it.
 //!
 //! A stored record is untrusted input: what it carries under these keys never acts as an
-//! instruction. A load through `MergingStore` drops any stored journal key and marks the versions
-//! with this process's load mark; the flush leaves a journal only in a session whose versions
-//! carry that mark, so an app whose store is not merging never writes bookkeeping, whatever the
-//! record it loaded holds. A number found under the journal key names a journal only while the
-//! flush that left it is saving.
+//! instruction. A load through a merging store replaces any stored mark with this process's load
+//! mark; the flush leaves a journal only in a session that carries that mark, so an app whose
+//! store is not merging never writes bookkeeping, whatever the record it loaded holds. A load's
+//! number names a journal only while the flush that left it is saving.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    fmt::Write,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
+    },
 };
 
 use serde::{Deserialize, Serialize};
@@ -34,14 +39,16 @@ use super::{digest, ByNumber};
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
 pub(super) const VERSIONS_KEY: &str = "tower_sessions_controller.versions";
-/// The top-level session key under which the flush leaves the number of the request whose
-/// journal the save applies. It never reaches the store.
+/// The top-level session key under which earlier builds left a flush's request number in the
+/// session (it now travels in the load's mark). Bookkeeping all the same: never data, and dropped
+/// from a record at load.
 pub(super) const JOURNAL_KEY: &str = "tower_sessions_controller.ops";
 /// The top-level session key under which a load through a merging store of this process leaves
 /// this process's load mark, which says that the session was in the store when the request began
-/// and that a merging store is underneath; after the mark and a space, a store that saves by
-/// compare-and-set adds what it saw at the load (its token), for the save. It never reaches the
-/// store. One key, written once per load: a load is what most requests do.
+/// and that a merging store is underneath; after the mark, a space and the load's number, which
+/// names the request's journal at its save; after those, a space and what a store that saves by
+/// compare-and-set saw at the load (its token), for the save. It never reaches the store. One key,
+/// written once per load: a load is what most requests do.
 pub(super) const LOADED_KEY: &str = "tower_sessions_controller.loaded";
 
 /// The beginning of the top-level keys this crate keeps for itself: a namespace may not be opened
@@ -55,21 +62,21 @@ fn load_mark() -> &'static str {
     MARK.get_or_init(|| Id::default().to_string())
 }
 
-/// Whether a [`MergingStore`](super::MergingStore) is underneath `session`: its record was loaded
-/// through one of this process.
+/// Whether a [`MergingStore`](super::MergingStore) is underneath `session`: `Some`, with the
+/// number of the load, when its record was loaded through one of this process.
 ///
 /// # Errors
 ///
 /// A store failure, if the session had to be loaded.
 pub(crate) async fn is_underneath(
     session: &Session,
-) -> Result<bool, tower_sessions::session::Error> {
+) -> Result<Option<u64>, tower_sessions::session::Error> {
     let loaded = session.get_value(LOADED_KEY).await?;
     Ok(loaded
         .as_ref()
         .and_then(Value::as_str)
         .and_then(after_mark)
-        .is_some())
+        .map(|loaded| loaded.number))
 }
 
 /// Whether `record` was loaded through a merging store of this process: the session was in the
@@ -78,49 +85,73 @@ pub(super) fn is_loaded(record: &Record) -> bool {
     loaded(record).is_some()
 }
 
-/// What a load through a merging store of this process left in `record`: `Some`, with the token
-/// of a store that saves by compare-and-set, if there is one.
-fn loaded(record: &Record) -> Option<Option<&str>> {
+/// What a load through a merging store of this process left in a record (see [`mark_loaded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Loaded<'a> {
+    /// The load's number: it names the request's journal at its save.
+    number: u64,
+    /// The token of a store that saves by compare-and-set, if there is one.
+    seen: Option<&'a str>,
+}
+
+/// What a load through a merging store of this process left in `record`, if one did.
+fn loaded(record: &Record) -> Option<Loaded<'_>> {
     after_mark(record.data.get(LOADED_KEY)?.as_str()?)
 }
 
-/// `value` is this process's load mark, alone (`Some(None)`) or followed by a space and a token.
-fn after_mark(value: &str) -> Option<Option<&str>> {
-    match value.strip_prefix(load_mark())? {
-        "" => Some(None),
-        rest => Some(Some(rest.strip_prefix(' ')?)),
+/// `value` is this process's load mark, a space and a load's number, then perhaps a space and a
+/// token.
+fn after_mark(value: &str) -> Option<Loaded<'_>> {
+    let rest = value.strip_prefix(load_mark())?.strip_prefix(' ')?;
+    let (number, seen) = match rest.split_once(' ') {
+        Some((number, seen)) => (number, Some(seen)),
+        None => (rest, None),
+    };
+    // Digits only: `parse` would also take a sign.
+    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
     }
+    Some(Loaded {
+        number: number.parse().ok()?,
+        seen,
+    })
 }
 
-/// Readies a record loaded from the store for a request: a stored journal is dropped (a journal
-/// is applied only by the save of the request that wrote it), and the record gets this process's
-/// load mark, with `seen`: what a store that saves by compare-and-set needs to know the record
-/// again. The versions are left as stored.
+/// Readies a record loaded from the store for a request: stored bookkeeping under the journal key
+/// is dropped, and the record gets this process's load mark, with a number of its own for this
+/// load and `seen`: what a store that saves by compare-and-set needs to know the record again.
+/// The versions are left as stored.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
-    // Room for the mark and for the journal's number, which a write's flush adds: a map that grows
-    // rehashes every key.
-    record.data.reserve(2);
+    // Room for the mark: a map that grows rehashes every key.
+    record.data.reserve(1);
     let mark = load_mark();
-    let loaded = match seen {
-        None => mark.to_owned(),
-        Some(seen) => {
-            let mut loaded = String::with_capacity(mark.len() + 1 + seen.len());
-            loaded.push_str(mark);
-            loaded.push(' ');
-            loaded.push_str(&seen);
-            loaded
-        }
-    };
+    let number = next_load();
+    let seen = seen.as_deref().unwrap_or_default();
+    let mut loaded = String::with_capacity(mark.len() + 22 + seen.len());
+    loaded.push_str(mark);
+    loaded.push(' ');
+    // `write!` into a `String` cannot fail.
+    let _ = write!(loaded, "{number}");
+    if !seen.is_empty() {
+        loaded.push(' ');
+        loaded.push_str(seen);
+    }
     record
         .data
         .insert(LOADED_KEY.to_owned(), Value::String(loaded));
 }
 
+/// A number for a load: each load of this process draws its own.
+pub(super) fn next_load() -> u64 {
+    static LOADS: AtomicU64 = AtomicU64::new(1);
+    LOADS.fetch_add(1, Ordering::Relaxed)
+}
+
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
 pub(crate) fn seen(record: &Record) -> Option<&str> {
-    loaded(record)?
+    loaded(record)?.seen
 }
 
 /// The operations a request made on one namespace: whether it purged it, which user keys it set
@@ -154,8 +185,8 @@ pub(crate) struct Journal {
     /// The request's now.
     now: OffsetDateTime,
     namespaces: BTreeMap<String, Ops>,
-    /// A random number naming the request: the session holds it, the save finds the journal by
-    /// it, and `flushed` notes the outcome under it.
+    /// The number of the request's load, naming the request: the session holds it (in the load's
+    /// mark), the save finds the journal by it, and `flushed` notes the outcome under it.
     request: u64,
     /// The session's limits, for the save to check.
     limits: Option<SessionLimits>,
@@ -183,9 +214,9 @@ impl Drop for Left {
     }
 }
 
-/// The number of the request whose journal `record` names, if it names one.
+/// The number of the request whose journal `record` names (its load's), if it names one.
 pub(crate) fn request_of(record: &Record) -> Option<u64> {
-    record.data.get(JOURNAL_KEY)?.as_u64()
+    Some(loaded(record)?.number)
 }
 
 /// The number of the request whose journal `record` names, while the flush that left it is
@@ -215,12 +246,12 @@ pub(super) fn set_digests(record: &mut Record, digests: BTreeMap<String, u64>) {
 }
 
 impl Journal {
-    pub(crate) fn new(now: OffsetDateTime) -> Self {
+    /// The journal of the request whose now is `now` and whose load's number is `request`.
+    pub(crate) fn new(now: OffsetDateTime, request: u64) -> Self {
         Self {
             now,
             namespaces: BTreeMap::new(),
-            // Random: the low half of a fresh session id.
-            request: Id::default().0 as u64,
+            request,
             limits: None,
         }
     }
@@ -250,24 +281,13 @@ impl Journal {
         self.namespaces.is_empty()
     }
 
-    /// Leaves the journal for the save of `session`: in this process, under the request's
-    /// number, which goes into the session. The journal is taken back when the returned guard
-    /// is dropped.
-    ///
-    /// # Errors
-    ///
-    /// A store failure, if the session had to be loaded.
-    pub(crate) async fn leave_in(
-        self,
-        session: &Session,
-    ) -> Result<Left, tower_sessions::session::Error> {
-        let guard = Left {
+    /// Leaves the journal for the save of the session: in this process, under the request's
+    /// number (its load's, which the session holds). The journal is taken back when the returned
+    /// guard is dropped.
+    pub(crate) fn left(self) -> Left {
+        Left {
             request: self.leave(),
-        };
-        session
-            .insert_value(JOURNAL_KEY, Value::from(guard.request))
-            .await?;
-        Ok(guard)
+        }
     }
 
     /// The journal `record` names, while the flush that left it is saving.
@@ -293,10 +313,10 @@ impl Journal {
     }
 
     /// Leaves the journal for a save until the process ends, and returns what the session
-    /// holds for it: for tests of the save that build its record by hand.
+    /// holds for it (a load mark naming it): for tests of the save that build its record by hand.
     #[cfg(test)]
     pub(crate) fn left_for_good(self) -> Value {
-        Value::from(self.leave())
+        Value::from(format!("{} {}", load_mark(), self.leave()))
     }
 
     /// The operations on `namespace`, if the request changed it.
@@ -425,18 +445,21 @@ mod tests {
     use serde_json::json;
     use time::macros::datetime;
 
-    fn record_naming(journal: Value) -> Record {
+    fn record_naming(loaded: Value) -> Record {
         Record {
             id: Id(1),
-            data: [(JOURNAL_KEY.to_owned(), journal)].into(),
+            data: [(LOADED_KEY.to_owned(), loaded)].into(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         }
     }
 
-    #[tokio::test]
-    async fn a_journal_left_for_the_save_is_found_by_its_number_until_taken_back() {
+    #[test]
+    fn a_journal_left_for_the_save_is_found_by_its_loads_number_until_taken_back() {
         let now = datetime!(2026-11-25 12:00:00.5 UTC);
-        let mut journal = Journal::new(now);
+        let mut record = record_naming(json!("stored"));
+        mark_loaded(&mut record, Some("t".to_owned()));
+        let load = request_of(&record).expect("a load's number");
+        let mut journal = Journal::new(now, load);
         journal.record(
             "cart".to_owned(),
             Ops {
@@ -445,17 +468,11 @@ mod tests {
                 ..Ops::default()
             },
         );
-        let session = Session::new(
-            None,
-            std::sync::Arc::new(tower_sessions::MemoryStore::default()),
-            None,
-        );
-        let left = journal.clone().leave_in(&session).await.unwrap();
-        let number: Value = session.get_value(JOURNAL_KEY).await.unwrap().unwrap();
-        assert_eq!(number, Value::from(journal.request()), "only the number");
-        let record = record_naming(number);
+        assert_eq!(Journal::read(&record), None, "not left yet");
+        let left = journal.clone().left();
 
         assert_eq!(Journal::read(&record).as_deref(), Some(&journal));
+        assert_eq!(seen(&record), Some("t"), "the token, after the number");
         assert_eq!(request_of(&record), Some(journal.request()));
         drop(left);
         assert_eq!(Journal::read(&record), None, "taken back");
@@ -464,11 +481,15 @@ mod tests {
     #[test]
     fn a_number_no_flush_left_names_no_journal() {
         let now = datetime!(2026-11-25 12:00 UTC);
-        let guessed = Journal::new(now).request() ^ 1;
+        let left = Journal::new(now, next_load()).left();
+        let guessed = left.request ^ 1;
+        let mark = load_mark();
         for stored in [
-            json!(guessed),
+            json!(format!("{mark} {guessed}")),
+            json!(format!("guess {}", left.request)),
+            json!(left.request),
             json!("garbage"),
-            json!({ "request": guessed }),
+            json!({ "request": left.request }),
         ] {
             assert_eq!(
                 Journal::read(&record_naming(stored.clone())),
@@ -476,6 +497,8 @@ mod tests {
                 "{stored}"
             );
         }
+        let named = record_naming(json!(format!("{mark} {}", left.request)));
+        assert!(Journal::read(&named).is_some(), "the load that left it");
     }
 
     #[test]
@@ -515,20 +538,34 @@ mod tests {
         mark_loaded(&mut record, Some("t2".to_owned()));
         assert!(is_loaded(&record));
         assert_eq!(seen(&record), Some("t2"));
+        let first = request_of(&record);
         mark_loaded(&mut record, None);
         assert_eq!(seen(&record), None, "a load without a token leaves none");
         assert!(is_loaded(&record));
+        assert!(
+            request_of(&record) > first,
+            "each load draws a number of its own"
+        );
     }
 
     #[test]
-    fn only_this_processes_mark_followed_by_a_space_names_a_token() {
+    fn only_this_processes_mark_and_a_number_name_a_load() {
         let mark = load_mark();
-        assert_eq!(after_mark(mark), Some(None));
-        assert_eq!(after_mark(&format!("{mark} t")), Some(Some("t")));
-        assert_eq!(after_mark(&format!("{mark}  ")), Some(Some(" ")));
+        let loaded = |number, seen| Some(Loaded { number, seen });
+        assert_eq!(after_mark(&format!("{mark} 7")), loaded(7, None));
+        assert_eq!(after_mark(&format!("{mark} 7 t")), loaded(7, Some("t")));
+        assert_eq!(after_mark(&format!("{mark} 7 @3")), loaded(7, Some("@3")));
+        assert_eq!(after_mark(&format!("{mark} 7  ")), loaded(7, Some(" ")));
         for other in [
-            format!("{mark}t"),
-            format!("x{mark} t"),
+            mark.to_owned(),
+            format!("{mark} t"),
+            format!("{mark} +7"),
+            format!("{mark} -7"),
+            format!("{mark}  7"),
+            format!("{mark} 7t"),
+            format!("{mark} 99999999999999999999"),
+            format!("{mark}7"),
+            format!("x{mark} 7"),
             String::new(),
             "t".to_owned(),
         ] {

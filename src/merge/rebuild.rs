@@ -515,7 +515,7 @@ mod tests {
     }
 
     fn journal(namespaces: &[(&str, bool, &[&str])]) -> Value {
-        let mut journal = Journal::new(NOW);
+        let mut journal = Journal::new(NOW, journal::next_load());
         for (key, purged, touched) in namespaces {
             journal.record(
                 (*key).to_owned(),
@@ -551,8 +551,8 @@ mod tests {
         let old = json!({ "old": 1, "_timeout_datestamp": stamp(NOW) });
         let ours = record(json!({
             "cart": { "new": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
-            JOURNAL_KEY: journal(&[("cart", false, &["new"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "cart": old })),
+            LOADED_KEY: journal(&[("cart", false, &["new"])]),
+            VERSIONS_KEY: versions(json!({ "cart": old })),
         }));
         let latest = record(json!({ "cart": old, VERSIONS_KEY: versions(json!({ "cart": old })) }));
         let merged = merge(&ours, Some(latest)).unwrap();
@@ -570,8 +570,8 @@ mod tests {
         let theirs = json!({ "b": 1, "_timeout_datestamp": stamp(NOW + Duration::minutes(9)) });
         let ours = record(json!({
             "cart": { "a": 1, "_timeout_datestamp": stamp(own) },
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({})),
         }));
         let latest =
             record(json!({ "cart": theirs, VERSIONS_KEY: versions(json!({ "cart": theirs })) }));
@@ -656,8 +656,8 @@ mod tests {
         let ours = record(json!({
             "cart": { "a": 1 },
             "user": "as loaded",
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "as loaded" })),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({ "user": "as loaded" })),
         }));
         let latest =
             record(json!({ "user": "newer", VERSIONS_KEY: versions(json!({ "user": "newer" })) }));
@@ -715,8 +715,8 @@ mod tests {
     fn the_unmerged_record_serializes_as_the_record_it_stores() {
         let ours = record(json!({
             "cart": { "a": 1, "lifetimes": { "a": 5 } }, "user": "ada",
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({ "user": "ada" })),
         }));
         let unmerged = Unmerged::of(&ours);
         let digests = unmerged.digests();
@@ -741,8 +741,8 @@ mod tests {
     fn patching_what_the_store_holds_gives_the_record_to_store() {
         let ours = record(json!({
             "cart": { "a": 2 }, "user": "ada", "new": [1],
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({ "user": "ada" })),
         }));
         let held = [
             // What the request loaded: the cart changed, a key added, one removed.
@@ -774,8 +774,8 @@ mod tests {
     fn patching_with_the_digests_stored_gives_the_record_of_a_first_try() {
         let ours = record(json!({
             "cart": { "a": 2 }, "user": "ada", "new": [1],
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({ "user": "ada" })),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({ "user": "ada" })),
         }));
         // What the store holds, each as a merging store stored it (with the versions of its own
         // data): ours as it is, a changed cart, a key ours removed, a key ours added.
@@ -818,8 +818,8 @@ mod tests {
     fn as_stored_keeps_the_data_and_stores_its_digests_without_marks() {
         let ours = record(json!({
             "cart": { "a": 1 },
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({})),
         }));
         let stored = as_stored(&ours);
         assert_eq!(stored.data["cart"], json!({ "a": 1 }));
@@ -834,8 +834,8 @@ mod tests {
     fn a_loaded_session_gone_from_the_store_is_never_written_back() {
         let ours = record(json!({
             "cart": { "a": 1 },
-            JOURNAL_KEY: journal(&[("cart", false, &["a"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+            VERSIONS_KEY: versions(json!({})),
         }));
         assert_eq!(merge(&ours, None).unwrap_err(), Refusal::Ended);
     }
@@ -853,7 +853,7 @@ mod tests {
 
     #[test]
     fn a_typed_write_racing_a_purge_stores_its_whole_value() {
-        let mut ops = Journal::new(NOW);
+        let mut ops = Journal::new(NOW, journal::next_load());
         ops.record(
             "wizard".to_owned(),
             Ops {
@@ -865,8 +865,8 @@ mod tests {
         );
         let ours = record(json!({
             "wizard": { "step": 7, "address": "x", "_timeout_datestamp": stamp(NOW + Duration::minutes(5)) },
-            JOURNAL_KEY: ops.left_for_good(),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: ops.left_for_good(),
+            VERSIONS_KEY: versions(json!({})),
         }));
         // Another request purged the namespace meanwhile.
         let latest = record(json!({ "other": 1, VERSIONS_KEY: versions(json!({ "other": 1 })) }));
@@ -877,7 +877,7 @@ mod tests {
 
     #[test]
     fn a_typed_write_merges_field_by_field_into_a_stored_value() {
-        let mut ops = Journal::new(NOW);
+        let mut ops = Journal::new(NOW, journal::next_load());
         ops.record(
             "pair".to_owned(),
             Ops {
@@ -889,8 +889,8 @@ mod tests {
         );
         let ours = record(json!({
             "pair": { "a": null, "b": 2 },
-            JOURNAL_KEY: ops.left_for_good(),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: ops.left_for_good(),
+            VERSIONS_KEY: versions(json!({})),
         }));
         let latest = record(json!({
             "pair": { "a": 1, "b": null },
@@ -902,7 +902,7 @@ mod tests {
 
     #[test]
     fn a_merge_that_would_cross_the_writes_budget_is_refused() {
-        let mut ops = Journal::new(NOW);
+        let mut ops = Journal::new(NOW, journal::next_load());
         ops.record(
             "cart".to_owned(),
             Ops {
@@ -914,8 +914,8 @@ mod tests {
         );
         let ours = record(json!({
             "cart": { "mine": "0123456789" },
-            JOURNAL_KEY: ops.left_for_good(),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(json!({})),
+            LOADED_KEY: ops.left_for_good(),
+            VERSIONS_KEY: versions(json!({})),
         }));
         let latest = record(json!({
             "cart": { "theirs": "0123456789" },
@@ -929,7 +929,7 @@ mod tests {
 
     /// A journal of writes (`touched` keys set or removed) to `namespaces`, with session limits.
     fn limited(namespaces: &[(&str, &[&str])], limits: SessionLimits) -> Value {
-        let mut journal = Journal::new(NOW).limited(limits);
+        let mut journal = Journal::new(NOW, journal::next_load()).limited(limits);
         for (key, touched) in namespaces {
             journal.record(
                 (*key).to_owned(),
@@ -953,8 +953,8 @@ mod tests {
         let stored = json!({ "a": { "x": 1 }, "b": { "x": 1 } });
         let ours = record(json!({
             "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
-            JOURNAL_KEY: limited(&[("c", &["x"])], TWO_NAMESPACES),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
+            LOADED_KEY: limited(&[("c", &["x"])], TWO_NAMESPACES),
+            VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest =
             record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));
@@ -974,7 +974,7 @@ mod tests {
         write.data.remove("c");
         write.data.insert("b".to_owned(), json!({ "x": 2 }));
         write.data.insert(
-            JOURNAL_KEY.to_owned(),
+            LOADED_KEY.to_owned(),
             limited(&[("b", &["x"])], TWO_NAMESPACES),
         );
         assert!(merge(&write, Some(latest)).is_ok());
@@ -989,8 +989,8 @@ mod tests {
         let stored = json!({ "a": { "x": "0123456789", "y": "0123456789" } });
         let set = record(json!({
             "a": { "x": "0123456789", "y": "0123456789", "z": 1 },
-            JOURNAL_KEY: limited(&[("a", &["z"])], limits),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
+            LOADED_KEY: limited(&[("a", &["z"])], limits),
+            VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest = record(json!({ "a": stored["a"], VERSIONS_KEY: versions(stored.clone()) }));
         assert!(matches!(
@@ -1002,8 +1002,8 @@ mod tests {
         let remove = record(json!({
             "a": { "x": "0123456789", "y": "0123456789" },
             "other": "a long value that another request stored",
-            JOURNAL_KEY: limited(&[("a", &["gone"])], limits),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored),
+            LOADED_KEY: limited(&[("a", &["gone"])], limits),
+            VERSIONS_KEY: versions(stored),
         }));
         assert!(merge(&remove, Some(latest)).is_ok());
     }
@@ -1013,8 +1013,8 @@ mod tests {
         let stored = json!({ "a": { "x": 1 }, "b": { "x": 1 } });
         let ours = record(json!({
             "a": { "x": 1 }, "b": { "x": 1 }, "c": { "x": 1 },
-            JOURNAL_KEY: journal(&[("c", false, &["x"])]),
-            LOADED_KEY: mark(), VERSIONS_KEY: versions(stored.clone()),
+            LOADED_KEY: journal(&[("c", false, &["x"])]),
+            VERSIONS_KEY: versions(stored.clone()),
         }));
         let latest =
             record(json!({ "a": { "x": 1 }, "b": { "x": 1 }, VERSIONS_KEY: versions(stored) }));

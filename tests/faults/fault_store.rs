@@ -306,8 +306,12 @@ impl<S: SessionStore + Clone> SessionStore for FaultStore<S> {
 }
 
 /// The number of the request whose flush saves `record`, if a flush does: over the crate's
-/// stores, the flush's own save and the session manager's save after it carry it under the
-/// crate's journal key.
+/// stores, the flush's own save and the session manager's save after it carry it in the crate's
+/// load mark (its second word: the load's number).
 fn flush_of(record: &Record) -> Option<u64> {
-    record.data.get("tower_sessions_controller.ops")?.as_u64()
+    let loaded = record
+        .data
+        .get("tower_sessions_controller.loaded")?
+        .as_str()?;
+    loaded.split(' ').nth(1)?.parse().ok()
 }

@@ -87,15 +87,15 @@ pub(super) fn is_loaded(record: &Record) -> bool {
 
 /// What a load through a merging store of this process left in a record (see [`mark_loaded`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Loaded<'a> {
+pub(crate) struct Loaded<'a> {
     /// The load's number: it names the request's journal at its save.
-    number: u64,
+    pub(crate) number: u64,
     /// The token of a store that saves by compare-and-set, if there is one.
-    seen: Option<&'a str>,
+    pub(crate) seen: Option<&'a str>,
 }
 
 /// What a load through a merging store of this process left in `record`, if one did.
-fn loaded(record: &Record) -> Option<Loaded<'_>> {
+pub(crate) fn loaded(record: &Record) -> Option<Loaded<'_>> {
     after_mark(record.data.get(LOADED_KEY)?.as_str()?)
 }
 
@@ -103,18 +103,20 @@ fn loaded(record: &Record) -> Option<Loaded<'_>> {
 /// token.
 fn after_mark(value: &str) -> Option<Loaded<'_>> {
     let rest = value.strip_prefix(load_mark())?.strip_prefix(' ')?;
-    let (number, seen) = match rest.split_once(' ') {
-        Some((number, seen)) => (number, Some(seen)),
+    let (digits, seen) = match rest.split_once(' ') {
+        Some((digits, seen)) => (digits, Some(seen)),
         None => (rest, None),
     };
-    // Digits only: `parse` would also take a sign.
-    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+    if digits.is_empty() {
         return None;
     }
-    Some(Loaded {
-        number: number.parse().ok()?,
-        seen,
-    })
+    // Decimal digits only (no sign), and no more than a `u64` holds.
+    let mut number = 0u64;
+    for digit in digits.bytes() {
+        let digit = digit.checked_sub(b'0').filter(|digit| *digit < 10)?;
+        number = number.checked_mul(10)?.checked_add(u64::from(digit))?;
+    }
+    Some(Loaded { number, seen })
 }
 
 /// Readies a record loaded from the store for a request: stored bookkeeping under the journal key
@@ -215,7 +217,7 @@ impl Drop for Left {
 }
 
 /// The number of the request whose journal `record` names (its load's), if it names one.
-pub(crate) fn request_of(record: &Record) -> Option<u64> {
+pub(super) fn request_of(record: &Record) -> Option<u64> {
     Some(loaded(record)?.number)
 }
 

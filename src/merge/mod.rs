@@ -30,7 +30,7 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    is_underneath, left_by, mark_loaded, request_of, seen, Journal, Left, Ops, SessionLimits,
+    is_underneath, left_by, loaded, mark_loaded, seen, Journal, Left, Ops, SessionLimits,
     RESERVED_PREFIX,
 };
 use lock::SaveLocks;

@@ -721,7 +721,7 @@ mod tests {
     /// `loaded` with `namespace` written as the flush writes it, and the journal of that write
     /// (the key `key` set, within `budget`) left for its save.
     fn written(mut loaded: Record, namespace: &str, key: &str, budget: Option<usize>) -> Record {
-        let load = merge::request_of(&loaded).expect("a load's number");
+        let load = merge::loaded(&loaded).expect("a load's mark").number;
         let mut journal = merge::Journal::new(OffsetDateTime::now_utc(), load);
         journal.record(
             namespace.to_owned(),

@@ -131,14 +131,15 @@ impl MemoryStore {
     /// stores and its merge in one step, so a save never tries twice and never waits for a batch.
     /// When the store still holds the version the request loaded, ours is patched in (only what
     /// it changed is copied, and only that is digested); otherwise its operations are merged into
-    /// the latest record. `flushing`: the request and its journal, when this is a flush's save.
+    /// the latest record. `seen`: the version the request loaded, if it loaded one from this store;
+    /// `flushing`: the request and its journal, when this is a flush's save.
     fn store(
         &self,
         ours: &Record,
+        seen: Option<&str>,
         flushing: Option<(u64, &merge::Journal)>,
     ) -> Result<(), merge::Refusal> {
         let (flushing, journal) = flushing.unzip();
-        let seen = merge::seen(ours);
         let mut records = self.records();
         match live(&mut records, &ours.id) {
             Some(stored) if seen.is_none_or(|seen| seen.parse() == Ok(stored.number)) => {
@@ -278,19 +279,22 @@ impl SessionStore for MemoryStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let request = merge::request_of(record);
+        // Read once: the load's number, and the version it saw.
+        let loaded = merge::loaded(record);
+        let seen = loaded.and_then(|loaded| loaded.seen);
+        let request = loaded.map(|loaded| loaded.number);
         let stored = match request.map(|request| (request, merge::left_by(request))) {
             // The flush's own save, with the journal its flush left.
-            Some((request, Some(journal))) => self.store(record, Some((request, &journal))),
+            Some((request, Some(journal))) => self.store(record, seen, Some((request, &journal))),
             // The session manager's save after it.
             Some((request, None)) => match self.after_flush(record, request) {
                 Some(done) => done,
                 None => match merge::prepare(record) {
-                    merge::Prepared::Save(ours) => self.store(&ours, None),
+                    merge::Prepared::Save(ours) => self.store(&ours, seen, None),
                     merge::Prepared::Nothing => Ok(()),
                 },
             },
-            None => self.store(record, None),
+            None => self.store(record, seen, None),
         };
         // Logged and noted with the lock released.
         stored.map_err(|refusal| merge::refused(record, refusal))

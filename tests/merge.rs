@@ -742,8 +742,15 @@ async fn a_save_cancelled_while_it_holds_the_store_lock_does_not_block_the_sessi
     assert_eq!(next.status, 200, "{next:?}");
 }
 
+/// What `write_after` and a test tell each other: the flush of `/insert/cart/paused` is done;
+/// the test's other request is answered.
+static PAUSE: std::sync::LazyLock<(tokio::sync::Notify, tokio::sync::Notify)> =
+    std::sync::LazyLock::new(Default::default);
+
 /// A middleware between the session manager and the controller layer, writing to the session
-/// after the flush (as a flash-message layer would).
+/// after the flush (as a flash-message layer would): the request's path under `after_flush`, and
+/// a key of the request's own. After the flush of `/insert/cart/paused` it first waits for the
+/// test's other request.
 async fn write_after(
     session: Session,
     request: axum::extract::Request,
@@ -751,8 +758,16 @@ async fn write_after(
 ) -> axum::response::Response {
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    if path == "/insert/cart/paused" {
+        PAUSE.0.notify_one();
+        PAUSE.1.notified().await;
+    }
     session
         .insert_value("after_flush", json!(path))
+        .await
+        .expect("session write");
+    session
+        .insert_value(&format!("after {path}"), json!(true))
         .await
         .expect("session write");
     response
@@ -807,49 +822,14 @@ async fn a_write_to_the_session_after_the_flush_is_saved_too() {
     }
 }
 
-/// What `write_after_a_pause` and its test tell each other: the flush of `/insert/cart/a` is
-/// done; the other request is answered.
-static PAUSE: std::sync::LazyLock<(tokio::sync::Notify, tokio::sync::Notify)> =
-    std::sync::LazyLock::new(Default::default);
-
-/// `write_after`, but after the flush of `/insert/cart/a` it waits for the test's other request,
-/// and each request writes a key of its own.
-async fn write_after_a_pause(
-    session: Session,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
-    if path == "/insert/cart/a" {
-        PAUSE.0.notify_one();
-        PAUSE.1.notified().await;
-    }
-    session
-        .insert_value(&format!("after {path}"), json!(true))
-        .await
-        .expect("session write");
-    response
-}
-
-/// `with_a_late_middleware`, with `write_after_a_pause`.
-fn with_a_pausing_middleware<S: SessionStore + Clone>(store: S) -> Router {
-    routes(1).layer(
-        tower::ServiceBuilder::new()
-            .layer(SessionManagerLayer::new(store).with_secure(false))
-            .layer(axum::middleware::from_fn(write_after_a_pause))
-            .layer(SessionControllerLayer::new()),
-    )
-}
-
 #[tokio::test]
 async fn a_write_after_the_flush_merges_with_a_save_that_came_in_between() {
-    for mut app in on_both_merging_stores(with_a_pausing_middleware, with_a_pausing_middleware) {
+    for mut app in on_both_merging_stores(with_a_late_middleware, with_a_late_middleware) {
         assert_eq!(app.post("/seed/cart").await.status, 200);
         let (mut paused, mut other) = (app.tab(), app.tab());
         // The other request loads what the first one's flush stored, and saves before the first
         // one's session manager does.
-        let (first, second) = tokio::join!(paused.post("/insert/cart/a"), async {
+        let (first, second) = tokio::join!(paused.post("/insert/cart/paused"), async {
             PAUSE.0.notified().await;
             let reply = other.post("/insert/cart/b").await;
             PAUSE.1.notify_one();
@@ -862,7 +842,7 @@ async fn a_write_after_the_flush_merges_with_a_save_that_came_in_between() {
         );
 
         let record = app.record().await.expect("record");
-        for key in ["after /insert/cart/a", "after /insert/cart/b"] {
+        for key in ["after /insert/cart/paused", "after /insert/cart/b"] {
             assert_eq!(
                 record.data.get(key),
                 Some(&json!(true)),
@@ -870,7 +850,7 @@ async fn a_write_after_the_flush_merges_with_a_save_that_came_in_between() {
                 record.data
             );
         }
-        for item in ["a", "b"] {
+        for item in ["paused", "b"] {
             assert_eq!(record.data["cart"][item], true, "{item}: {:?}", record.data);
         }
     }

@@ -125,8 +125,8 @@ fn after_mark(value: &str) -> Option<Loaded<'_>> {
 /// The versions are left as stored.
 pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record.data.remove(JOURNAL_KEY);
-    // Room for the mark: a map that grows rehashes every key.
-    record.data.reserve(1);
+    // Room for the mark and a namespace the flush creates: a map that grows rehashes every key.
+    record.data.reserve(2);
     let mark = load_mark();
     let number = next_load();
     let seen = seen.as_deref().unwrap_or_default();

@@ -154,8 +154,6 @@ impl<'a> Unmerged<'a> {
                     .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
             }
         }
-        stored.id = self.ours.id;
-        stored.expiry_date = self.ours.expiry_date;
     }
 }
 
@@ -195,9 +193,9 @@ impl Serialize for Unmerged<'_> {
 
 /// A merging store's first try when it holds the version the request loaded at hand, `stored`
 /// (as [`MemoryStore`](crate::stores::MemoryStore) does): checks `ours` against the session's
-/// limits its `journal` carries, as [`checked_unmerged`] does, then makes `stored` the record to store, as
-/// [`Unmerged::patch`] does, in place: only the values that differ are copied, and only they are
-/// digested.
+/// limits its `journal` carries, as [`checked_unmerged`] does, then makes `stored` the record to
+/// store, as [`Unmerged::patch`] does, in place: only the values that differ are copied, and only
+/// they are digested.
 ///
 /// A value the request left as it loaded it keeps the digest stored with it: `stored` must carry
 /// the versions of its own data, as every record a merging store writes does (then a request that
@@ -242,15 +240,13 @@ pub(crate) fn patch(
             .data
             .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&digests));
     }
-    stored.id = ours.id;
-    stored.expiry_date = ours.expiry_date;
     Ok(())
 }
 
 /// The common part of a patch of `stored` into the record to store for `ours`: copies each value of
-/// ours' data that differs from the one `stored` holds (and gives it to `changed`), then drops what
-/// ours does not hold, but the versions. Returns how many keys ours' data has, and whether any
-/// key was dropped.
+/// ours' data that differs from the one `stored` holds (and gives it to `changed`), drops what ours
+/// does not hold, but the versions, and takes ours' id and expiry. Returns how many keys ours' data
+/// has, and whether any key was dropped.
 fn copy_changes<'a>(
     ours: &'a Record,
     stored: &mut Record,
@@ -277,6 +273,8 @@ fn copy_changes<'a>(
             .data
             .retain(|key, _| key == VERSIONS_KEY || is_data(key) && ours.data.contains_key(key));
     }
+    stored.id = ours.id;
+    stored.expiry_date = ours.expiry_date;
     (held, dropped)
 }
 
@@ -322,8 +320,10 @@ fn check_session(
     journal: Option<&Journal>,
     next: &HashMap<String, Value>,
 ) -> Result<(), Refusal> {
-    let Some((journal, limits)) = journal.and_then(|journal| Some((journal, journal.limits()?)))
-    else {
+    let Some(journal) = journal else {
+        return Ok(());
+    };
+    let Some(limits) = journal.limits() else {
         return Ok(());
     };
     let data = || next.iter().filter(|(key, _)| is_data(key));

@@ -49,8 +49,9 @@ pub(super) fn decode(session: impl fmt::Display, bytes: &[u8]) -> Option<Record>
     }
 }
 
-/// A `Record` as decoded, field for field, with room in its map for the two keys a load and a
-/// flush add to it (see `mark_loaded`): a map that grows rehashes every key.
+/// A `Record` as decoded, field for field, with room in its map for the keys a request adds to
+/// it: the load's mark (see `mark_loaded`) and a namespace its flush creates. A map that grows
+/// rehashes every key.
 #[derive(serde::Deserialize)]
 #[serde(rename = "Record")]
 struct Decoded {

@@ -88,8 +88,9 @@ impl Version {
         }
     }
 
-    /// Gives the record's map room for the keys a load and a flush add to its copies (see
-    /// `mark_loaded`): a copy of a map has its room, and one that grows rehashes every key.
+    /// Gives the record's map room for the keys a request adds to its copies: the load's mark
+    /// (see `mark_loaded`) and a namespace its flush creates. A copy of a map has its room, and
+    /// one that grows rehashes every key.
     fn room(&mut self) {
         self.record.data.reserve(2);
     }
@@ -197,6 +198,7 @@ impl MemoryStore {
     }
 }
 
+/// The stored record under `id` that has not expired, if any; an expired one is removed.
 fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Version> {
     match records.entry(*id) {
         Entry::Occupied(stored) if stored.get().record.expiry_date > OffsetDateTime::now_utc() => {
@@ -286,7 +288,8 @@ impl SessionStore for MemoryStore {
         let stored = match request.map(|request| (request, merge::left_by(request))) {
             // The flush's own save, with the journal its flush left.
             Some((request, Some(journal))) => self.store(record, seen, Some((request, &journal))),
-            // The session manager's save after it.
+            // A save without a journal: the session manager's save after a flush's (then
+            // `after_flush` answers it), or of a request that wrote through `Session` alone.
             Some((request, None)) => match self.after_flush(record, request) {
                 Some(done) => done,
                 None => match merge::prepare(record) {

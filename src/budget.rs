@@ -8,7 +8,8 @@
 //! but not the bytes. Only when the bounds cannot settle whether an insert fits (the namespace is
 //! close to its budget) is the **exact** length counted, and from then on kept exact by adding
 //! and subtracting the entries an insert changes. The bookkeeping (stamp, counts, keys'
-//! lifetimes) is small, and always counted exactly.
+//! lifetimes) is small and counted exactly, but for its stamps: formatting a float is the dearest
+//! step of the count, so far below the budget a stamp counts between the bounds of its length.
 
 use serde_json::{Map, Number, Value};
 
@@ -102,36 +103,65 @@ fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
 /// The bytes a namespace's bookkeeping adds to its user data when stored (each reserved entry
 /// and the comma before it): its `deadline`, and the `lifetimes` of the keys it holds (`holds`).
 /// The user data is not empty: an empty namespace is not stored at all.
+///
+/// Exact when `exact`; else each stamp counts between [`STAMP_LEN`]'s bounds instead of being
+/// formatted (the one costly part of the count, and a write far below its budget needs no more).
 pub(crate) fn bookkeeping<'a>(
     deadline: Deadline,
     lifetimes: impl Iterator<Item = (&'a str, KeyDeadline)>,
     holds: impl Fn(&str) -> bool,
-) -> usize {
+    exact: bool,
+) -> Size {
+    let stamp = |stamp| {
+        if exact {
+            Size::of_len(stamp_len(stamp), true)
+        } else {
+            STAMP_LEN
+        }
+    };
     // A comma, the key and its colon, then the value.
-    let entry = |key: &str, value: usize| 1 + exact_string_len(key) + 1 + value;
-    let mut len = 0;
-    if let Some(stamp) = deadline.stamp {
-        len += entry(STAMP_KEY, stamp_len(stamp));
+    let entry =
+        |key: &str, value: Size| Size::of_len(1 + exact_string_len(key) + 1, exact).plus(value);
+    let mut len = Size::of_len(0, exact);
+    if let Some(at) = deadline.stamp {
+        len = len.plus(entry(STAMP_KEY, stamp(at)));
     }
     if let Some(hops) = deadline.hops {
-        len += entry(HOPS_KEY, digits(u64::from(hops)));
+        len = len.plus(entry(
+            HOPS_KEY,
+            Size::of_len(digits(u64::from(hops)), exact),
+        ));
     }
-    let (mut count, mut entries) = (0, 0);
+    let (mut count, mut entries) = (0, Size::of_len(0, exact));
     for (key, deadline) in lifetimes.filter(|(key, _)| holds(key)) {
         let value = match deadline {
             // {"until":seconds}
-            KeyDeadline::Until(until) => 10 + stamp_len(until),
+            KeyDeadline::Until(until) => Size::of_len(10, exact).plus(stamp(until)),
             // {"hops":count}
-            KeyDeadline::Hops(hops) => 9 + digits(u64::from(hops)),
+            KeyDeadline::Hops(hops) => Size::of_len(9 + digits(u64::from(hops)), exact),
         };
         count += 1;
-        entries += exact_string_len(key) + 1 + value;
+        entries = entries
+            .plus(Size::of_len(exact_string_len(key) + 1, exact))
+            .plus(value);
     }
     if count > 0 {
-        len += entry(LIFETIMES_KEY, 2 + (count - 1) + entries);
+        len = len.plus(entry(
+            LIFETIMES_KEY,
+            Size::of_len(2 + (count - 1), exact).plus(entries),
+        ));
     }
     len
 }
+
+/// The bounds of a stamp's length: serde_json writes a finite float in at most 24 bytes (the
+/// shortest form that reads back as the same float, as in `-1.2345678901234567e-308`), and in no
+/// fewer than 3 (`0.0`); a stamp that is not a finite float is written `null`.
+const STAMP_LEN: Size = Size {
+    low: 3,
+    high: 24,
+    exact: false,
+};
 
 fn stamp_len(stamp: time::OffsetDateTime) -> usize {
     match stored::encode_stamp(stamp) {
@@ -366,15 +396,28 @@ mod tests {
                 let written = serde_json::to_string(&stored.encode().unwrap())
                     .unwrap()
                     .len();
-                let counted = exact(&user).low
-                    + bookkeeping(
+                let extra = |exact| {
+                    bookkeeping(
                         deadline,
                         lifetimes
                             .iter()
                             .map(|(key, deadline)| (key.as_str(), *deadline)),
                         |key| user.contains_key(key),
-                    );
-                assert_eq!(counted, written, "{deadline:?} {lifetimes:?}");
+                        exact,
+                    )
+                };
+                let counted = extra(true);
+                assert!(counted.is_exact() && counted.low == counted.high);
+                assert_eq!(
+                    exact(&user).low + counted.low,
+                    written,
+                    "{deadline:?} {lifetimes:?}"
+                );
+                let bounds = extra(false);
+                assert!(
+                    bounds.low <= counted.low && counted.low <= bounds.high,
+                    "{bounds:?} {counted:?}"
+                );
             }
         }
     }

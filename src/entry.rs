@@ -369,13 +369,20 @@ impl Entry {
         let slot = &mut *slot;
         self.map(slot);
         let write = policy.write(slot.contents.deadline, now);
-        let lifetimes = lifetimes_with(&slot.contents.lifetimes, &key, lifetime);
-        let extra = budget::bookkeeping(write.deadline, lifetimes, |held| {
-            held == key || slot.contents.map.contains_key(held)
-        });
-        let size = self.fit(slot, Some(&key), budget, extra, |size, map| {
+        let contents = &slot.contents;
+        let extra = |exact| {
+            let lifetimes = lifetimes_with(&contents.lifetimes, &key, lifetime);
+            budget::bookkeeping(
+                write.deadline,
+                lifetimes,
+                |held| held == key || contents.map.contains_key(held),
+                exact,
+            )
+        };
+        let size = Self::fit(&contents.map, &mut slot.size, budget, extra, |size, map| {
             budget::with_entry(size, map, &key, &value)
-        })?;
+        })
+        .map_err(|total| self.over_budget(Some(&key), total, budget))?;
         slot.contents.map.insert(key.clone(), value);
         slot.size = Some(size);
         if let Some(lifetime) = lifetime {
@@ -404,11 +411,18 @@ impl Entry {
         let slot = &mut *slot;
         if self.map(slot).contains_key(key) {
             // Only the lifetime of a key that holds a value is stored.
-            let lifetimes = lifetimes_with(&slot.contents.lifetimes, key, Some(deadline));
-            let extra = budget::bookkeeping(slot.contents.deadline, lifetimes, |held| {
-                slot.contents.map.contains_key(held)
-            });
-            let size = self.fit(slot, Some(key), budget, extra, |size, _| size)?;
+            let contents = &slot.contents;
+            let extra = |exact| {
+                let lifetimes = lifetimes_with(&contents.lifetimes, key, Some(deadline));
+                budget::bookkeeping(
+                    contents.deadline,
+                    lifetimes,
+                    |held| contents.map.contains_key(held),
+                    exact,
+                )
+            };
+            let size = Self::fit(&contents.map, &mut slot.size, budget, extra, |size, _| size)
+                .map_err(|total| self.over_budget(Some(key), total, budget))?;
             slot.size = Some(size);
             slot.ops.budget = Some(budget);
         }
@@ -418,35 +432,46 @@ impl Entry {
         Ok(())
     }
 
-    /// The size of the user data after a change (`after`, from the size measured so far and the
-    /// map before the change), if it and `extra` bytes of bookkeeping fit in `budget`. The bounds
-    /// decide when they can; near the budget the map is counted exactly.
+    /// The size of the user data in `map` after a change (`after`, from the size measured so far
+    /// and the map before the change), if it and the bookkeeping (`extra`, exact or bounded) fit in
+    /// `budget`; else the size the namespace would have, in bytes. The bounds decide when they
+    /// can; near the budget the map and the bookkeeping are counted exactly. The caller keeps the
+    /// size measured (`measured`, updated either way) once the change is made.
     fn fit(
-        &self,
-        slot: &mut Slot,
-        key: Option<&str>,
+        map: &Map<String, Value>,
+        measured: &mut Option<Size>,
         budget: usize,
-        extra: usize,
+        extra: impl Fn(bool) -> Size,
         after: impl Fn(Size, &Map<String, Value>) -> Size,
-    ) -> Result<Size, Error> {
-        let map = &slot.contents.map;
-        let mut size = slot.size.unwrap_or_else(|| budget::bounds(map));
+    ) -> Result<Size, usize> {
+        let mut size = measured.unwrap_or_else(|| budget::bounds(map));
         let mut changed = after(size, map);
-        if changed.high.saturating_add(extra) > budget && !size.is_exact() {
-            size = budget::exact(map);
-            changed = after(size, map);
+        let mut extra_size = extra(false);
+        if changed.high.saturating_add(extra_size.high) > budget {
+            if !size.is_exact() {
+                size = budget::exact(map);
+                changed = after(size, map);
+            }
+            if !extra_size.is_exact() {
+                extra_size = extra(true);
+            }
         }
-        slot.size = Some(size);
-        let total = changed.low.saturating_add(extra);
+        *measured = Some(size);
+        let total = changed.low.saturating_add(extra_size.low);
         if total > budget {
-            return Err(Error::OverBudget {
-                namespace: self.namespace.clone(),
-                key: key.map(str::to_owned),
-                size: total,
-                limit: budget,
-            });
+            return Err(total);
         }
         Ok(changed)
+    }
+
+    /// The error of a change that would take the namespace to `size` bytes, over `budget`.
+    fn over_budget(&self, key: Option<&str>, size: usize, budget: usize) -> Error {
+        Error::OverBudget {
+            namespace: self.namespace.clone(),
+            key: key.map(str::to_owned),
+            size,
+            limit: budget,
+        }
     }
 
     /// Removes `key` and its lifetime; removing the last key removes the deadline too.

@@ -68,9 +68,16 @@ fn load_mark() -> &'static str {
 /// # Errors
 ///
 /// A store failure, if the session had to be loaded.
+///
+/// Until a load of this process has drawn a number, no record carries this process's mark, so the
+/// answer is `None` without a lookup in the session: an app whose store is not merging pays
+/// nothing for the question.
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<Option<u64>, tower_sessions::session::Error> {
+    if LOADS.load(Ordering::Relaxed) == FIRST_LOAD {
+        return Ok(None);
+    }
     let loaded = session.get_value(LOADED_KEY).await?;
     Ok(loaded
         .as_ref()
@@ -144,9 +151,14 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
         .insert(LOADED_KEY.to_owned(), Value::String(loaded));
 }
 
+/// The number the first load of this process draws.
+const FIRST_LOAD: u64 = 1;
+
+/// The number the next load draws.
+static LOADS: AtomicU64 = AtomicU64::new(FIRST_LOAD);
+
 /// A number for a load: each load of this process draws its own.
 pub(super) fn next_load() -> u64 {
-    static LOADS: AtomicU64 = AtomicU64::new(1);
     LOADS.fetch_add(1, Ordering::Relaxed)
 }
 

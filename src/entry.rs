@@ -71,6 +71,9 @@ struct Slot {
     changed: bool,
     /// This request's operations, for a merge with concurrent requests.
     ops: Ops,
+    /// The keys the request touches are kept in `ops`: not when no merging store can be
+    /// underneath, as nothing would read them.
+    journaled: bool,
 }
 
 /// The lending lifecycle of a namespace's data.
@@ -201,6 +204,7 @@ impl Entry {
         loaded_from: Option<Id>,
         stored: Option<Value>,
         now: OffsetDateTime,
+        journaled: bool,
     ) -> Self {
         let mut slot = Slot {
             contents: Stored::default(),
@@ -213,6 +217,7 @@ impl Entry {
             in_session: stored.is_some(),
             changed: false,
             ops: Ops::default(),
+            journaled,
         };
         if let Some(stored) = stored {
             if let Some((contents, changed, ops)) = Self::open_stored(namespace, stored, now) {
@@ -383,12 +388,12 @@ impl Entry {
             budget::with_entry(size, map, &key, &value)
         })
         .map_err(|total| self.over_budget(Some(&key), total, budget))?;
-        slot.contents.map.insert(key.clone(), value);
-        slot.size = Some(size);
         if let Some(lifetime) = lifetime {
             slot.contents.lifetimes.insert(key.clone(), lifetime);
         }
-        slot.ops.touched.insert(key);
+        slot.touch(&key);
+        slot.contents.map.insert(key, value);
+        slot.size = Some(size);
         slot.ops.budget = Some(budget);
         slot.apply_write(write);
         Ok(())
@@ -427,7 +432,7 @@ impl Entry {
             slot.ops.budget = Some(budget);
         }
         slot.contents.lifetimes.insert(key.to_owned(), deadline);
-        slot.ops.touched.insert(key.to_owned());
+        slot.touch(key);
         slot.changed = true;
         Ok(())
     }
@@ -483,7 +488,7 @@ impl Entry {
         }
         slot.contents.lifetimes.remove(key);
         slot.size = None;
-        slot.ops.touched.insert(key.to_owned());
+        slot.touch(key);
         slot.changed = true;
         Some(removed)
     }
@@ -792,6 +797,13 @@ fn lifetimes_with<'a>(
 }
 
 impl Slot {
+    /// Notes that the request touched `key`, if a merge may read it.
+    fn touch(&mut self, key: &str) {
+        if self.journaled {
+            self.ops.touched.insert(key.to_owned());
+        }
+    }
+
     /// A write: the deadline moves as the write says.
     fn apply_write(&mut self, write: Write) {
         self.contents.deadline = write.deadline;
@@ -841,7 +853,7 @@ mod tests {
     }
 
     fn entry(stored: Option<Value>) -> Arc<Entry> {
-        Arc::new(Entry::load("cart", Some(Id(1)), stored, NOW))
+        Arc::new(Entry::load("cart", Some(Id(1)), stored, NOW, true))
     }
 
     fn alive(map: Value) -> Value {

@@ -142,7 +142,9 @@ impl RequestState {
         // handler future that opens a namespace (see BENCHMARKS.md).
         let stored = Box::pin(session.get_value(namespace)).await;
         let stored = stored.map_err(Error::Store)?;
-        let entry = Entry::load(namespace, session.id(), stored, self.now);
+        // The session is loaded now: through a merging store, that load marked it.
+        let journaled = merge::any_marked();
+        let entry = Entry::load(namespace, session.id(), stored, self.now, journaled);
         // Another task of this request may have loaded it meanwhile: the first one in wins, so
         // both controllers share one entry.
         let mut entries = self.entries();

@@ -75,7 +75,7 @@ fn load_mark() -> &'static str {
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<Option<u64>, tower_sessions::session::Error> {
-    if LOADS.load(Ordering::Relaxed) == FIRST_LOAD {
+    if !any_marked() {
         return Ok(None);
     }
     let loaded = session.get_value(LOADED_KEY).await?;
@@ -156,6 +156,12 @@ const FIRST_LOAD: u64 = 1;
 
 /// The number the next load draws.
 static LOADS: AtomicU64 = AtomicU64::new(FIRST_LOAD);
+
+/// Whether a load of this process has marked a record (see [`mark_loaded`]): until one has, no
+/// merging store is underneath any session of the process.
+pub(crate) fn any_marked() -> bool {
+    LOADS.load(Ordering::Relaxed) != FIRST_LOAD
+}
 
 /// A number for a load: each load of this process draws its own.
 pub(super) fn next_load() -> u64 {

@@ -30,8 +30,8 @@ use tower_sessions::{
 
 pub(crate) use flushed::take_refusal;
 pub(crate) use journal::{
-    is_underneath, left_by, loaded, mark_loaded, seen, Journal, Left, Ops, SessionLimits,
-    RESERVED_PREFIX,
+    any_marked, is_underneath, left_by, loaded, mark_loaded, seen, Journal, Left, Ops,
+    SessionLimits, RESERVED_PREFIX,
 };
 use lock::SaveLocks;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]

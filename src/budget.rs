@@ -3,13 +3,13 @@
 //!
 //! Every insert checks its namespace against the budget, so the measure must be cheap. Escapes
 //! are the only part of the length that needs every byte of every string: without them, a string
-//! is its length plus two quotes. So the first measure of a namespace is a pair of **bounds**
-//! (each string between its length and six times its length, plus quotes), which walks the values
-//! but not the bytes. Only when the bounds cannot settle whether an insert fits (the namespace is
-//! close to its budget) is the **exact** length counted, and from then on kept exact by adding
-//! and subtracting the entries an insert changes. The bookkeeping (stamp, counts, keys'
-//! lifetimes) is small and counted exactly, but for its stamps: formatting a float is the dearest
-//! step of the count, so far below the budget a stamp counts between the bounds of its length.
+//! is its length plus two quotes. And a float's length needs it formatted, the dearest step of a
+//! count. So the first measure of a namespace is a pair of **bounds** (each string between its
+//! length and six times its length, plus quotes; each float, a stamp too, between 3 and 24
+//! bytes), which walks the values but not the bytes. Only when the bounds cannot settle whether
+//! an insert fits (the namespace is close to its budget) is the **exact** length counted, and
+//! from then on kept exact by adding and subtracting the entries an insert changes. The
+//! bookkeeping (stamp, counts, keys' lifetimes) is small, and counted the same way.
 
 use serde_json::{Map, Number, Value};
 
@@ -104,7 +104,7 @@ fn entry_size(key: &str, value: &Value, exact: bool) -> Size {
 /// and the comma before it): its `deadline`, and the `lifetimes` of the keys it holds (`holds`).
 /// The user data is not empty: an empty namespace is not stored at all.
 ///
-/// Exact when `exact`; else each stamp counts between [`STAMP_LEN`]'s bounds instead of being
+/// Exact when `exact`; else each stamp counts between [`FLOAT_LEN`]'s bounds instead of being
 /// formatted (the one costly part of the count, and a write far below its budget needs no more).
 pub(crate) fn bookkeeping<'a>(
     deadline: Deadline,
@@ -116,7 +116,7 @@ pub(crate) fn bookkeeping<'a>(
         if exact {
             Size::of_len(stamp_len(stamp), true)
         } else {
-            STAMP_LEN
+            FLOAT_LEN
         }
     };
     // A comma, the key and its colon, then the value.
@@ -154,10 +154,10 @@ pub(crate) fn bookkeeping<'a>(
     len
 }
 
-/// The bounds of a stamp's length: serde_json writes a finite float in at most 24 bytes (the
-/// shortest form that reads back as the same float, as in `-1.2345678901234567e-308`), and in no
+/// The bounds of a float's length: serde_json writes a finite float in at most 24 bytes (the
+/// shortest form that reads back as the same float, as in `-2.2250738585072014e-308`), and in no
 /// fewer than 3 (`0.0`); a stamp that is not a finite float is written `null`.
-const STAMP_LEN: Size = Size {
+const FLOAT_LEN: Size = Size {
     low: 3,
     high: 24,
     exact: false,
@@ -251,7 +251,9 @@ fn value_bounds(value: &Value) -> Size {
                 })
         }
         Value::Object(map) => map_bounds(map),
-        // Literals and numbers: their length, measured exactly.
+        // Formatting a float is what its exact length costs.
+        Value::Number(number) if number.is_f64() => FLOAT_LEN,
+        // Literals and integers: their length, measured exactly.
         other => Size::of_len(exact_value_len(other), false),
     }
 }

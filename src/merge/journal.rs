@@ -19,7 +19,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Write,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, OnceLock, PoisonError,
@@ -140,8 +139,7 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     let mut loaded = String::with_capacity(mark.len() + 22 + seen.len());
     loaded.push_str(mark);
     loaded.push(' ');
-    // `write!` into a `String` cannot fail.
-    let _ = write!(loaded, "{number}");
+    push_decimal(&mut loaded, number);
     if !seen.is_empty() {
         loaded.push(' ');
         loaded.push_str(seen);
@@ -149,6 +147,23 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
     record
         .data
         .insert(LOADED_KEY.to_owned(), Value::String(loaded));
+}
+
+/// Appends `number` in decimal digits to `text` (what `write!` does, without the formatting
+/// machinery: this runs at every load).
+fn push_decimal(text: &mut String, mut number: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        // Below 10: one digit.
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    text.extend(digits[start..].iter().copied().map(char::from));
 }
 
 /// The number the first load of this process draws.
@@ -170,6 +185,7 @@ pub(super) fn next_load() -> u64 {
 
 /// What the store saw when it loaded `record` (see [`mark_loaded`]), if a load through a
 /// merging store of this process marked it.
+#[cfg(any(test, feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) fn seen(record: &Record) -> Option<&str> {
     loaded(record)?.seen
 }
@@ -470,6 +486,20 @@ mod tests {
             id: Id(1),
             data: [(LOADED_KEY.to_owned(), loaded)].into(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_loads_number_is_written_in_decimal_and_read_back() {
+        for number in [0, 7, 10, 99, 1_000_000, u64::MAX] {
+            let mut text = "x ".to_owned();
+            push_decimal(&mut text, number);
+            assert_eq!(text, format!("x {number}"));
+            let loaded = format!("{} {}", load_mark(), &text[2..]);
+            assert_eq!(
+                after_mark(&loaded).map(|loaded| loaded.number),
+                Some(number)
+            );
         }
     }
 

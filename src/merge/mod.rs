@@ -29,9 +29,11 @@ use tower_sessions::{
 };
 
 pub(crate) use flushed::take_refusal;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(crate) use journal::seen;
 pub(crate) use journal::{
-    any_marked, is_underneath, left_by, loaded, mark_loaded, seen, Journal, Left, Ops,
-    SessionLimits, RESERVED_PREFIX,
+    any_marked, is_underneath, left_by, loaded, mark_loaded, Journal, Left, Ops, SessionLimits,
+    RESERVED_PREFIX,
 };
 use lock::SaveLocks;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]

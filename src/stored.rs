@@ -75,11 +75,12 @@ impl Stored {
         let Value::Object(mut map) = stored else {
             return Err("the namespace is not a JSON object");
         };
-        let (stamp, hops, lifetimes) = (
-            map.remove(STAMP_KEY),
-            map.remove(HOPS_KEY),
-            map.remove(LIFETIMES_KEY),
-        );
+        let stamp = map.remove(STAMP_KEY);
+        let (hops, lifetimes) = if holds_no_other_reserved_key(&map) {
+            (None, None)
+        } else {
+            (map.remove(HOPS_KEY), map.remove(LIFETIMES_KEY))
+        };
         let (deadline, lifetimes) =
             bookkeeping(stamp.as_ref(), hops.as_ref(), lifetimes.as_ref(), |key| {
                 map.contains_key(key)
@@ -118,6 +119,19 @@ impl Stored {
         }
         Some(Value::Object(map))
     }
+}
+
+/// Whether `map`, without its stamp, surely holds neither [`HOPS_KEY`] nor [`LIFETIMES_KEY`]:
+/// a small map is looked through, which is cheaper than looking the two keys up (most
+/// namespaces hold a few keys); a larger one is left to the lookups. (Whatever the map's order:
+/// serde_json's `preserve_order` keeps keys in insertion order.)
+fn holds_no_other_reserved_key(map: &Map<String, Value>) -> bool {
+    /// The most keys looked through.
+    const LOOKED_THROUGH: usize = 4;
+    map.len() <= LOOKED_THROUGH
+        && !map
+            .keys()
+            .any(|key| key == HOPS_KEY || key == LIFETIMES_KEY)
 }
 
 /// A stored namespace's bookkeeping, from what its reserved keys hold (the stamp, the hops, the

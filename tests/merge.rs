@@ -63,6 +63,20 @@ async fn insert_direct(
     Ok(())
 }
 
+/// Writes `key = value` (a string) straight into the session, then waits for the other request.
+async fn insert_direct_value(
+    Path((key, value)): Path<(String, String)>,
+    Extension(barrier): Extension<Arc<Barrier>>,
+    session: Session,
+) -> Result<(), String> {
+    session
+        .insert_value(&key, json!(value))
+        .await
+        .map_err(|e| e.to_string())?;
+    barrier.wait().await;
+    Ok(())
+}
+
 /// Both at once: a direct write and a namespace write in one request.
 async fn insert_both(
     Path((ns, key)): Path<(String, String)>,
@@ -186,6 +200,20 @@ async fn insert_budgeted(
     Ok(())
 }
 
+/// Sets `user` to `value` straight in the session, and writes the cart, without waiting.
+async fn set_user(
+    Path(value): Path<String>,
+    session: Session,
+    controllers: SessionControllers,
+) -> Result<(), Error> {
+    session
+        .insert_value("user", json!(value))
+        .await
+        .map_err(Error::Store)?;
+    controllers.open("cart").await?.insert("seen", true)?;
+    Ok(())
+}
+
 /// A write that does not wait: sets up the session before the overlapping pair.
 async fn seed(Path(ns): Path<String>, controllers: SessionControllers) -> Result<(), Error> {
     controllers.open(&ns).await?.insert("seed", true)?;
@@ -196,6 +224,7 @@ fn routes(parties: usize) -> Router {
     Router::new()
         .route("/insert/{ns}/{key}", post(insert))
         .route("/direct/{key}", post(insert_direct))
+        .route("/direct/{key}/{value}", post(insert_direct_value))
         .route("/both/{ns}/{key}", post(insert_both))
         .route("/profile/{field}/{value}", post(set_field))
         .route("/profile-then-read/{value}", post(set_name_then_read))
@@ -203,6 +232,7 @@ fn routes(parties: usize) -> Router {
         .route("/purge/{ns}", post(purge))
         .route("/read/{ns}", get(routes::namespace_json))
         .route("/seed/{ns}", post(seed))
+        .route("/user/{value}", post(set_user))
         .route("/logout", post(logout))
         .route("/login", post(login))
         .route("/pair/{field}", post(set_pair))
@@ -289,6 +319,24 @@ async fn a_direct_write_in_the_same_request_as_a_namespace_write_survives_the_me
             (cart["a"].clone(), cart["b"].clone()),
             (json!(true), json!(true))
         );
+    }
+}
+
+#[tokio::test]
+async fn a_direct_write_beside_a_namespace_write_is_known_as_changed_to_later_merges() {
+    for setup in SETUPS {
+        let mut app = merging_app(setup).await;
+        assert_eq!(app.post("/user/ada").await.status, 200);
+        assert_eq!(app.post("/user/grace").await.status, 200);
+        // One request sets `user` back to "ada"; the other writes only the cart, and still holds
+        // the "grace" it loaded. Whichever saves second, `user` ends as "ada": the versions
+        // stored with "grace" must be its own digest. (Had they kept the digest of "ada", the
+        // merge would take the cart's request for the one that changed `user`, or the other
+        // for the one that did not.)
+        overlap(&app, "/insert/cart/b", "/direct/user/ada").await;
+        let record = app.record().await.expect("record");
+        assert_eq!(record.data["user"], "ada", "{:?}", record.data);
+        assert_eq!(app.stored("cart").await.expect("cart")["b"], true);
     }
 }
 

@@ -14,7 +14,7 @@ use axum::{
     Router,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{routes, Calls, CountingStore, TestApp};
 use tokio::sync::Barrier;
 use tower_sessions::{
@@ -49,28 +49,16 @@ async fn insert(
     Ok(())
 }
 
-/// Writes `key = true` straight into the session, then waits for the other request.
+/// Writes `key = value` straight into the session (`value` read as JSON, or else taken as a
+/// string), then waits for the other request.
 async fn insert_direct(
-    Path(key): Path<String>,
-    Extension(barrier): Extension<Arc<Barrier>>,
-    session: Session,
-) -> Result<(), String> {
-    session
-        .insert_value(&key, json!(true))
-        .await
-        .map_err(|e| e.to_string())?;
-    barrier.wait().await;
-    Ok(())
-}
-
-/// Writes `key = value` (a string) straight into the session, then waits for the other request.
-async fn insert_direct_value(
     Path((key, value)): Path<(String, String)>,
     Extension(barrier): Extension<Arc<Barrier>>,
     session: Session,
 ) -> Result<(), String> {
+    let value = serde_json::from_str(&value).unwrap_or(Value::String(value));
     session
-        .insert_value(&key, json!(value))
+        .insert_value(&key, value)
         .await
         .map_err(|e| e.to_string())?;
     barrier.wait().await;
@@ -223,8 +211,7 @@ async fn seed(Path(ns): Path<String>, controllers: SessionControllers) -> Result
 fn routes(parties: usize) -> Router {
     Router::new()
         .route("/insert/{ns}/{key}", post(insert))
-        .route("/direct/{key}", post(insert_direct))
-        .route("/direct/{key}/{value}", post(insert_direct_value))
+        .route("/direct/{key}/{value}", post(insert_direct))
         .route("/both/{ns}/{key}", post(insert_both))
         .route("/profile/{field}/{value}", post(set_field))
         .route("/profile-then-read/{value}", post(set_name_then_read))
@@ -300,7 +287,7 @@ async fn overlapping_writes_to_two_namespaces_both_survive() {
 async fn a_direct_session_write_and_an_overlapping_namespace_write_both_survive() {
     for setup in SETUPS {
         let app = merging_app(setup).await;
-        overlap(&app, "/direct/user", "/insert/cart/b").await;
+        overlap(&app, "/direct/user/true", "/insert/cart/b").await;
         let record = app.record().await.expect("record");
         assert_eq!(record.data["user"], true, "{:?}", record.data);
         assert_eq!(app.stored("cart").await.expect("cart")["b"], true);
@@ -602,7 +589,7 @@ const JOURNAL: &str = "tower_sessions_controller.ops";
 const VERSIONS: &str = "tower_sessions_controller.versions";
 
 /// A purge of the cart, as a journal left in a record would say it.
-fn planted_purge() -> serde_json::Value {
+fn planted_purge() -> Value {
     json!({ "now": 0, "now_nanos": 0, "namespaces": { "cart": { "purged": true, "wrote": true } } })
 }
 
@@ -613,7 +600,7 @@ async fn a_journal_found_in_the_store_is_never_applied() {
     app.store_raw(JOURNAL, planted_purge()).await;
 
     // A save that changes no namespace, then one that changes another.
-    assert_eq!(app.post("/direct/user").await.status, 200);
+    assert_eq!(app.post("/direct/user/true").await.status, 200);
     assert_eq!(app.post("/insert/wizard/a").await.status, 200);
 
     let record = app.record().await.expect("record");

@@ -28,6 +28,20 @@
 //! data = <the bytes the load read>`; so none needs a key or a column beyond those of
 //! tower-sessions' own store crates, and an app switches to them keeping its sessions
 //! ([`RedisStore`], [`PostgresStore`] and [`SqliteStore`] tell more).
+// Without their features the stores are not built: their links go to the documentation built
+// with every feature.
+#![cfg_attr(
+    not(feature = "redis"),
+    doc = "\n\n[`RedisStore`]: https://docs.rs/tower-sessions-controller/latest/tower_sessions_controller/stores/struct.RedisStore.html"
+)]
+#![cfg_attr(
+    not(feature = "postgres"),
+    doc = "\n\n[`PostgresStore`]: https://docs.rs/tower-sessions-controller/latest/tower_sessions_controller/stores/struct.PostgresStore.html"
+)]
+#![cfg_attr(
+    not(feature = "sqlite"),
+    doc = "\n\n[`SqliteStore`]: https://docs.rs/tower-sessions-controller/latest/tower_sessions_controller/stores/struct.SqliteStore.html"
+)]
 
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 mod batches;

@@ -64,13 +64,13 @@ fn load_mark() -> &'static str {
 /// Whether a [`MergingStore`](super::MergingStore) is underneath `session`: `Some`, with the
 /// number of the load, when its record was loaded through one of this process.
 ///
-/// # Errors
-///
-/// A store failure, if the session had to be loaded.
-///
 /// Until a load of this process has drawn a number, no record carries this process's mark, so the
 /// answer is `None` without a lookup in the session: an app whose store is not merging pays
 /// nothing for the question.
+///
+/// # Errors
+///
+/// A store failure, if the session had to be loaded.
 pub(crate) async fn is_underneath(
     session: &Session,
 ) -> Result<Option<u64>, tower_sessions::session::Error> {

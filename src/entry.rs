@@ -384,10 +384,14 @@ impl Entry {
                 exact,
             )
         };
-        let size = Self::fit(&contents.map, &mut slot.size, budget, extra, |size, map| {
-            budget::with_entry(size, map, &key, &value)
-        })
-        .map_err(|total| self.over_budget(Some(&key), total, budget))?;
+        let size = self.fit(
+            &contents.map,
+            &mut slot.size,
+            &key,
+            budget,
+            extra,
+            |size, map| budget::with_entry(size, map, &key, &value),
+        )?;
         if let Some(lifetime) = lifetime {
             slot.contents.lifetimes.insert(key.clone(), lifetime);
         }
@@ -426,8 +430,14 @@ impl Entry {
                     exact,
                 )
             };
-            let size = Self::fit(&contents.map, &mut slot.size, budget, extra, |size, _| size)
-                .map_err(|total| self.over_budget(Some(key), total, budget))?;
+            let size = self.fit(
+                &contents.map,
+                &mut slot.size,
+                key,
+                budget,
+                extra,
+                |size, _| size,
+            )?;
             slot.size = Some(size);
             slot.ops.budget = Some(budget);
         }
@@ -437,18 +447,24 @@ impl Entry {
         Ok(())
     }
 
-    /// The size of the user data in `map` after a change (`after`, from the size measured so far
-    /// and the map before the change), if it and the bookkeeping (`extra`, exact or bounded) fit in
-    /// `budget`; else the size the namespace would have, in bytes. The bounds decide when they
-    /// can; near the budget the map and the bookkeeping are counted exactly. The caller keeps the
-    /// size measured (`measured`, updated either way) once the change is made.
+    /// The size of the user data in `map` after a change to `key` (`after`, from the size
+    /// measured so far and the map before the change), if it and the bookkeeping (`extra`, exact
+    /// or bounded) fit in `budget`. The bounds decide when they can; near the budget the map and
+    /// the bookkeeping are counted exactly. `measured` keeps the size of the map before the change
+    /// (the caller stores the changed one once the change is made).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OverBudget`] if the namespace would be larger than `budget` bytes.
     fn fit(
+        &self,
         map: &Map<String, Value>,
         measured: &mut Option<Size>,
+        key: &str,
         budget: usize,
         extra: impl Fn(bool) -> Size,
         after: impl Fn(Size, &Map<String, Value>) -> Size,
-    ) -> Result<Size, usize> {
+    ) -> Result<Size, Error> {
         let mut size = measured.unwrap_or_else(|| budget::bounds(map));
         let mut changed = after(size, map);
         let mut extra_size = extra(false);
@@ -464,19 +480,14 @@ impl Entry {
         *measured = Some(size);
         let total = changed.low.saturating_add(extra_size.low);
         if total > budget {
-            return Err(total);
+            return Err(Error::OverBudget {
+                namespace: self.namespace.clone(),
+                key: Some(key.to_owned()),
+                size: total,
+                limit: budget,
+            });
         }
         Ok(changed)
-    }
-
-    /// The error of a change that would take the namespace to `size` bytes, over `budget`.
-    fn over_budget(&self, key: Option<&str>, size: usize, budget: usize) -> Error {
-        Error::OverBudget {
-            namespace: self.namespace.clone(),
-            key: key.map(str::to_owned),
-            size,
-            limit: budget,
-        }
     }
 
     /// Removes `key` and its lifetime; removing the last key removes the deadline too.

@@ -128,10 +128,8 @@ impl Stored {
 fn holds_no_other_reserved_key(map: &Map<String, Value>) -> bool {
     /// The most keys looked through.
     const LOOKED_THROUGH: usize = 4;
-    map.len() <= LOOKED_THROUGH
-        && !map
-            .keys()
-            .any(|key| key == HOPS_KEY || key == LIFETIMES_KEY)
+    // The stamp was taken out first: any reserved key left is one of the two.
+    map.len() <= LOOKED_THROUGH && !map.keys().any(|key| is_reserved(key))
 }
 
 /// A stored namespace's bookkeeping, from what its reserved keys hold (the stamp, the hops, the

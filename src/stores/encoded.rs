@@ -17,10 +17,28 @@ use tower_sessions::{
 pub(super) const MAX_DECODE_DEPTH: usize = 128;
 
 /// The record's bytes: a `Record`, or a record to store ([`ToStore`](super::ToStore)), which
-/// serializes as one.
-pub(super) fn encode(record: &impl serde::Serialize) -> session_store::Result<Vec<u8>> {
-    rmp_serde::to_vec(record).map_err(|err| session_store::Error::Encode(err.to_string()))
+/// serializes as one. `expected` is about how long they will be (the loaded version's length,
+/// for a save): the buffer starts that large, as a buffer that grows from nothing copies a large
+/// record several times over.
+pub(super) fn encode(
+    record: &impl serde::Serialize,
+    expected: usize,
+) -> session_store::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(room_for(expected));
+    rmp_serde::encode::write(&mut bytes, record)
+        .map_err(|err| session_store::Error::Encode(err.to_string()))?;
+    Ok(bytes)
 }
+
+/// The buffer [`encode`] starts with for a record of about `expected` bytes: an eighth more, for
+/// what the request added, and never less than [`SMALLEST_BUFFER`].
+fn room_for(expected: usize) -> usize {
+    expected.saturating_add(expected / 8).max(SMALLEST_BUFFER)
+}
+
+/// The buffer [`encode`] starts with at the least: a small session's record (a cart, its
+/// bookkeeping and the versions) fits.
+const SMALLEST_BUFFER: usize = 256;
 
 /// The record stored as `bytes` for `session`; `None`, logged, if it cannot be decoded (nested
 /// too deep included): it reads as no session, as tower-sessions' stores read an unreadable
@@ -189,7 +207,7 @@ mod tests {
                 .collect(),
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         };
-        let bytes = encode(&record).expect("encodes");
+        let bytes = encode(&record, 0).expect("encodes");
         let null = bytes
             .windows(3)
             .position(|window| window == [0xa1, b'x', 0xc0])
@@ -222,11 +240,11 @@ mod tests {
             expiry_date: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
         };
         let unmerged = crate::merge::checked_unmerged(&ours).expect("within limits");
-        let bytes = encode(&super::super::ToStore::Unmerged(unmerged)).expect("encodes");
+        let bytes = encode(&super::super::ToStore::Unmerged(unmerged), 0).expect("encodes");
         let stored = crate::merge::as_stored(&ours);
         assert_eq!(decode("s", &bytes), Some(stored.clone()));
         // Byte for byte, but for the order of the data's keys, which a `HashMap` does not keep.
-        assert_eq!(bytes.len(), encode(&stored).expect("encodes").len());
+        assert_eq!(bytes.len(), encode(&stored, 0).expect("encodes").len());
     }
 
     #[test]
@@ -239,7 +257,7 @@ mod tests {
                     .collect(),
                 expiry_date: OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000),
             };
-            let decoded = decode("s", &encode(&record).expect("encodes")).expect("decodes");
+            let decoded = decode("s", &encode(&record, 0).expect("encodes")).expect("decodes");
             assert_eq!(decoded, record);
             assert!(decoded.data.capacity() >= len + 2, "{len}");
         }

@@ -304,7 +304,10 @@ where
         keep: bool,
     ) -> session_store::Result<Replaced> {
         let key = record.id().to_string();
-        let value = Bytes::from(encode(&record)?);
+        // A token is always one this store made; one that is not hex matches no stored value,
+        // so the save goes on with the latest record and its true token.
+        let seen = seen.map(|seen| held::bytes_of(seen).map_or_else(Bytes::new, Bytes::from_owner));
+        let value = Bytes::from(encode(&record, seen.as_ref().map_or(0, Bytes::len))?);
         let Some(seen) = seen else {
             let _: Value = self
                 .client
@@ -319,9 +322,6 @@ where
                 .map_err(|err| backend("SET", &err))?;
             return Ok(Replaced::Done(kept(record, &value, keep)));
         };
-        // A token is always one this store made; one that is not hex matches no stored value,
-        // so the save goes on with the latest record and its true token.
-        let seen = held::bytes_of(seen).map_or_else(Bytes::new, Bytes::from_owner);
         let expiry = expire_at(record.expiry_date());
         match self.compare_and_set(&key, seen, &value, expiry).await? {
             Swap::Stored => Ok(Replaced::Done(kept(record, &value, keep))),
@@ -342,7 +342,7 @@ where
     }
 
     async fn insert(&self, record: &Record) -> session_store::Result<bool> {
-        let value = encode(record)?;
+        let value = encode(record, 0)?;
         let stored: Value = self
             .client
             .set(

@@ -172,7 +172,13 @@ where
         seen: Option<&str>,
         keep: bool,
     ) -> session_store::Result<Replaced> {
-        let data = encode(&record)?;
+        // A token is always one of ours; one that is not names no stored value.
+        let seen = seen.map(held::bytes_of);
+        let loaded_len = seen
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map_or(0, |seen| seen.as_ref().len());
+        let data = encode(&record, loaded_len)?;
         // The token of the new version, when the save wants the record back.
         let kept = keep.then(|| token(&data));
         let Some(seen) = seen else {
@@ -187,8 +193,7 @@ where
                 kept.map(|token| (record.into_record(), token)),
             ));
         };
-        // A token is always one of ours; one that is not names no stored value.
-        if let Some(seen) = held::bytes_of(seen) {
+        if let Some(seen) = seen {
             let result = sqlx::query(&self.sql.replace)
                 .bind(record.id().to_string())
                 .bind(data)
@@ -210,7 +215,7 @@ where
     pub(crate) async fn insert(&self, record: &Record) -> session_store::Result<bool> {
         let result = sqlx::query(&self.sql.insert)
             .bind(record.id.to_string())
-            .bind(encode(record)?)
+            .bind(encode(record, 0)?)
             .bind(record.expiry_date)
             .bind(OffsetDateTime::now_utc())
             .execute(&self.pool)
@@ -350,7 +355,7 @@ mod tests {
             expiry_date: OffsetDateTime::UNIX_EPOCH,
         };
         let other = Id::default();
-        let decoded = decode(&other, &encode(&record).expect("encodes")).expect("decodes");
+        let decoded = decode(&other, &encode(&record, 0).expect("encodes")).expect("decodes");
         assert_eq!(decoded.id, other);
     }
 }

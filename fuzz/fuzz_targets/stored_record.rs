@@ -250,9 +250,34 @@ fn field(
     Ok(())
 }
 
-/// `tower_sessions_controller.versions`: the digests of the record's keys, a load mark and what
-/// the store saw.
+/// `tower_sessions_controller.versions`: the digests of the record's keys, as stored now (one
+/// string: `1;` then, per key, 16 hex digits, the key's length, `:` and the key) or as earlier
+/// releases stored them (a map of digests, a load mark and what the store saw).
 fn versions(u: &mut Unstructured) -> Result<Value> {
+    if u.ratio(1, 2)? {
+        let mut text = if u.ratio(7, 8)? {
+            "1;".to_owned()
+        } else {
+            string(u)?
+        };
+        for _ in 0..u.int_in_range(0..=4)? {
+            let key = key(u)?;
+            let digest = match u.int_in_range(0..=3)? {
+                0 => format!("{:016x}", u.arbitrary::<u64>()?),
+                1 => format!("{:016X}", u.arbitrary::<u64>()?),
+                2 => format!("{:x}", u.arbitrary::<u16>()?),
+                _ => string(u)?,
+            };
+            let len = match u.int_in_range(0..=3)? {
+                0 => key.len().saturating_sub(1),
+                1 => key.len() + 1,
+                2 => u.arbitrary::<usize>()?,
+                _ => key.len(),
+            };
+            text.push_str(&format!("{digest}{len}:{key}"));
+        }
+        return Ok(Value::String(text));
+    }
     let mut map = Map::new();
     field(u, &mut map, "digests", |u| object_of(u, number))?;
     field(u, &mut map, "loaded", |u| Ok(Value::String(string(u)?)))?;

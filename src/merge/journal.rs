@@ -1,7 +1,7 @@
 //! The bookkeeping of the merge: the journal of a request's operations on its namespaces, which
-//! the flush hands to the save, and the record's versions, which
-//! [`MergingStore`](super::MergingStore) keeps in the stored record. Both are named by top-level
-//! session keys of their own, read and written here only.
+//! the flush hands to the save, the load's mark, and the top-level session keys of the
+//! bookkeeping, among them the key under which [`MergingStore`](super::MergingStore) keeps a
+//! record's versions (their form is `versions`'s). Read and written here only.
 //!
 //! The journal itself never enters the session: the flush leaves it in this process, under the
 //! number of the request's load, which the load's mark in the session already holds (a load draws
@@ -25,7 +25,6 @@ use std::{
     },
 };
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
@@ -33,7 +32,7 @@ use tower_sessions::{
     Session,
 };
 
-use super::{digest, ByNumber};
+use super::{versions::Versions, ByNumber};
 
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
@@ -151,7 +150,7 @@ pub(crate) fn mark_loaded(record: &mut Record, seen: Option<String>) {
 
 /// Appends `number` in decimal digits to `text` (what `write!` does, without the formatting
 /// machinery: this runs at every load).
-fn push_decimal(text: &mut String, mut number: u64) {
+pub(super) fn push_decimal(text: &mut String, mut number: u64) {
     let mut digits = [0u8; 20];
     let mut start = digits.len();
     loop {
@@ -269,16 +268,10 @@ pub(crate) fn left_by(request: u64) -> Option<Arc<Journal>> {
 
 /// Replaces the digests of the versions `record` carries: what a save compares the record with
 /// to tell what its request changed.
-pub(super) fn set_digests(record: &mut Record, digests: BTreeMap<String, u64>) {
-    let mut versions = record
-        .data
-        .get(VERSIONS_KEY)
-        .map(Versions::read)
-        .unwrap_or_default();
-    versions.digests = Some(digests);
+pub(super) fn set_digests(record: &mut Record, digests: &BTreeMap<String, u64>) {
     record
         .data
-        .insert(VERSIONS_KEY.to_owned(), versions.to_value());
+        .insert(VERSIONS_KEY.to_owned(), Versions::value_of(digests));
 }
 
 impl Journal {
@@ -361,120 +354,6 @@ impl Journal {
     }
 }
 
-/// A record's versions: a digest of every top-level key's value as it was stored, so that a
-/// save can tell the keys its request changed from those it only loaded.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub(super) struct Versions {
-    /// The digest of each key's value; `None` when they are not known (a record stored without
-    /// them, or cleared): then every key counts as changed by the request that saves.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    digests: Option<BTreeMap<String, u64>>,
-}
-
-impl Versions {
-    /// Reads versions; unreadable ones count as none, and are logged.
-    pub(super) fn read(value: &Value) -> Self {
-        Self::deserialize(value).unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "unreadable versions in a session record: ignoring them");
-            Self::default()
-        })
-    }
-
-    /// The versions of `data` as stored: the digest of every value.
-    #[cfg(test)]
-    pub(super) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
-        Self {
-            digests: Some(super::flushed::digests(data)),
-        }
-    }
-
-    /// Whether `key` was absent from the record these versions were loaded with. Without
-    /// digests, no key counts as absent.
-    pub(super) fn lacked(&self, key: &str) -> bool {
-        self.digests
-            .as_ref()
-            .is_some_and(|digests| !digests.contains_key(key))
-    }
-
-    /// Whether the request changed `key` since it loaded these versions: `own` (its value now,
-    /// or `None` if absent) differs from what was stored. Without digests, every key counts as
-    /// changed.
-    pub(super) fn changed(&self, key: &str, own: Option<&Value>) -> bool {
-        match &self.digests {
-            Some(digests) => digests.get(key).copied() != own.map(digest::of),
-            None => true,
-        }
-    }
-
-    /// The versions whose digests are `digests`, as stored: what [`Versions::to_value`] makes of
-    /// them, without a copy of the map first.
-    pub(super) fn value_of(digests: &BTreeMap<String, u64>) -> Value {
-        // Built as the map it is, not through a serializer: a write makes one.
-        let digests = digests
-            .iter()
-            .map(|(key, digest)| (key.clone(), Value::from(*digest)))
-            .collect();
-        let versions = [("digests".to_owned(), Value::Object(digests))];
-        Value::Object(versions.into_iter().collect())
-    }
-
-    /// The digests of a stored versions value, to update in place: `None` if it is not the map of
-    /// digests a merging store writes.
-    pub(super) fn digests_mut(value: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
-        value
-            .as_object_mut()
-            .filter(|versions| versions.len() == 1)?
-            .get_mut("digests")?
-            .as_object_mut()
-    }
-
-    /// Makes `value` [`value_of`](Self::value_of) `digests`, changing only the digests that
-    /// differ: a save's versions are mostly those of the record it replaces.
-    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-    pub(super) fn update_value(value: &mut Value, digests: &BTreeMap<String, u64>) {
-        let Some(stored) = Self::digests_mut(value) else {
-            *value = Self::value_of(digests);
-            return;
-        };
-        if stored.len() != digests.len() {
-            stored.retain(|key, _| digests.contains_key(key));
-        }
-        for (key, digest) in digests {
-            match stored.get_mut(key) {
-                Some(old) if old.as_u64() == Some(*digest) => {}
-                Some(old) => *old = Value::from(*digest),
-                None => {
-                    stored.insert(key.clone(), Value::from(*digest));
-                }
-            }
-        }
-    }
-
-    /// The versions whose digests are `digests`, to serialize: exactly as the
-    /// [`value_of`](Self::value_of) them serializes, without building it.
-    pub(super) fn serialized(digests: &BTreeMap<String, u64>) -> impl Serialize + '_ {
-        /// `{"digests": {key: digest, ...}}`.
-        struct Serialized<'a>(&'a BTreeMap<String, u64>);
-
-        impl Serialize for Serialized<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                use serde::ser::SerializeMap;
-                let mut map = serializer.serialize_map(Some(1))?;
-                map.serialize_entry("digests", self.0)?;
-                map.end()
-            }
-        }
-
-        Serialized(digests)
-    }
-
-    pub(super) fn to_value(&self) -> Value {
-        // Serializing maps of strings to numbers cannot fail.
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -549,31 +428,6 @@ mod tests {
         }
         let named = record_naming(json!(format!("{mark} {}", left.request)));
         assert!(Journal::read(&named).is_some(), "the load that left it");
-    }
-
-    #[test]
-    fn unreadable_versions_count_as_none() {
-        let none = Versions::read(&json!({ "digests": "x" }));
-        assert_eq!(none, Versions::default());
-        assert!(
-            none.changed("cart", None),
-            "without digests every key counts as changed"
-        );
-    }
-
-    #[test]
-    fn a_key_counts_as_changed_when_its_value_differs_from_what_was_stored() {
-        let (cart, user) = (json!({ "a": 1 }), json!("ada"));
-        let stored = Versions::of(
-            [("cart".to_owned(), cart.clone()), ("user".to_owned(), user)]
-                .iter()
-                .map(|(k, v)| (k, v)),
-        );
-        assert!(!stored.changed("cart", Some(&cart)));
-        assert!(stored.changed("cart", Some(&json!({ "a": 2 }))));
-        assert!(stored.changed("user", None), "removed");
-        assert!(stored.changed("new", Some(&json!(1))), "added");
-        assert!(!stored.changed("never", None));
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! latest stored record instead of overwriting it.
 //!
 //! [`MergingStore`] is the store wrapper; the locks that make a session's saves one at a time are
-//! in `lock`, the bookkeeping (the journal of a request's operations and the record's versions)
-//! in `journal`, the rebuild of a record from a save and the latest stored record in `rebuild`,
-//! and the flush's own save in `flushed`. The flush reaches this module only through
+//! in `lock`, the journal of a request's operations and the load's mark in `journal`, the
+//! record's versions (the digest of each key as stored) in `versions` and `digest`, the rebuild
+//! of a record from a save and the latest stored record in `rebuild`, and the flush's own save in
+//! `flushed`. The flush reaches this module only through
 //! [`is_underneath`], [`Journal`], [`Ops`] and [`take_refusal`]; the crate's own stores through
 //! [`prepare`], [`merge`] and the outcomes they note.
 
@@ -13,6 +14,7 @@ mod flushed;
 mod journal;
 mod lock;
 mod rebuild;
+mod versions;
 
 use std::{
     borrow::Cow,
@@ -255,7 +257,7 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
         return Prepared::Nothing;
     }
     let mut ours = ours.clone();
-    journal::set_digests(&mut ours, Arc::unwrap_or_clone(at_flush));
+    journal::set_digests(&mut ours, &at_flush);
     Prepared::Save(Cow::Owned(ours))
 }
 

@@ -14,10 +14,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
-use super::journal::{
-    self, Journal, Ops, SessionLimits, Versions, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY,
-};
-use super::{digest, flushed};
+use super::journal::{self, Journal, Ops, SessionLimits, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY};
+use super::{digest, flushed, versions::Versions};
 use crate::{
     budget, expiry,
     stored::{Stored, StoredRef},
@@ -216,24 +214,12 @@ pub(crate) fn patch(
     let (held, dropped) = copy_changes(ours, stored, |key, value| {
         changed.push((key, digest::of(value)));
     });
+    let kept = |key: &str| ours.data.contains_key(key) && is_data(key);
+    let keep: Option<&dyn Fn(&str) -> bool> = dropped.then_some(&kept);
     let updated = stored
         .data
         .get_mut(VERSIONS_KEY)
-        .and_then(Versions::digests_mut)
-        .is_some_and(|digests| {
-            if dropped {
-                digests.retain(|key, _| ours.data.contains_key(key) && is_data(key));
-            }
-            for (key, digest) in changed {
-                match digests.get_mut(key) {
-                    Some(old) => *old = Value::from(digest),
-                    None => {
-                        digests.insert(key.clone(), Value::from(digest));
-                    }
-                }
-            }
-            digests.len() == held
-        });
+        .is_some_and(|versions| Versions::patch_value(versions, keep, &changed, held));
     if !updated {
         let digests = flushed::digests(data_of(ours));
         stored
@@ -799,6 +785,10 @@ mod tests {
             json!({ "digests": { "cart": 1, "user": 2, "new": 3, "gone": 4 } }),
             json!({ "digests": {}, "more": 1 }),
             json!([]),
+            // As this release stores them: a key fewer, a key more, unreadable.
+            versions(json!({ "cart": { "a": 1 }, "user": "ada" })),
+            versions(json!({ "cart": { "a": 1 }, "user": "ada", "new": [1], "gone": 1 })),
+            json!("1;cart"),
         ] {
             let mut stored = record(json!({ "cart": { "a": 1 }, "user": "ada", "new": [1] }));
             stored
@@ -809,9 +799,13 @@ mod tests {
         }
         // The digests of unchanged values come from the store: a wrong one stored stays.
         let mut stored = as_stored(&record(json!({ "cart": { "a": 2 }, "user": "ada" })));
-        stored.data.get_mut(VERSIONS_KEY).unwrap()["digests"]["user"] = json!(7);
+        let mut wrong = json!({ "cart": { "a": 2 }, "new": [1] });
+        wrong["user"] = json!("bob");
+        stored.data.insert(VERSIONS_KEY.to_owned(), versions(wrong));
         patch(&ours, Journal::read(&ours).as_deref(), &mut stored).unwrap();
-        assert_eq!(stored.data[VERSIONS_KEY]["digests"]["user"], 7);
+        let patched = Versions::read(&stored.data[VERSIONS_KEY]);
+        assert!(!patched.changed("user", Some(&json!("bob"))));
+        assert!(patched.changed("user", Some(&json!("ada"))));
     }
 
     #[test]

@@ -8,8 +8,8 @@ use serde_json::json;
 use tower_sessions::SessionStore;
 
 use crate::{
-    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, Gate, Reply, Shared,
-    Visitor,
+    app, assert_session_ended, exists, on_redis, routes, send, stored_keys, stored_value, Gate,
+    Reply, Shared, Visitor,
 };
 
 /// Writes of distinct keys to one session.
@@ -289,4 +289,54 @@ pub async fn id_cycled_during_a_slow_write(shared: Shared) {
     let mut fresh = Visitor::default();
     fresh.post(&b, "/ns/cart/lime/5").await.assert_ok();
     assert!(fresh.session_id().is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_write_beside_a_namespace_write_is_kept_in_either_order() {
+    on_redis(
+        "instances::a_direct_write_beside_a_namespace_write_is_kept_in_either_order",
+        direct_write_beside_a_namespace_write,
+    )
+    .await;
+}
+
+/// `user`, written through `Session` on one instance, and a cart write on the other, both
+/// loaded before either saves, in either order of the saves: `user` ends as the direct write set
+/// it and the cart holds its write. The second save merges, and tells what its request changed
+/// by the versions stored with what it loaded: those stored with `user` = "grace" must be the
+/// digest of "grace" (were they still that of the "ada" before it, the cart's request would
+/// count `user` as changed and write its "grace" back over the direct write).
+pub async fn direct_write_beside_a_namespace_write(shared: Shared) {
+    for (held, whole) in [
+        ("/gated/cart/b/1", "/direct/user/ada"),
+        ("/gated_direct/user/ada", "/ns/cart/b/1"),
+    ] {
+        let gate = Gate::default();
+        let a = app(routes(gate.clone()), shared.a.clone());
+        let b = app(routes(Gate::default()), shared.b.clone());
+        let mut visitor = Visitor::default();
+        visitor.post(&a, "/direct/user/ada").await.assert_ok();
+        visitor.post(&a, "/direct/user/grace").await.assert_ok();
+
+        let slow = tokio::spawn({
+            let (a, mut visitor) = (a.clone(), visitor.clone());
+            async move { visitor.post(&a, held).await }
+        });
+        gate.entered.notified().await;
+        visitor.post(&b, whole).await.assert_ok();
+        gate.release.notify_one();
+        slow.await.expect("the held request").assert_ok();
+
+        let id = visitor.session_id().expect("a session");
+        assert_eq!(
+            stored_value(&shared.a, &id, "user").await,
+            Some(json!("ada")),
+            "{held} saved after {whole}"
+        );
+        assert_eq!(
+            stored_keys(&shared.a, &id, "cart").await,
+            ["b"],
+            "{held} saved after {whole}"
+        );
+    }
 }

@@ -88,6 +88,23 @@ async fn gated_put(
     Ok(Json(Value::Object(controller.data())))
 }
 
+/// POST /gated_direct/{key}/{value}: as `support::routes::direct`, stopping at the gate after the write.
+async fn gated_direct(
+    Path((key, value)): Path<(String, String)>,
+    Extension(gate): Extension<Gate>,
+    session: Session,
+) -> StatusCode {
+    if session
+        .insert_value(&key, Value::String(value))
+        .await
+        .is_err()
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    gate.pass().await;
+    StatusCode::OK
+}
+
 /// POST /logout: `Session::flush`.
 async fn logout(session: Session) -> StatusCode {
     match session.flush().await {
@@ -119,6 +136,8 @@ pub fn routes(gate: Gate) -> Router {
         .route("/ns/{ns}", get(ns_read))
         .route("/ns/{ns}/{key}/{value}", post(ns_put))
         .route("/gated/{ns}/{key}/{value}", post(gated_put))
+        .route("/direct/{key}/{value}", post(support::routes::direct))
+        .route("/gated_direct/{key}/{value}", post(gated_direct))
         .route("/logout", post(logout))
         .route("/gated_logout", post(gated_logout))
         .route("/cycle", post(cycle))
@@ -246,6 +265,16 @@ pub async fn stored_keys<S: SessionStore>(
         .collect();
     keys.sort();
     keys
+}
+
+/// The top-level value `key` of the record stored under `id`, through `store`.
+pub async fn stored_value<S: SessionStore>(
+    store: &S,
+    id: &tower_sessions::session::Id,
+    key: &str,
+) -> Option<Value> {
+    let record = store.load(id).await.expect("load")?;
+    record.data.get(key).cloned()
 }
 
 /// Checks `reply` is the `409` of a session that ended while the request ran.

@@ -44,6 +44,15 @@ async fn on_valkey_an_id_cycled_during_a_slow_write_is_never_written_back() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_valkey_a_direct_write_beside_a_namespace_write_is_kept_in_either_order() {
+    on_valkey(
+        "native::on_valkey_a_direct_write_beside_a_namespace_write_is_kept_in_either_order",
+        instances::direct_write_beside_a_namespace_write,
+    )
+    .await;
+}
+
 /// A save that loses on a record of 1 KiB or more (whose `SET ... IFEQ` asks for no answer) reads
 /// the latest record with a `GET` of its own and merges into it: both writes are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

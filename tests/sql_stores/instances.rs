@@ -191,9 +191,46 @@ async fn cycled_id_during_a_slow_write(db: Db) {
     assert_new_sessions_work(&db, &a, &old.to_string()).await;
 }
 
+/// `user`, written through `Session` on one instance, and a cart write on the other, both
+/// loaded before either saves, in either order of the saves: `user` ends as the direct write set
+/// it and the cart holds its write. The second save merges, and tells what its request changed
+/// by the versions stored with what it loaded: those stored with `user` = "grace" must be the
+/// digest of "grace" (were they still that of the "ada" before it, the cart's request would
+/// count `user` as changed and write its "grace" back over the direct write).
+async fn direct_write_beside_a_namespace_write(db: Db) {
+    for (slow, whole) in [
+        ("/slow/cart/b/1", "/direct/user/ada"),
+        ("/slow_direct/user/ada", "/ns/cart/b/1"),
+    ] {
+        let gate = Arc::new(Gate::default());
+        let (a, b) = (app(db.store().await, &gate), app(db.store().await, &gate));
+        let mut visitor = Visitor::default();
+        visitor.post(&a, "/direct/user/ada").await.assert_ok();
+        visitor.post(&a, "/direct/user/grace").await.assert_ok();
+
+        let racer = tokio::spawn({
+            let (b, mut visitor) = (b.clone(), visitor.clone());
+            async move { visitor.post(&b, slow).await }
+        });
+        gate.wait_loaded().await;
+        visitor.post(&a, whole).await.assert_ok();
+        gate.go.notify_one();
+        racer.await.expect("the slow request").assert_ok();
+
+        let record = db.record(&id_of(&visitor)).await.expect("stored");
+        assert_eq!(record.data["user"], "ada", "{slow} saved after {whole}");
+        assert_eq!(
+            keys(&record.data["cart"]),
+            ["b"],
+            "{slow} saved after {whole}"
+        );
+    }
+}
+
 on_both!(
     overlapping_writes_lose_nothing,
     logout_during_a_slow_write,
     logout_after_a_slow_write,
     cycled_id_during_a_slow_write,
+    direct_write_beside_a_namespace_write,
 );

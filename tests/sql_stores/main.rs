@@ -45,6 +45,7 @@ use std::{
 use async_trait::async_trait;
 use axum::{
     extract::{Extension, Path},
+    http::StatusCode,
     routing::{get, post},
     Json, Router,
 };
@@ -54,7 +55,7 @@ use time::{Duration, OffsetDateTime};
 use tokio::sync::Notify;
 use tower_sessions::{
     session::{Expiry, Id, Record},
-    session_store, SessionManagerLayer, SessionStore,
+    session_store, Session, SessionManagerLayer, SessionStore,
 };
 use tower_sessions_controller::{
     stores::{
@@ -539,12 +540,33 @@ async fn slow_put(
     Ok(Json(Value::Object(namespace.data())))
 }
 
-/// One app instance on `store`, with `gate` for its slow route.
+/// POST /slow_direct/{key}/{value}: a write through `Session` itself (as
+/// `support::routes::direct`) that waits at the gate after its load.
+async fn slow_direct(
+    Path((key, value)): Path<(String, String)>,
+    Extension(gate): Extension<Arc<Gate>>,
+    session: Session,
+) -> StatusCode {
+    if session
+        .insert_value(&key, Value::String(value))
+        .await
+        .is_err()
+    {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    gate.loaded.notify_one();
+    gate.go.notified().await;
+    StatusCode::OK
+}
+
+/// One app instance on `store`, with `gate` for its slow routes.
 pub fn app<S: SessionStore + Clone>(store: S, gate: &Arc<Gate>) -> Router {
     Router::new()
         .route("/ns/{ns}", get(ns_read))
         .route("/ns/{ns}/{key}/{value}", post(ns_put))
         .route("/slow/{ns}/{key}/{value}", post(slow_put))
+        .route("/direct/{key}/{value}", post(support::routes::direct))
+        .route("/slow_direct/{key}/{value}", post(slow_direct))
         .route("/logout", post(support::routes::flush))
         .route("/cycle", post(support::routes::cycle_id))
         .layer(Extension(Arc::clone(gate)))

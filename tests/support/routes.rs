@@ -46,3 +46,12 @@ pub async fn ns_put(
     namespace.insert(&key, value)?;
     Ok(Json(Value::Object(namespace.data())))
 }
+
+/// `POST /direct/{key}/{value}`: `value`, a string, under the top-level `key`, written through
+/// `Session` itself (beside the controllers, as an app may write a user id).
+pub async fn direct(Path((key, value)): Path<(String, String)>, session: Session) -> StatusCode {
+    match session.insert_value(&key, Value::String(value)).await {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -142,29 +142,32 @@ impl Versions {
         let Value::String(text) = value else {
             return false;
         };
+        if keep.is_none() {
+            // The usual write changes the value of a key the versions hold: its digits, in place.
+            let (mut count, mut found) = (0, Vec::new());
+            let readable = scan(text, |entry| {
+                count += 1;
+                if let Some((_, digest)) = changed.iter().find(|(key, _)| *key == entry.key) {
+                    found.push((entry.at, *digest));
+                }
+            });
+            if !readable {
+                return false;
+            }
+            // The stored keys are distinct, and so are the changed ones.
+            if found.len() == changed.len() {
+                for (at, digest) in found {
+                    let digits = hex_digits(digest);
+                    // Hex digits are ASCII: never the empty fallback.
+                    let digits = std::str::from_utf8(&digits).unwrap_or_default();
+                    text.replace_range(at..at + DIGEST_LEN, digits);
+                }
+                return count == held;
+            }
+        }
         let Some(entries) = entries(text) else {
             return false;
         };
-        // The usual write changes one value of a key the versions hold: its digits, in place.
-        let mut in_place = Vec::with_capacity(changed.len());
-        if keep.is_none() {
-            for (key, digest) in changed {
-                match entries.binary_search_by(|entry| entry.key.cmp(key.as_str())) {
-                    Ok(found) => in_place.push((entries[found].at, *digest)),
-                    Err(_) => break,
-                }
-            }
-        }
-        let count = entries.len();
-        if keep.is_none() && in_place.len() == changed.len() {
-            drop(entries);
-            for (at, digest) in in_place {
-                let mut digits = String::with_capacity(DIGEST_LEN);
-                push_hex(&mut digits, digest);
-                text.replace_range(at..at + DIGEST_LEN, &digits);
-            }
-            return count == held;
-        }
         // A key added or dropped: written anew.
         let mut digests: BTreeMap<String, u64> = entries
             .into_iter()
@@ -212,14 +215,20 @@ fn write(text: &mut String, digests: &BTreeMap<String, u64>) {
     }
 }
 
+/// `digest` in 16 lower-case hex digits.
+fn hex_digits(digest: u64) -> [u8; DIGEST_LEN] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0; DIGEST_LEN];
+    for (place, digit) in digits.iter_mut().rev().enumerate() {
+        *digit = DIGITS[(digest >> (place * 4)) as usize & 0x0f];
+    }
+    digits
+}
+
 /// Appends `digest` in 16 lower-case hex digits.
 fn push_hex(text: &mut String, digest: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    text.extend(
-        (0..DIGEST_LEN)
-            .rev()
-            .map(|nibble| char::from(DIGITS[(digest >> (nibble * 4)) as usize & 0x0f])),
-    );
+    // Hex digits are ASCII: never the empty fallback.
+    text.push_str(std::str::from_utf8(&hex_digits(digest)).unwrap_or_default());
 }
 
 /// One key of the stored form.
@@ -233,34 +242,52 @@ struct Entry<'a> {
 /// The keys of `text`, versions in the stored form, in their (ascending) order; `None` if it is
 /// not versions in that form.
 fn entries(text: &str) -> Option<Vec<Entry<'_>>> {
-    let mut at = FORMAT.len();
-    text.get(..at).filter(|format| *format == FORMAT)?;
-    let mut entries: Vec<Entry<'_>> = Vec::new();
+    let mut entries = Vec::new();
+    scan(text, |entry| entries.push(entry)).then_some(entries)
+}
+
+/// Gives `each` the keys of `text`, versions in the stored form, in their (ascending) order;
+/// `false` if it is not versions in that form (`each` may have had some keys by then).
+fn scan<'a>(text: &'a str, mut each: impl FnMut(Entry<'a>)) -> bool {
+    if text.get(..FORMAT.len()) != Some(FORMAT) {
+        return false;
+    }
+    let (mut at, mut last) = (FORMAT.len(), None);
     while at < text.len() {
-        let digest = hex(text.get(at..at.checked_add(DIGEST_LEN)?)?)?;
-        let rest = &text.as_bytes()[at + DIGEST_LEN..];
-        let colon = rest
-            .iter()
-            .take(MOST_LEN_DIGITS + 1)
-            .position(|byte| *byte == b':')?;
-        let digits = &rest[..colon];
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
+        let Some((entry, end)) = entry_at(text, at) else {
+            return false;
+        };
+        if last.is_some_and(|last| last >= entry.key) {
+            return false;
         }
-        // At most ten ASCII digits: a number below 10^10, which a `usize` of 64 bits holds.
-        let len = digits
-            .iter()
-            .fold(0u64, |len, digit| len * 10 + u64::from(digit - b'0'));
-        let key_at = at + DIGEST_LEN + colon + 1;
-        let end = key_at.checked_add(usize::try_from(len).ok()?)?;
-        let key = text.get(key_at..end)?;
-        if entries.last().is_some_and(|last| last.key >= key) {
-            return None;
-        }
-        entries.push(Entry { at, digest, key });
+        last = Some(entry.key);
+        each(entry);
         at = end;
     }
-    Some(entries)
+    true
+}
+
+/// The key whose digest begins at `at` in `text`, and where the next begins; `None` if none
+/// does.
+fn entry_at(text: &str, at: usize) -> Option<(Entry<'_>, usize)> {
+    let digest = hex(text.get(at..at.checked_add(DIGEST_LEN)?)?)?;
+    let rest = &text.as_bytes()[at + DIGEST_LEN..];
+    let colon = rest
+        .iter()
+        .take(MOST_LEN_DIGITS + 1)
+        .position(|byte| *byte == b':')?;
+    let digits = &rest[..colon];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // At most ten ASCII digits: a number below 10^10, which a `u64` holds.
+    let len = digits
+        .iter()
+        .fold(0u64, |len, digit| len * 10 + u64::from(digit - b'0'));
+    let key_at = at + DIGEST_LEN + colon + 1;
+    let end = key_at.checked_add(usize::try_from(len).ok()?)?;
+    let key = text.get(key_at..end)?;
+    Some((Entry { at, digest, key }, end))
 }
 
 /// The number 16 lower-case hex digits spell; `None` if `digits` are not that.

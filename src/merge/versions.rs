@@ -30,6 +30,9 @@ const FORMAT: &str = "1;";
 /// The length of a digest in the stored form: 16 hex digits.
 const DIGEST_LEN: usize = 16;
 
+/// The most changed keys whose digests a save rewrites in place (more are written anew).
+const IN_PLACE: usize = 4;
+
 /// The most digits a key's length has in the stored form (a length is below 2^32).
 const MOST_LEN_DIGITS: usize = 10;
 
@@ -142,26 +145,28 @@ impl Versions {
         let Value::String(text) = value else {
             return false;
         };
-        if keep.is_none() {
+        if keep.is_none() && changed.len() <= IN_PLACE {
             // The usual write changes the value of a key the versions hold: its digits, in place.
-            let (mut count, mut found) = (0, Vec::new());
+            let (mut count, mut found) = (0, [(0, 0); IN_PLACE]);
+            let mut found_len = 0;
             let readable = scan(text, |entry| {
                 count += 1;
                 if let Some((_, digest)) = changed.iter().find(|(key, _)| *key == entry.key) {
-                    found.push((entry.at, *digest));
+                    found[found_len] = (entry.at, *digest);
+                    found_len += 1;
                 }
             });
             if !readable {
                 return false;
             }
             // The stored keys are distinct, and so are the changed ones.
-            if found.len() == changed.len() {
-                for (at, digest) in found {
-                    let digits = hex_digits(digest);
-                    // Hex digits are ASCII: never the empty fallback.
-                    let digits = std::str::from_utf8(&digits).unwrap_or_default();
-                    text.replace_range(at..at + DIGEST_LEN, digits);
+            if found_len == changed.len() {
+                let mut bytes = std::mem::take(text).into_bytes();
+                for (at, digest) in &found[..found_len] {
+                    bytes[*at..*at + DIGEST_LEN].copy_from_slice(&hex_digits(*digest));
                 }
+                // ASCII digits over ASCII digits: still UTF-8, never the empty fallback.
+                *text = String::from_utf8(bytes).unwrap_or_default();
                 return count == held;
             }
         }
@@ -441,6 +446,19 @@ mod tests {
                 expected.len() + 1
             ));
         }
+        // More changed keys than are rewritten in place: the same versions.
+        let keys: Vec<String> = (0..=IN_PLACE).map(|n| format!("k{n}")).collect();
+        let before: BTreeMap<String, u64> = keys.iter().map(|key| (key.clone(), 0)).collect();
+        let after: BTreeMap<String, u64> = keys.iter().map(|key| (key.clone(), 9)).collect();
+        let changed: Vec<(&String, u64)> = keys.iter().map(|key| (key, 9)).collect();
+        let mut value = Versions::value_of(&before);
+        assert!(Versions::patch_value(
+            &mut value,
+            None,
+            &changed,
+            keys.len()
+        ));
+        assert_eq!(value, Versions::value_of(&after));
         for mut value in [
             json!({ "digests": { "cart": 1 } }),
             json!("1;x"),

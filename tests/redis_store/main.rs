@@ -94,15 +94,11 @@ async fn gated_direct(
     Extension(gate): Extension<Gate>,
     session: Session,
 ) -> StatusCode {
-    if session
-        .insert_value(&key, Value::String(value))
-        .await
-        .is_err()
-    {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+    let written = support::routes::write_direct(&session, &key, value).await;
+    if written == StatusCode::OK {
+        gate.pass().await;
     }
-    gate.pass().await;
-    StatusCode::OK
+    written
 }
 
 /// POST /logout: `Session::flush`.

@@ -547,16 +547,12 @@ async fn slow_direct(
     Extension(gate): Extension<Arc<Gate>>,
     session: Session,
 ) -> StatusCode {
-    if session
-        .insert_value(&key, Value::String(value))
-        .await
-        .is_err()
-    {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+    let written = support::routes::write_direct(&session, &key, value).await;
+    if written == StatusCode::OK {
+        gate.loaded.notify_one();
+        gate.go.notified().await;
     }
-    gate.loaded.notify_one();
-    gate.go.notified().await;
-    StatusCode::OK
+    written
 }
 
 /// One app instance on `store`, with `gate` for its slow routes.

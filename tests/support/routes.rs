@@ -50,7 +50,12 @@ pub async fn ns_put(
 /// `POST /direct/{key}/{value}`: `value`, a string, under the top-level `key`, written through
 /// `Session` itself (beside the controllers, as an app may write a user id).
 pub async fn direct(Path((key, value)): Path<(String, String)>, session: Session) -> StatusCode {
-    match session.insert_value(&key, Value::String(value)).await {
+    write_direct(&session, &key, value).await
+}
+
+/// `value`, a string, under the top-level `key` of `session`: `200`, or `500` if the store failed.
+pub async fn write_direct(session: &Session, key: &str, value: String) -> StatusCode {
+    match session.insert_value(key, Value::String(value)).await {
         Ok(_) => StatusCode::OK,
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -197,8 +197,9 @@ impl Serialize for Unmerged<'_> {
 ///
 /// A value the request left as it loaded it keeps the digest stored with it: `stored` must carry
 /// the versions of its own data, as every record a merging store writes does (then a request that
-/// changed one namespace digests that one alone). Versions that are not a map of digests, or
-/// that end up with more or fewer digests than the data has keys, are made again from every value.
+/// changed one namespace digests that one alone). Versions that are not in the form this build
+/// stores (see `versions`; the earlier map form included), or that end up with more or fewer
+/// digests than the data has keys, are made again from every value.
 ///
 /// # Errors
 ///
@@ -799,9 +800,8 @@ mod tests {
         }
         // The digests of unchanged values come from the store: a wrong one stored stays.
         let mut stored = as_stored(&record(json!({ "cart": { "a": 2 }, "user": "ada" })));
-        let mut wrong = json!({ "cart": { "a": 2 }, "new": [1] });
-        wrong["user"] = json!("bob");
-        stored.data.insert(VERSIONS_KEY.to_owned(), versions(wrong));
+        let wrong = versions(json!({ "cart": { "a": 2 }, "new": [1], "user": "bob" }));
+        stored.data.insert(VERSIONS_KEY.to_owned(), wrong);
         patch(&ours, Journal::read(&ours).as_deref(), &mut stored).unwrap();
         let patched = Versions::read(&stored.data[VERSIONS_KEY]);
         assert!(!patched.changed("user", Some(&json!("bob"))));

@@ -14,10 +14,11 @@
 //! Earlier builds stored `{"digests": {key: digest, ...}}`: still read, and written anew in the
 //! string form at the record's next write. (An earlier build reads the string as no versions, and
 //! logs it: its next merge of that record counts every key as changed. Deployments that run two
-//! builds side by side for a while should expect that once per record.) Versions are untrusted input like the rest of a stored
-//! record: any that cannot be read (not one of the two forms, a digest that is not 16 lower-case
-//! hex digits, a length that runs past the end or splits a character, keys out of order or
-//! repeated) count as none, and are logged.
+//! builds side by side for a while should expect that once per record.)
+//!
+//! Versions are untrusted input like the rest of a stored record: any that cannot be read (not one
+//! of the two forms, a digest that is not 16 lower-case hex digits, a length that runs past the
+//! end or splits a character, keys out of order or repeated) count as none, and are logged.
 
 use std::collections::BTreeMap;
 
@@ -38,19 +39,14 @@ const IN_PLACE: usize = 4;
 /// The most digits a key's length has in the stored form (a length is below 2^32).
 const MOST_LEN_DIGITS: usize = 10;
 
-/// A record's versions, as read.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// A record's versions, as read. (`Deserialize` reads the form earlier builds stored:
+/// `{"digests": {key: digest, ...}}`.)
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub(super) struct Versions {
     /// The digest of each key's value; `None` when they are not known (a record stored without
     /// them, or cleared, or unreadable): then every key counts as changed by the request that
     /// saves.
-    digests: Option<BTreeMap<String, u64>>,
-}
-
-/// The form earlier releases stored: `{"digests": {key: digest, ...}}`.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Earlier {
     digests: Option<BTreeMap<String, u64>>,
 }
 
@@ -64,12 +60,8 @@ impl Versions {
                     .map(|entry| (entry.key.to_owned(), entry.digest))
                     .collect()
             }),
-            Value::Object(_) => match Earlier::deserialize(value) {
-                Ok(earlier) => {
-                    return Self {
-                        digests: earlier.digests,
-                    }
-                }
+            Value::Object(_) => match Self::deserialize(value) {
+                Ok(earlier) => return earlier,
                 Err(_) => None,
             },
             _ => None,

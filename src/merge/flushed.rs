@@ -5,29 +5,86 @@
 //!
 //! The flush leaves the request's journal under the `request` number of its load, which the load's
 //! mark in the session holds, and calls `Session::save`. The store merges as usual and notes the
-//! outcome here, under the session's id and that number: saved (with the digest of every key of
-//! the record it was given), or refused. The flush reads a refusal back. When the session manager
-//! then saves the same session, still holding the number, the store finds the outcome and
-//! compares the record with the digests it noted: unchanged (the usual case), it stores nothing;
-//! changed (a middleware between the two layers wrote to the session after the flush), it merges
-//! what changed. (The embedded store compares with the record it stored instead, and notes
-//! digests only when another save overwrites it first.)
-
+//! outcome here, under the session's id and that number: saved ([`AtFlush`]), or refused. The
+//! flush reads a refusal back. When the session manager then saves the same session, still
+//! holding the number, the store finds the outcome and compares the record with what it noted:
+//! unchanged (the usual case), it stores nothing; changed (a middleware between the two layers
+//! wrote to the session after the flush), it merges what changed since the flush. (The embedded
+//! store compares with the record it stored instead, and notes only when another save overwrites
+//! it first.)
+//!
+//! A save notes two things, not a digest per key: the digest of the record's data as a whole (one
+//! number, what the session manager's save compares with), and the versions stored with it (one
+//! string, what the merge of a record changed since the flush starts from). A map of each key's
+//! digest would cost a session two allocations per key to make, and as many to drop, at every
+//! write. Two different data that share the whole digest (one pair in some 2^64) would make a
+//! change after the flush count as none, as a collision of one key's digest would.
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError},
+    sync::{Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 use tower_sessions::session::{Id, Record};
 
-use super::{digest, rebuild::Refusal, ByNumber};
+use super::{digest, rebuild::Refusal, versions::Versions, ByNumber};
 
 /// What a store noted of one flush's save.
 enum Outcome {
-    Saved(Arc<BTreeMap<String, u64>>),
+    Saved(AtFlush),
     Refused(Refusal),
+}
+
+/// What a flush's save stored of its record's data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AtFlush {
+    /// The digest of the data as a whole: of an object of the same keys and values
+    /// ([`digest::of_entries`]).
+    pub(super) data: u64,
+    /// The versions of the data, as stored (see `versions`).
+    pub(super) versions: String,
+}
+
+impl AtFlush {
+    /// What is noted of a save of `digests`: a record's data, each key (ascending, distinct)
+    /// with the digest of its value, whose versions as stored are `versions`.
+    pub(super) fn of_sorted(digests: &[(&String, u64)], versions: String) -> Self {
+        Self {
+            data: whole(digests),
+            versions,
+        }
+    }
+
+    /// What is noted of a save of `data`.
+    pub(crate) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
+        let digests = sorted_digests(data);
+        let versions = Versions::text_of(&digests);
+        Self::of_sorted(&digests, versions)
+    }
+}
+
+/// The digest of every key of `data`, sorted by key.
+pub(super) fn sorted_digests<'a>(
+    data: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> Vec<(&'a String, u64)> {
+    let mut digests: Vec<(&String, u64)> =
+        data.map(|(key, value)| (key, digest::of(value))).collect();
+    digests.sort_unstable_by_key(|(key, _)| *key);
+    digests
+}
+
+/// The digest of a record's data as a whole, from the digest of each key.
+pub(super) fn whole(digests: &[(&String, u64)]) -> u64 {
+    digest::of_entries(digests.iter().map(|(key, digest)| (key.as_str(), *digest)))
+}
+
+/// Whether `data` is what a save noted as `at_flush` stored (but for a collision of digests).
+pub(super) fn unchanged<'a>(
+    data: impl Iterator<Item = (&'a String, &'a Value)>,
+    at_flush: &AtFlush,
+) -> bool {
+    digest::of_entries(data.map(|(key, value)| (key.as_str(), digest::of(value)))) == at_flush.data
 }
 
 /// How long a noted outcome waits for its reader: a flush reads a refusal at once, and the session
@@ -63,9 +120,9 @@ pub(super) fn digests<'a>(
         .collect()
 }
 
-/// For the store: the flush's save of `request` stored the record whose keys have `digests`.
-pub(super) fn note_saved(id: Id, request: u64, digests: Arc<BTreeMap<String, u64>>) {
-    note(id, request, Outcome::Saved(digests));
+/// For the store: the flush's save of `request` stored `at_flush`.
+pub(super) fn note_saved(id: Id, request: u64, at_flush: AtFlush) {
+    note(id, request, Outcome::Saved(at_flush));
 }
 
 /// For the store: the flush's save of `request` was refused.
@@ -86,11 +143,11 @@ pub(crate) fn take_refusal(id: Id, request: u64) -> Option<Refusal> {
     }
 }
 
-/// For the store, at the session manager's save of a record the flush saved: the digests of
-/// every key as the flush saved them, if they were noted.
-pub(super) fn take_saved(record: &Record, request: u64) -> Option<Arc<BTreeMap<String, u64>>> {
+/// For the store, at the session manager's save of a record the flush saved: what the flush's
+/// save stored, if it was noted.
+pub(super) fn take_saved(record: &Record, request: u64) -> Option<AtFlush> {
     match noted().remove(&(record.id, request)) {
-        Some((_, Outcome::Saved(digests))) => Some(digests),
+        Some((_, Outcome::Saved(at_flush))) => Some(at_flush),
         _ => None,
     }
 }

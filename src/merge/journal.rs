@@ -32,7 +32,7 @@ use tower_sessions::{
     Session,
 };
 
-use super::{versions::Versions, ByNumber};
+use super::ByNumber;
 
 /// The top-level session key under which [`MergingStore`](super::MergingStore) keeps a record's
 /// versions.
@@ -266,12 +266,12 @@ pub(crate) fn left_by(request: u64) -> Option<Arc<Journal>> {
     left().get(&request).cloned()
 }
 
-/// Replaces the digests of the versions `record` carries: what a save compares the record with
-/// to tell what its request changed.
-pub(super) fn set_digests(record: &mut Record, digests: &BTreeMap<String, u64>) {
+/// Replaces the versions `record` carries (`versions`, as stored): what a save compares the
+/// record with to tell what its request changed.
+pub(super) fn set_versions(record: &mut Record, versions: String) {
     record
         .data
-        .insert(VERSIONS_KEY.to_owned(), Versions::value_of(digests));
+        .insert(VERSIONS_KEY.to_owned(), Value::String(versions));
 }
 
 impl Journal {

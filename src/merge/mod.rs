@@ -18,7 +18,6 @@ mod versions;
 
 use std::{
     borrow::Cow,
-    collections::BTreeMap,
     fmt,
     hash::{BuildHasherDefault, Hasher},
     sync::Arc,
@@ -30,7 +29,7 @@ use tower_sessions::{
     session_store, SessionStore,
 };
 
-pub(crate) use flushed::take_refusal;
+pub(crate) use flushed::{take_refusal, AtFlush};
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) use journal::seen;
 pub(crate) use journal::{
@@ -250,30 +249,28 @@ pub(crate) fn prepare(ours: &Record) -> Prepared<'_> {
     let Some(at_flush) = flushed::take_saved(ours, request) else {
         return Prepared::Save(Cow::Borrowed(ours));
     };
-    // Compared key by key, without building the map: the usual answer is "unchanged".
-    let unchanged = rebuild::data_of(ours).count() == at_flush.len()
-        && rebuild::data_of(ours).all(|(key, value)| at_flush.get(key) == Some(&digest::of(value)));
-    if unchanged {
+    // One number for the whole data: the usual answer is "unchanged".
+    if flushed::unchanged(rebuild::data_of(ours), &at_flush) {
         return Prepared::Nothing;
     }
     let mut ours = ours.clone();
-    journal::set_digests(&mut ours, &at_flush);
+    journal::set_versions(&mut ours, at_flush.versions);
     Prepared::Save(Cow::Owned(ours))
 }
 
 /// The last step of a merging store's successful save of `ours` (under its final id): a flush's
-/// save notes what it stored, for the session manager's save that follows. `digests` are those of
-/// ours' data when the store already computed them (it stored ours as it is, [`Unmerged`]).
-pub(crate) fn saved(ours: &Record, digests: Option<Arc<BTreeMap<String, u64>>>) {
+/// save notes what it stored, for the session manager's save that follows. `at_flush` is that
+/// when the store already has it (it stored ours as it is, [`Unmerged::at_flush`]).
+pub(crate) fn saved(ours: &Record, at_flush: Option<AtFlush>) {
     if let Some(request) = journal::flushing(ours) {
-        saved_by(ours, request, digests);
+        saved_by(ours, request, at_flush);
     }
 }
 
 /// [`saved`], where the store knows that `ours` is what the flush's save of `request` stored.
-pub(crate) fn saved_by(ours: &Record, request: u64, digests: Option<Arc<BTreeMap<String, u64>>>) {
-    let digests = digests.unwrap_or_else(|| Arc::new(flushed::digests(rebuild::data_of(ours))));
-    flushed::note_saved(ours.id, request, digests);
+pub(crate) fn saved_by(ours: &Record, request: u64, at_flush: Option<AtFlush>) {
+    let at_flush = at_flush.unwrap_or_else(|| AtFlush::of(rebuild::data_of(ours)));
+    flushed::note_saved(ours.id, request, at_flush);
 }
 
 /// Whether `stored` holds the data of `ours`, key for key and value for value (its bookkeeping

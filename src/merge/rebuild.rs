@@ -1,10 +1,6 @@
 //! The rebuild of a record: what a save stores when it is merged into the latest stored record.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    fmt,
-    sync::Arc,
-};
+use std::{collections::HashMap, fmt};
 
 use serde::{
     ser::{SerializeMap, SerializeStruct},
@@ -14,6 +10,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+use super::flushed::AtFlush;
 use super::journal::{self, Journal, Ops, SessionLimits, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY};
 use super::{digest, flushed, versions::Versions};
 use crate::{
@@ -91,25 +89,34 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 /// [`Unmerged::into_record`].
 pub(crate) struct Unmerged<'a> {
     ours: &'a Record,
-    /// The digests of ours' data: its versions, stored under [`VERSIONS_KEY`], serialized from
-    /// the map itself. Shared with the note of the save ([`saved`](super::saved)).
-    digests: Arc<BTreeMap<String, u64>>,
+    /// The versions of ours' data, as stored under [`VERSIONS_KEY`].
+    versions: String,
+    /// The digest of ours' data as a whole (see [`AtFlush`]).
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    whole: u64,
 }
 
 impl<'a> Unmerged<'a> {
     /// The record to store for `ours`.
     fn of(ours: &'a Record) -> Self {
+        let digests = flushed::sorted_digests(data_of(ours));
+        let versions = Versions::text_of(&digests);
         Self {
             ours,
-            digests: Arc::new(flushed::digests(data_of(ours))),
+            versions,
+            #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+            whole: flushed::whole(&digests),
         }
     }
 
-    /// The digests of ours' data: what [`saved`](super::saved) notes when this record
-    /// is the one stored, without digesting the session again.
+    /// What [`saved`](super::saved) notes when this record is the one stored, without digesting
+    /// the session again.
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-    pub(crate) fn digests(&self) -> Arc<BTreeMap<String, u64>> {
-        Arc::clone(&self.digests)
+    pub(crate) fn at_flush(&self) -> AtFlush {
+        AtFlush {
+            data: self.whole,
+            versions: self.versions.clone(),
+        }
     }
 
     /// The session the record is stored under.
@@ -129,7 +136,7 @@ impl<'a> Unmerged<'a> {
         let mut data: HashMap<String, Value> = data_of(self.ours)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        data.insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
+        data.insert(VERSIONS_KEY.to_owned(), Value::String(self.versions));
         Record {
             id: self.ours.id,
             data,
@@ -144,14 +151,9 @@ impl<'a> Unmerged<'a> {
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn patch(self, stored: &mut Record) {
         copy_changes(self.ours, stored, |_, _| {});
-        match stored.data.get_mut(VERSIONS_KEY) {
-            Some(versions) => Versions::update_value(versions, &self.digests),
-            None => {
-                stored
-                    .data
-                    .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&self.digests));
-            }
-        }
+        stored
+            .data
+            .insert(VERSIONS_KEY.to_owned(), Value::String(self.versions));
     }
 }
 
@@ -171,12 +173,12 @@ impl Serialize for Unmerged<'_> {
 
         impl Serialize for Data<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let Unmerged { ours, digests } = self.0;
+                let Unmerged { ours, versions, .. } = self.0;
                 let mut map = serializer.serialize_map(Some(data_of(ours).count() + 1))?;
                 for (key, value) in data_of(ours) {
                     map.serialize_entry(key, value)?;
                 }
-                map.serialize_entry(VERSIONS_KEY, &Versions::serialized(digests))?;
+                map.serialize_entry(VERSIONS_KEY, versions)?;
                 map.end()
             }
         }
@@ -706,7 +708,6 @@ mod tests {
             VERSIONS_KEY: versions(json!({ "user": "ada" })),
         }));
         let unmerged = Unmerged::of(&ours);
-        let digests = unmerged.digests();
         let serialized = serde_json::to_value(&unmerged).unwrap();
         let stored = unmerged.into_record();
         assert_eq!(serialized, serde_json::to_value(&stored).unwrap());
@@ -714,14 +715,37 @@ mod tests {
         assert!(!Versions::read(&stored.data[VERSIONS_KEY]).changed("user", Some(&json!("ada"))));
         assert!(Versions::read(&stored.data[VERSIONS_KEY]).changed("user", Some(&json!("bob"))));
         assert_eq!(
-            digests.keys().collect::<Vec<_>>(),
-            ["cart", "user"],
+            stored.data[VERSIONS_KEY],
+            Versions::of(data_of(&ours)).to_value(),
             "the digests of the data, without the bookkeeping"
         );
+    }
+
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    #[test]
+    fn what_the_note_of_an_unmerged_save_takes_is_what_it_stores() {
+        let ours = record(json!({
+            "cart": { "a": 1 }, "user": "ada",
+            LOADED_KEY: journal(&[("cart", false, &["a"])]),
+        }));
+        let unmerged = Unmerged::of(&ours);
+        let at_flush = unmerged.at_flush();
+        let stored = unmerged.into_record();
+        assert_eq!(at_flush, AtFlush::of(data_of(&stored)));
         assert_eq!(
-            stored.data[VERSIONS_KEY],
-            Versions::of(data_of(&ours)).to_value()
+            Value::String(at_flush.versions.clone()),
+            stored.data[VERSIONS_KEY]
         );
+        assert!(flushed::unchanged(data_of(&ours), &at_flush));
+        let mut changed = ours.clone();
+        changed.data.insert("user".to_owned(), json!("bob"));
+        assert!(!flushed::unchanged(data_of(&changed), &at_flush));
+        let mut added = ours.clone();
+        added.data.insert("theme".to_owned(), json!(null));
+        assert!(!flushed::unchanged(data_of(&added), &at_flush));
+        let mut dropped = ours;
+        dropped.data.remove("user");
+        assert!(!flushed::unchanged(data_of(&dropped), &at_flush));
     }
 
     #[test]

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{digest, journal::push_decimal};
@@ -115,16 +115,6 @@ impl Versions {
         Value::String(text)
     }
 
-    /// Makes `value` [`value_of`](Self::value_of) `digests`, in the string it holds if it holds
-    /// one.
-    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-    pub(super) fn update_value(value: &mut Value, digests: &BTreeMap<String, u64>) {
-        match value {
-            Value::String(text) => write(text, digests),
-            _ => *value = Self::value_of(digests),
-        }
-    }
-
     /// Updates stored versions in place for a save that keeps most of them: drops the keys that
     /// `keep` refuses (when given), and sets the digests of the `changed` keys. `false` when
     /// `value` is not versions as this release stores them, or when the result does not hold
@@ -180,34 +170,39 @@ impl Versions {
         digests.len() == held
     }
 
-    /// The versions whose digests are `digests`, to serialize: as [`value_of`](Self::value_of)
-    /// them serializes, without building the `Value`.
-    pub(super) fn serialized(digests: &BTreeMap<String, u64>) -> impl Serialize + '_ {
-        struct Serialized<'a>(&'a BTreeMap<String, u64>);
-
-        impl Serialize for Serialized<'_> {
-            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut text = String::new();
-                write(&mut text, self.0);
-                serializer.serialize_str(&text)
-            }
-        }
-
-        Serialized(digests)
+    /// The versions whose digests are `digests`, as stored: `digests` sorted by key, keys
+    /// distinct (a record's data).
+    pub(super) fn text_of(digests: &[(&String, u64)]) -> String {
+        debug_assert!(digests.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        let mut text = String::new();
+        write_sorted(
+            &mut text,
+            digests.iter().map(|(key, digest)| (key.as_str(), *digest)),
+        );
+        text
     }
 }
 
 /// Writes `digests` in the stored form into `text`, replacing what it held.
 fn write(text: &mut String, digests: &BTreeMap<String, u64>) {
+    write_sorted(
+        text,
+        digests.iter().map(|(key, digest)| (key.as_str(), *digest)),
+    );
+}
+
+/// Writes `digests`, keys ascending and distinct, in the stored form into `text`, replacing what
+/// it held.
+fn write_sorted<'a>(text: &mut String, digests: impl Iterator<Item = (&'a str, u64)> + Clone) {
     text.clear();
     let len = digests
-        .keys()
-        .map(|key| DIGEST_LEN + 4 + key.len())
+        .clone()
+        .map(|(key, _)| DIGEST_LEN + 4 + key.len())
         .sum::<usize>();
     text.reserve(FORMAT.len() + len);
     text.push_str(FORMAT);
     for (key, digest) in digests {
-        push_hex(text, *digest);
+        push_hex(text, digest);
         push_decimal(text, key.len() as u64);
         text.push(':');
         text.push_str(key);
@@ -463,11 +458,14 @@ mod tests {
     }
 
     #[test]
-    fn serialized_versions_are_the_stored_string() {
-        let digests = digests(&[("cart", 1), ("user", 2)]);
+    fn versions_from_sorted_digests_are_those_of_the_map() {
+        let (cart, user, long) = ("cart".to_owned(), "user".to_owned(), "é".repeat(40));
+        let sorted = [(&cart, 1), (&user, u64::MAX), (&long, 0xabc)];
+        let map = digests(&[("cart", 1), ("user", u64::MAX), (long.as_str(), 0xabc)]);
         assert_eq!(
-            serde_json::to_value(Versions::serialized(&digests)).unwrap(),
-            Versions::value_of(&digests)
+            Value::String(Versions::text_of(&sorted)),
+            Versions::value_of(&map)
         );
+        assert_eq!(Versions::text_of(&[]), FORMAT);
     }
 }

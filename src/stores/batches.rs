@@ -6,7 +6,7 @@
 
 use std::{
     borrow::Cow,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     fmt,
     sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
@@ -51,12 +51,11 @@ impl ToStore<'_> {
         }
     }
 
-    /// The digests of the record's data when it is one request's own session as it is, which
-    /// the note of that request's flush takes without digesting the session again; `None` for a
-    /// merge.
-    fn digests(&self) -> Option<Arc<BTreeMap<String, u64>>> {
+    /// What the note of a request's flush takes when the record is that request's own session
+    /// as it is, without digesting the session again; `None` for a merge.
+    fn at_flush(&self) -> Option<merge::AtFlush> {
         match self {
-            Self::Unmerged(record) => Some(record.digests()),
+            Self::Unmerged(record) => Some(record.at_flush()),
             Self::Merged(_) => None,
         }
     }
@@ -262,13 +261,13 @@ impl Saves {
                 Next::Store(record) => {
                     // Saves waiting now make the next batch: it merges into what this one stores.
                     let keep = !self.waiting().is_empty();
-                    let mut digests = record.digests();
+                    let mut at_flush = record.at_flush();
                     match store.replace(record, seen.as_deref(), keep).await {
                         Ok(Replaced::Done(stored)) => {
                             *self.stored() = stored;
                             for (ours, answer) in members.iter().zip(&mut answers) {
                                 if answer.is_none() {
-                                    merge::saved(ours, digests.take());
+                                    merge::saved(ours, at_flush.take());
                                     *answer = Some(Ok(()));
                                 }
                             }
@@ -774,17 +773,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_a_members_own_data_stored_as_it_is_hands_its_digests_to_the_note_of_its_save() {
+    async fn only_a_members_own_data_stored_as_it_is_hands_what_it_stored_to_the_note_of_its_save()
+    {
         let store = Counted::default();
         let mut new = record(json!({ "user": "ada" }));
         create(&store, &mut new).await.unwrap();
         let loaded = loads(&store, new.id, 2).await;
         let (mut one, mut two) = ([None], [None, None]);
 
-        /// The digests the batch hands to the note, if it stores.
-        fn digests(next: &Next<'_>) -> Option<Arc<BTreeMap<String, u64>>> {
+        /// What the batch hands to the note, if it stores.
+        fn at_flush(next: &Next<'_>) -> Option<merge::AtFlush> {
             match next {
-                Next::Store(record) => record.digests(),
+                Next::Store(record) => record.at_flush(),
                 _ => None,
             }
         }
@@ -792,16 +792,22 @@ mod tests {
         let alone = merged(&[&loaded[0]], &mut one, None, &mut None);
         assert!(matches!(alone, Next::Store(_)));
         assert_eq!(
-            digests(&alone).map(|digests| digests.keys().cloned().collect::<Vec<_>>()),
-            Some(vec!["user".to_owned()])
+            at_flush(&alone),
+            Some(merge::AtFlush::of(
+                loaded[0].data.iter().filter(|(key, _)| *key == "user")
+            )),
+            "what its own data makes, without the bookkeeping"
         );
         let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);
         assert!(matches!(batch, Next::Store(_)));
-        assert!(digests(&batch).is_none(), "the second member was merged in");
+        assert!(
+            at_flush(&batch).is_none(),
+            "the second member was merged in"
+        );
         let into_latest = merged(&[&loaded[0]], &mut one, Some(Some(new.clone())), &mut None);
         assert!(matches!(into_latest, Next::Store(_)));
         assert!(
-            digests(&into_latest).is_none(),
+            at_flush(&into_latest).is_none(),
             "merged into the latest record"
         );
     }

@@ -7,7 +7,10 @@
 # the server spent meanwhile (from /proc), stops the server, and at the end writes one markdown
 # table (stdout and target/http-bench/results.md) with each row's requests/s and CPU time per
 # request over raw tower-sessions' at the same workload and connection count. The CPU time per
-# request is the steadier of the two on a machine that other processes also load.
+# request is the steadier of the two on a machine that other processes also load. For the Redis
+# contenders a second table splits it: the server's time in user space and in the kernel, and
+# the Redis server's own time per request (when REDIS_URL's server runs on this machine and
+# redis-cli reaches it: its process id comes from INFO).
 #
 # Contenders: benches/http/bench_server.rs with
 # CONTENDER=bare|raw|controllers|embedded|keyed|axum_session|raw_redis|redis, and the seed, django-spire's SessionController in the Django project of benches/http/seed,
@@ -198,19 +201,39 @@ stop_server() {
     cleanup
 }
 
-# server_cpu_ticks: user + system CPU time of the server process and its children (gunicorn's
-# worker), in clock ticks, from /proc/PID/stat (fields 14 and 15).
-server_cpu_ticks() {
-    local pid total=0 fields
+# cpu_ticks PID...: the user and the system CPU time of the processes, in clock ticks, from
+# /proc/PID/stat (fields 14 and 15), as two numbers.
+cpu_ticks() {
+    local pid user=0 system=0 fields
     local -a f
-    for pid in "$server_pid" $(pgrep -P "$server_pid" || true); do
+    for pid in "$@"; do
         # The fields after the command name, which is in parentheses and may hold spaces.
         fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
         read -r -a f <<<"$fields"
         # f[0] is field 3 of stat(5), so utime (14) and stime (15) are f[11] and f[12].
-        total=$((total + f[11] + f[12]))
+        user=$((user + f[11]))
+        system=$((system + f[12]))
     done
-    echo "$total"
+    echo "$user $system"
+}
+
+# server_cpu_ticks: the user and the system CPU time of the server process and its children
+# (gunicorn's worker), in clock ticks.
+server_cpu_ticks() {
+    # shellcheck disable=SC2046
+    cpu_ticks "$server_pid" $(pgrep -P "$server_pid" || true)
+}
+
+# redis_pid CONTENDER: the process id of the Redis server at REDIS_URL, for the Redis
+# contenders, when redis-cli reaches it and it runs on this machine; nothing otherwise.
+redis_pid() {
+    local pid
+    [[ $1 == raw_redis || $1 == redis ]] || return 0
+    command -v redis-cli >/dev/null || return 0
+    pid=$(redis-cli -u "${REDIS_URL:-redis://127.0.0.1:6379}" info server 2>/dev/null |
+        tr -d '\r' | awk -F: '$1 == "process_id" { print $2 }')
+    [[ -n $pid && -r /proc/$pid/stat ]] && echo "$pid"
+    return 0
 }
 
 # establish_sessions URL N FILE: N sessions, each by one POST /cart/add, their cookies in FILE.
@@ -253,7 +276,7 @@ run_wrk() {
 }
 
 results=$out/results.tsv
-echo -e "round\tsessions\tworkload\tcontender\tconnections\trequests\tduration_us\tp50_us\tp99_us\terrors\tserver_cpu_ticks\tload1" >"$results"
+echo -e "round\tsessions\tworkload\tcontender\tconnections\trequests\tduration_us\tp50_us\tp99_us\terrors\tserver_cpu_ticks\tload1\tserver_user_ticks\tserver_system_ticks\tredis_cpu_ticks" >"$results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 log "load average before: $load_before"
 
@@ -285,14 +308,24 @@ for round in $(seq 1 "$ROUNDS"); do
                 esac
                 log "round $round: $contender, $sessions sessions, $conns connection(s), $workload"
                 run_wrk "$url" "$conns" "$WARMUP" "$method" "$path" "$cookies" >/dev/null
-                cpu_before=$(server_cpu_ticks)
+                redis=$(redis_pid "$contender")
+                read -r user_before system_before < <(server_cpu_ticks)
+                [[ -n $redis ]] && read -r redis_user redis_system < <(cpu_ticks "$redis")
                 line=$(run_wrk "$url" "$conns" "$DURATION" "$method" "$path" "$cookies")
-                cpu=$(($(server_cpu_ticks) - cpu_before))
+                read -r user_after system_after < <(server_cpu_ticks)
+                user=$((user_after - user_before))
+                system=$((system_after - system_before))
+                cpu=$((user + system))
+                redis_cpu=-
+                if [[ -n $redis ]]; then
+                    read -r redis_user_after redis_system_after < <(cpu_ticks "$redis")
+                    redis_cpu=$((redis_user_after + redis_system_after - redis_user - redis_system))
+                fi
                 load1=$(cut -d' ' -f1 /proc/loadavg)
                 # RESULT requests=… duration_us=… p50_us=… p99_us=… errors=…
                 read -r requests duration p50 p99 errors < <(
                     echo "$line" | sed -E 's/[a-z0-9_]+=//g; s/^RESULT //')
-                echo -e "$round\t$sessions\t$workload\t$contender\t$conns\t$requests\t$duration\t$p50\t$p99\t$errors\t$cpu\t$load1" >>"$results"
+                echo -e "$round\t$sessions\t$workload\t$contender\t$conns\t$requests\t$duration\t$p50\t$p99\t$errors\t$cpu\t$load1\t$user\t$system\t$redis_cpu" >>"$results"
                 if [[ $errors != 0 ]]; then
                     log "$contender: $errors errors"
                     exit 1
@@ -325,9 +358,13 @@ runs = defaultdict(list)
 for r in rows:
     rps = int(r["requests"]) / (int(r["duration_us"]) / 1e6)
     # The server's CPU time per request, in µs (clock ticks of 1/$(getconf CLK_TCK) s).
-    cpu = int(r["server_cpu_ticks"]) * 1e6 / $(getconf CLK_TCK) / int(r["requests"])
+    per_request = lambda ticks: int(ticks) * 1e6 / $(getconf CLK_TCK) / int(r["requests"])
+    cpu = per_request(r["server_cpu_ticks"])
+    # The server's user and system time, and the Redis server's (None when not measured).
+    split = (per_request(r["server_user_ticks"]), per_request(r["server_system_ticks"]),
+             None if r["redis_cpu_ticks"] == "-" else per_request(r["redis_cpu_ticks"]))
     runs[(r["sessions"], r["workload"], int(r["connections"]), r["contender"])].append(
-        (rps, int(r["p50_us"]), int(r["p99_us"]), float(r["load1"]), cpu))
+        (rps, int(r["p50_us"]), int(r["p99_us"]), float(r["load1"]), cpu, split))
 
 names = {
     "bare": "bare axum (floor)",
@@ -382,6 +419,31 @@ for sessions in "$SESSIONS".split():
             lines.append(f"| {sessions} | {workload} | {conns} | {names.get(c, c)} | {rps:,.0f} | "
                          f"{latency(p50)} | {latency(p99)} | {ratio} | {cpu:.1f} µs | "
                          f"{cpu_ratio} | {load:.2f} |")
+# Where a Redis contender's CPU goes: the app's user and system time, and the Redis server's.
+split_lines = []
+for sessions in "$SESSIONS".split():
+  for workload in "$WORKLOADS".split():
+    for conns in [int(c) for c in "$CONNECTIONS".split()]:
+        for c in order:
+            rs = runs.get((sessions, workload, conns, c))
+            if not rs or c not in ("raw_redis", "redis"):
+                continue
+            user = statistics.median(r[5][0] for r in rs)
+            system = statistics.median(r[5][1] for r in rs)
+            redis = [r[5][2] for r in rs if r[5][2] is not None]
+            redis = f"{statistics.median(redis):.1f} µs" if redis else "–"
+            split_lines.append(f"| {sessions} | {workload} | {conns} | {names.get(c, c)} | "
+                               f"{user:.1f} µs | {system:.1f} µs | {redis} |")
+if split_lines:
+    lines += [
+        "",
+        "CPU time per request of the Redis contenders: the server's, in user space and in the "
+        "kernel, and the Redis server's at REDIS_URL (when it runs on this machine).",
+        "",
+        "| sessions | workload | connections | contender | server user | server system "
+        "| Redis server |",
+        "|---|---|---|---|---|---|---|",
+    ] + split_lines
 text = "\n".join(lines) + "\n"
 open(sys.argv[2], "w").write(text)
 print(text)

@@ -122,10 +122,11 @@
 //! - `stored`: the stored layout of a namespace, its reserved keys and the stamp's codec;
 //!   `budget`: namespace sizes for the budgets.
 //! - `merge`: what every merging store shares, and [`MergingStore`], the store wrapper
-//!   (`merge/mod.rs`): its locks (`lock`), the journal of a request's operations and the
-//!   record's versions (`journal`, with the values' digests in `digest`), the rebuild of a
-//!   record from a save and the latest stored one (`rebuild`), and the flush's own save
-//!   (`flushed`). The flush reaches it only through the journal.
+//!   (`merge/mod.rs`): its locks (`lock`), the journal of a request's operations and the load's
+//!   mark (`journal`), the record's versions (`versions`, with the values' digests in
+//!   `digest`), the rebuild of a record from a save and the latest stored one (`rebuild`), and
+//!   the flush's own save and what it notes (`flushed`). The flush reaches it only through the
+//!   journal.
 //! - `stores`: the crate's own stores: what they share (`stores/mod.rs`), then `memory` (which
 //!   merges under its lock), `batches` (how the stores of a server save: compare-and-set, tries,
 //!   batches), `encoded` (a record as the Redis and SQL stores keep it), `held` (a load's bytes

@@ -95,6 +95,34 @@ impl Instance {
             .layer(session_layer(store));
         Self { router, clock }
     }
+
+    /// As [`Instance::new`], with [`write_late`] between the session manager and the controller
+    /// layer.
+    pub fn with_a_late_write<S: SessionStore + Clone>(routes: Router, store: S) -> Self {
+        let clock = ManualClock::new(START);
+        let router = routes
+            .layer(SessionControllerLayer::new().with_clock(clock.clone()))
+            .layer(axum::middleware::from_fn(write_late))
+            .layer(session_layer(store));
+        Self { router, clock }
+    }
+}
+
+/// A layer between the session manager and the controller layer that writes to the session
+/// after the response is produced, so after the controller layer's flush (as a flash-message
+/// layer would): the request's path under `late`.
+async fn write_late(
+    session: tower_sessions::Session,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    session
+        .insert_value("late", json!(path))
+        .await
+        .expect("a session write after the flush");
+    response
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -641,6 +669,7 @@ macro_rules! behaviour_suite {
             removing_last_key_removes_namespace,
             purge_removes_namespace,
             read_only_request_saves_nothing,
+            write_after_the_flush_is_stored,
             visitors_are_isolated,
             corrupt_namespace_reads_as_empty,
         ]);

@@ -281,6 +281,40 @@ pub async fn read_only_request_saves_nothing<S: SessionStore + Clone>(store: Cou
     );
 }
 
+/// A layer between the session manager and the controller layer that writes to the session after
+/// the controller layer's flush: its write is stored, and so is the namespace's, at every request
+/// (under a merging store the flush saves first, and the session manager's save after it finds
+/// the session changed since and merges what changed).
+pub async fn write_after_the_flush_is_stored<S: SessionStore + Clone>(store: CountingStore<S>) {
+    let app = Instance::with_a_late_write(routes(), store.clone());
+    let mut visitor = Visitor::default();
+
+    for (path, expected) in [
+        ("/ns/prefs/theme/dark", json!({ "theme": "dark" })),
+        ("/ns/prefs/size/3", json!({ "theme": "dark", "size": 3 })),
+        ("/ns/prefs/size/4", json!({ "theme": "dark", "size": 4 })),
+    ] {
+        let reply = visitor.post(&app.router, path).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}: {reply:?}");
+        assert_eq!(
+            stored(&store.inner, &visitor, "late").await,
+            Some(json!(path)),
+            "the late write of {path}"
+        );
+        let namespace = stored(&store.inner, &visitor, "prefs")
+            .await
+            .expect("namespace stored");
+        assert_eq!(user_keys(&namespace), expected, "{path}");
+    }
+    // A read changes no namespace, and its late write is stored all the same.
+    let reply = visitor.get(&app.router, "/ns/prefs").await;
+    assert_eq!(reply.data(), json!({ "theme": "dark", "size": 4 }));
+    assert_eq!(
+        stored(&store.inner, &visitor, "late").await,
+        Some(json!("/ns/prefs"))
+    );
+}
+
 /// Two visitors of one app, same namespaces: each sees only its own.
 pub async fn visitors_are_isolated<S: SessionStore + Clone>(store: CountingStore<S>) {
     let app = Instance::new(routes(), store.clone());

@@ -80,8 +80,9 @@ impl Version {
     }
 
     /// Readies this version to be changed: if a flush's save wrote it and the session manager's
-    /// save of that request has not come yet, the digests of what the flush stored are noted for
-    /// it (it then merges what changed since the flush, as with the other stores).
+    /// save of that request has not come yet, what the flush stored is noted for it (its whole
+    /// digest and its versions: it then merges what changed since the flush, as with the other
+    /// stores).
     fn changing(&mut self) {
         if let Some(request) = self.flushed.take() {
             merge::saved_by(&self.record, request, None);

@@ -20,7 +20,6 @@
 //! write. Two different data that share the whole digest (one pair in some 2^64) would make a
 //! change after the flush count as none, as a collision of one key's digest would.
 use std::{
-    collections::BTreeMap,
     sync::{Mutex, MutexGuard, OnceLock, PoisonError},
     time::{Duration, Instant},
 };
@@ -28,7 +27,12 @@ use std::{
 use serde_json::Value;
 use tower_sessions::session::{Id, Record};
 
-use super::{digest, rebuild::Refusal, versions::Versions, ByNumber};
+use super::{
+    digest,
+    rebuild::Refusal,
+    versions::{self, Versions},
+    ByNumber,
+};
 
 /// What a store noted of one flush's save.
 enum Outcome {
@@ -47,31 +51,14 @@ pub(crate) struct AtFlush {
 }
 
 impl AtFlush {
-    /// What is noted of a save of `digests`: a record's data, each key (ascending, distinct)
-    /// with the digest of its value, whose versions as stored are `versions`.
-    pub(super) fn of_sorted(digests: &[(&String, u64)], versions: String) -> Self {
-        Self {
-            data: whole(digests),
-            versions,
-        }
-    }
-
     /// What is noted of a save of `data`.
     pub(crate) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
-        let digests = sorted_digests(data);
-        let versions = Versions::text_of(&digests);
-        Self::of_sorted(&digests, versions)
+        let digests = versions::sorted_digests(data);
+        Self {
+            data: whole(&digests),
+            versions: Versions::text_of(&digests),
+        }
     }
-}
-
-/// The digest of every key of `data`, sorted by key.
-pub(super) fn sorted_digests<'a>(
-    data: impl Iterator<Item = (&'a String, &'a Value)>,
-) -> Vec<(&'a String, u64)> {
-    let mut digests: Vec<(&String, u64)> =
-        data.map(|(key, value)| (key, digest::of(value))).collect();
-    digests.sort_unstable_by_key(|(key, _)| *key);
-    digests
 }
 
 /// The digest of a record's data as a whole, from the digest of each key.
@@ -110,14 +97,6 @@ fn note(id: Id, request: u64, outcome: Outcome) {
         noted.retain(|_, (at, _)| now.duration_since(*at) < KEPT);
     }
     noted.insert((id, request), (Instant::now(), outcome));
-}
-
-/// The digest of every key of `data`.
-pub(super) fn digests<'a>(
-    data: impl Iterator<Item = (&'a String, &'a Value)>,
-) -> BTreeMap<String, u64> {
-    data.map(|(key, value)| (key.clone(), digest::of(value)))
-        .collect()
 }
 
 /// For the store: the flush's save of `request` stored `at_flush`.

@@ -11,9 +11,14 @@ use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+use super::flushed;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 use super::flushed::AtFlush;
 use super::journal::{self, Journal, Ops, SessionLimits, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY};
-use super::{digest, flushed, versions::Versions};
+use super::{
+    digest,
+    versions::{self, Versions},
+};
 use crate::{
     budget, expiry,
     stored::{Stored, StoredRef},
@@ -99,7 +104,7 @@ pub(crate) struct Unmerged<'a> {
 impl<'a> Unmerged<'a> {
     /// The record to store for `ours`.
     fn of(ours: &'a Record) -> Self {
-        let digests = flushed::sorted_digests(data_of(ours));
+        let digests = versions::sorted_digests(data_of(ours));
         let versions = Versions::text_of(&digests);
         Self {
             ours,
@@ -224,10 +229,10 @@ pub(crate) fn patch(
         .get_mut(VERSIONS_KEY)
         .is_some_and(|versions| Versions::patch_value(versions, keep, &changed, held));
     if !updated {
-        let digests = flushed::digests(data_of(ours));
-        stored
-            .data
-            .insert(VERSIONS_KEY.to_owned(), Versions::value_of(&digests));
+        stored.data.insert(
+            VERSIONS_KEY.to_owned(),
+            Versions::value_of_data(data_of(ours)),
+        );
     }
     Ok(())
 }
@@ -405,7 +410,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
             data.insert(key, value);
         }
     }
-    let versions = Versions::value_of(&flushed::digests(data.iter()));
+    let versions = Versions::value_of_data(data.iter());
     data.insert(VERSIONS_KEY.to_owned(), versions);
     let next = Record {
         id: ours.id,

@@ -75,13 +75,14 @@ impl Versions {
     /// The versions of `data` as stored: the digest of every value.
     #[cfg(test)]
     pub(super) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
+        let digests = sorted_digests(data).into_iter();
         Self {
-            digests: Some(super::flushed::digests(data)),
+            digests: Some(digests.map(|(key, digest)| (key.clone(), digest)).collect()),
         }
     }
 
-    /// These versions as stored (test only: the crate stores digests with
-    /// [`value_of`](Self::value_of)).
+    /// These versions as stored (test only: the crate writes versions from a record's data,
+    /// [`value_of_data`](Self::value_of_data)).
     #[cfg(test)]
     pub(super) fn to_value(&self) -> Value {
         match &self.digests {
@@ -108,7 +109,9 @@ impl Versions {
         }
     }
 
-    /// The versions whose digests are `digests`, as stored.
+    /// The versions whose digests are `digests`, as stored (test only, for digests of the test's
+    /// choosing).
+    #[cfg(test)]
     pub(super) fn value_of(digests: &BTreeMap<String, u64>) -> Value {
         let mut text = String::new();
         write(&mut text, digests);
@@ -170,8 +173,13 @@ impl Versions {
         digests.len() == held
     }
 
+    /// The versions of `data` (a record's data), as stored.
+    pub(super) fn value_of_data<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Value {
+        Value::String(Self::text_of(&sorted_digests(data)))
+    }
+
     /// The versions whose digests are `digests`, as stored: `digests` sorted by key, keys
-    /// distinct (a record's data).
+    /// distinct (a record's data, [`sorted_digests`]).
     pub(super) fn text_of(digests: &[(&String, u64)]) -> String {
         debug_assert!(digests.windows(2).all(|pair| pair[0].0 < pair[1].0));
         let mut text = String::new();
@@ -181,6 +189,17 @@ impl Versions {
         );
         text
     }
+}
+
+/// The digest of every key of `data` (a record's data), sorted by key: what its versions are
+/// written from, with no key copied.
+pub(super) fn sorted_digests<'a>(
+    data: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> Vec<(&'a String, u64)> {
+    let mut digests: Vec<(&String, u64)> =
+        data.map(|(key, value)| (key, digest::of(value))).collect();
+    digests.sort_unstable_by_key(|(key, _)| *key);
+    digests
 }
 
 /// Writes `digests` in the stored form into `text`, replacing what it held.

@@ -4,7 +4,8 @@
 
 use std::{collections::HashMap, fmt};
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 use time::OffsetDateTime;
 use tower_sessions::{
     session::{Id, Record},
@@ -101,14 +102,126 @@ fn with_room<'de, D: serde::Deserializer<'de>>(
         ) -> Result<Self::Value, A::Error> {
             let claimed = map.size_hint().unwrap_or(0).min(MOST_RESERVED);
             let mut data = HashMap::with_capacity(claimed + 2);
-            while let Some((key, value)) = map.next_entry()? {
-                data.insert(key, value);
+            while let Some(key) = map.next_key()? {
+                data.insert(key, map.next_value_seed(StoredValue)?);
             }
             Ok(data)
         }
     }
 
     deserializer.deserialize_map(Room)
+}
+
+/// One value of a stored record: the `Value` that `serde_json::Value`'s own decoding makes of
+/// it, with a large object built at once instead of one key at a time.
+///
+/// `Value`'s decoding inserts each key of an object into its map, and each insert searches the
+/// map from its root; a namespace of 240 keys costs some 14 key comparisons a key that way. Here
+/// an object of more than [`INSERTED_UP_TO`] keys gathers its entries first and builds its map
+/// from them (`Map::from_iter`): a stored object's keys come sorted (they were written from a
+/// sorted map), and a sorted run is checked and built in one pass. Keys in another order are
+/// sorted first; of equal keys the last one wins, as with inserts. Everything else is decoded
+/// exactly as `Value` does it: a float that is no JSON number (NaN, an infinity) is `null`, and a
+/// MessagePack byte string, which no JSON value is, makes the record unreadable. (One key is read
+/// differently: with serde_json's `raw_value` feature, which another crate of the app may turn on,
+/// `Value` reads an object whose first key is serde_json's private raw-value token as JSON text;
+/// here that key is a key like any other, whatever the features.)
+struct StoredValue;
+
+/// The most keys an object gets inserted one at a time: below this, gathering them first costs
+/// more than the searches it saves.
+const INSERTED_UP_TO: usize = 8;
+
+/// The most entries the length a nested array or object claims makes the decoder reserve room
+/// for up front (each level of a deep record reserves its own): beyond it they grow as they come.
+const MOST_RESERVED_NESTED: usize = 128;
+
+impl<'de> DeserializeSeed<'de> for StoredValue {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for StoredValue {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Value, E> {
+        Ok(Value::Bool(value))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Value, E> {
+        Ok(Value::Number(value.into()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, value: i128) -> Result<Value, E> {
+        serde::Deserialize::deserialize(serde::de::value::I128Deserializer::<E>::new(value))
+            .map(Value::Number)
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, value: u128) -> Result<Value, E> {
+        serde::Deserialize::deserialize(serde::de::value::U128Deserializer::<E>::new(value))
+            .map(Value::Number)
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(value).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Value, E> {
+        Ok(Value::String(value.to_owned()))
+    }
+
+    fn visit_string<E>(self, value: String) -> Result<Value, E> {
+        Ok(Value::String(value))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let claimed = seq.size_hint().unwrap_or(0).min(MOST_RESERVED_NESTED);
+        let mut values = Vec::with_capacity(claimed);
+        while let Some(value) = seq.next_element_seed(StoredValue)? {
+            values.push(value);
+        }
+        Ok(Value::Array(values))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let claimed = map.size_hint().unwrap_or(0);
+        if claimed <= INSERTED_UP_TO {
+            let mut object = Map::new();
+            while let Some(key) = map.next_key()? {
+                object.insert(key, map.next_value_seed(StoredValue)?);
+            }
+            return Ok(Value::Object(object));
+        }
+        let mut entries: Vec<(String, Value)> =
+            Vec::with_capacity(claimed.min(MOST_RESERVED_NESTED));
+        while let Some(key) = map.next_key()? {
+            entries.push((key, map.next_value_seed(StoredValue)?));
+        }
+        Ok(Value::Object(entries.into_iter().collect()))
+    }
 }
 
 /// The token naming the stored `bytes`: they, in lower-case hex.
@@ -168,6 +281,7 @@ pub(super) fn bytes_of(token: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use time::OffsetDateTime;
     use tower_sessions::session::Id;
 
@@ -276,6 +390,142 @@ mod tests {
         claimed.extend([0xdf, 0xff, 0xff, 0xff, 0xff]);
         claimed.extend(&bytes[map + 1..]);
         assert!(decode("s", &claimed).is_none());
+    }
+
+    /// A MessagePack document: what the stores write, and what they never do (objects whose
+    /// keys are out of order or repeated, floats of 32 bits, NaN).
+    #[derive(Debug, Clone)]
+    enum Stored {
+        Nil,
+        Bool(bool),
+        Int(i64),
+        UInt(u64),
+        F32(f32),
+        F64(f64),
+        Str(String),
+        Array(Vec<Stored>),
+        Object(Vec<(String, Stored)>),
+    }
+
+    impl serde::Serialize for Stored {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::{SerializeMap, SerializeSeq};
+            match self {
+                Stored::Nil => serializer.serialize_unit(),
+                Stored::Bool(value) => serializer.serialize_bool(*value),
+                Stored::Int(value) => serializer.serialize_i64(*value),
+                Stored::UInt(value) => serializer.serialize_u64(*value),
+                Stored::F32(value) => serializer.serialize_f32(*value),
+                Stored::F64(value) => serializer.serialize_f64(*value),
+                Stored::Str(value) => serializer.serialize_str(value),
+                Stored::Array(values) => {
+                    let mut seq = serializer.serialize_seq(Some(values.len()))?;
+                    for value in values {
+                        seq.serialize_element(value)?;
+                    }
+                    seq.end()
+                }
+                // In the order given, repeats included.
+                Stored::Object(entries) => {
+                    let mut map = serializer.serialize_map(Some(entries.len()))?;
+                    for (key, value) in entries {
+                        map.serialize_entry(key, value)?;
+                    }
+                    map.end()
+                }
+            }
+        }
+    }
+
+    fn stored() -> impl Strategy<Value = Stored> {
+        let leaf = prop_oneof![
+            Just(Stored::Nil),
+            any::<bool>().prop_map(Stored::Bool),
+            any::<i64>().prop_map(Stored::Int),
+            any::<u64>().prop_map(Stored::UInt),
+            any::<f32>().prop_map(Stored::F32),
+            any::<f64>().prop_map(Stored::F64),
+            prop_oneof![Just(f64::NAN), Just(f64::INFINITY)].prop_map(Stored::F64),
+            ".{0,12}".prop_map(Stored::Str),
+        ];
+        leaf.prop_recursive(4, 160, 24, |inner| {
+            // Few distinct keys, so that objects repeat some; sorted or not.
+            let key = prop_oneof!["[a-e]", "k[0-9]{1,2}", ".{0,6}"];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..24).prop_map(Stored::Array),
+                (prop::collection::vec((key, inner), 0..24), any::<bool>()).prop_map(
+                    |(mut entries, sorted)| {
+                        if sorted {
+                            entries.sort_by(|a, b| a.0.cmp(&b.0));
+                        }
+                        Stored::Object(entries)
+                    }
+                ),
+            ]
+        })
+    }
+
+    /// `bytes` decoded as a record's value is, and as `serde_json::Value` decodes them.
+    fn both_ways(bytes: &[u8]) -> (Option<Value>, Option<Value>) {
+        let ours = StoredValue
+            .deserialize(&mut rmp_serde::Deserializer::from_read_ref(bytes))
+            .ok();
+        let theirs = rmp_serde::from_slice::<Value>(bytes).ok();
+        (ours, theirs)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_stored_value_decodes_as_serde_json_decodes_it(value in stored()) {
+            let bytes = rmp_serde::to_vec(&value).expect("encodes");
+            let (ours, theirs) = both_ways(&bytes);
+            proptest::prop_assert!(theirs.is_some(), "{value:?}");
+            proptest::prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn a_large_object_in_any_order_decodes_to_the_same_map_the_last_of_equal_keys_winning() {
+        let sorted: Vec<(String, Stored)> = (0..300)
+            .map(|n| (format!("k{n:03}"), Stored::Int(n)))
+            .collect();
+        let mut reversed = sorted.clone();
+        reversed.reverse();
+        let mut repeated = sorted.clone();
+        repeated.push(("k007".to_owned(), Stored::Str("last".to_owned())));
+        repeated.insert(0, ("k299".to_owned(), Stored::Str("first".to_owned())));
+        for entries in [sorted, reversed, repeated] {
+            let bytes = rmp_serde::to_vec(&Stored::Object(entries.clone())).expect("encodes");
+            let (ours, theirs) = both_ways(&bytes);
+            let ours = ours.expect("decodes");
+            assert_eq!(Some(&ours), theirs.as_ref());
+            let object = ours.as_object().expect("an object");
+            assert_eq!(object.len(), 300);
+            let last = |key: &str| entries.iter().rev().find(|(k, _)| k == key).cloned();
+            let expected = |key: &str| match last(key) {
+                Some((_, Stored::Int(n))) => serde_json::json!(n),
+                Some((_, Stored::Str(text))) => serde_json::json!(text),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(object["k007"], expected("k007"));
+            assert_eq!(object["k299"], expected("k299"));
+        }
+    }
+
+    #[test]
+    fn a_byte_string_in_a_stored_value_makes_the_record_unreadable() {
+        // A one-byte MessagePack `bin` where the null was.
+        let bytes = nested(0);
+        let null = bytes
+            .windows(3)
+            .position(|window| window == [0xa1, b'x', 0xc0])
+            .expect("the key x and its null")
+            + 2;
+        let mut bin = bytes[..null].to_vec();
+        bin.extend([0xc4, 0x01, 0x00]);
+        bin.extend(&bytes[null + 1..]);
+        assert!(decode("s", &bin).is_none());
+        assert!(decode("s", &bytes).is_some());
     }
 
     #[test]

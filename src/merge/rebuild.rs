@@ -475,7 +475,12 @@ fn apply(
     }
     let merged = merged.encode();
     if let (Some(budget), Some(Value::Object(map))) = (ops.budget, &merged) {
-        let size = budget::exact(map).low;
+        // The bounds settle most merges, as they settle most writes; only near the budget is
+        // every byte counted.
+        let size = match budget::bounds(map) {
+            bounds if bounds.high <= budget => bounds.high,
+            _ => budget::exact(map).low,
+        };
         if size > budget {
             return Err(Refusal::OverBudget {
                 namespace: namespace.to_owned(),
@@ -925,29 +930,43 @@ mod tests {
 
     #[test]
     fn a_merge_that_would_cross_the_writes_budget_is_refused() {
-        let mut ops = Journal::new(NOW, journal::next_load());
-        ops.record(
-            "cart".to_owned(),
-            Ops {
-                touched: ["mine".to_owned()].into(),
-                wrote: true,
-                budget: Some(30),
-                ..Ops::default()
-            },
-        );
-        let ours = record(json!({
-            "cart": { "mine": "0123456789" },
-            LOADED_KEY: ops.left_for_good(),
-            VERSIONS_KEY: versions(json!({})),
-        }));
-        let latest = record(json!({
-            "cart": { "theirs": "0123456789" },
-            VERSIONS_KEY: versions(json!({ "cart": { "theirs": "0123456789" } })),
-        }));
+        // `{"mine":"0123456789","theirs":"0123456789"}`: 43 bytes, counted exactly (the bounds
+        // allow each string six times its length).
+        let merged_with_budget = |budget: usize| {
+            let mut ops = Journal::new(NOW, journal::next_load());
+            ops.record(
+                "cart".to_owned(),
+                Ops {
+                    touched: ["mine".to_owned()].into(),
+                    wrote: true,
+                    budget: Some(budget),
+                    ..Ops::default()
+                },
+            );
+            let ours = record(json!({
+                "cart": { "mine": "0123456789" },
+                LOADED_KEY: ops.left_for_good(),
+                VERSIONS_KEY: versions(json!({})),
+            }));
+            let latest = record(json!({
+                "cart": { "theirs": "0123456789" },
+                VERSIONS_KEY: versions(json!({ "cart": { "theirs": "0123456789" } })),
+            }));
+            merge(&ours, Some(latest))
+        };
         assert!(matches!(
-            merge(&ours, Some(latest)),
-            Err(Refusal::OverBudget { budget: 30, .. })
+            merged_with_budget(42),
+            Err(Refusal::OverBudget {
+                size: 43,
+                budget: 42,
+                ..
+            })
         ));
+        let merged = merged_with_budget(43).expect("exactly at the budget");
+        assert_eq!(
+            merged.data["cart"],
+            json!({ "mine": "0123456789", "theirs": "0123456789" })
+        );
     }
 
     /// A journal of writes (`touched` keys set or removed) to `namespaces`, with session limits.

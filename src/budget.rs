@@ -64,6 +64,15 @@ pub(crate) fn exact(map: &Map<String, Value>) -> Size {
     Size::of_len(exact_map_len(map), true)
 }
 
+/// `map`'s length as a check against `budget` needs it: its bounds' high end when that is within
+/// the budget (a walk of its values, not of their bytes: most checks), else counted exactly.
+pub(crate) fn len_against(map: &Map<String, Value>, budget: usize) -> usize {
+    match bounds(map) {
+        bounds if bounds.high <= budget => bounds.high,
+        _ => exact(map).low,
+    }
+}
+
 /// The size of an object holding `entries` (a session's top-level keys and values): bounds, or
 /// exact.
 pub(crate) fn entries<'a>(

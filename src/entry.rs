@@ -703,10 +703,7 @@ impl Entry {
         };
         if let (Some(limits), Change::Write(Value::Object(map))) = (limits, &change) {
             // The bounds settle most writes; only near the budget is every byte counted.
-            let size = match budget::bounds(map) {
-                bounds if bounds.high <= limits.budget => bounds.high,
-                _ => budget::exact(map).low,
-            };
+            let size = budget::len_against(map, limits.budget);
             if size > limits.budget {
                 return Err(Error::OverBudget {
                     namespace: self.namespace.clone(),

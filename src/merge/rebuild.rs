@@ -477,10 +477,7 @@ fn apply(
     if let (Some(budget), Some(Value::Object(map))) = (ops.budget, &merged) {
         // The bounds settle most merges, as they settle most writes; only near the budget is
         // every byte counted.
-        let size = match budget::bounds(map) {
-            bounds if bounds.high <= budget => bounds.high,
-            _ => budget::exact(map).low,
-        };
+        let size = budget::len_against(map, budget);
         if size > budget {
             return Err(Refusal::OverBudget {
                 namespace: namespace.to_owned(),

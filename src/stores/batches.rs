@@ -406,8 +406,6 @@ mod tests {
     use time::{Duration, OffsetDateTime};
     use tower_sessions::SessionStore;
 
-    use async_trait::async_trait;
-
     use super::super::{create, load, MemoryStore};
     use super::*;
 
@@ -426,7 +424,6 @@ mod tests {
         batches: Batches,
     }
 
-    #[async_trait]
     impl CompareAndSet for Counted {
         async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
             self.fetches.fetch_add(1, Ordering::SeqCst);

@@ -216,7 +216,6 @@ fn live<'a>(records: &'a mut HashMap<Id, Version>, id: &Id) -> Option<&'a mut Ve
 /// Loads and creates go through the compare-and-set of [`stores`](super); saves merge under the
 /// lock instead ([`MemoryStore::store`]). With a store of a server built, this store also
 /// replaces as they do, for the tests of their saves.
-#[async_trait]
 impl CompareAndSet for MemoryStore {
     async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
         let mut records = self.records();

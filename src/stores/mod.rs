@@ -66,7 +66,8 @@ pub use sql::SqliteStore;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub use sqlx;
 
-use async_trait::async_trait;
+use std::future::Future;
+
 use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store;
 
@@ -77,11 +78,17 @@ pub(crate) use batches::{save, Batches, Replaced, ToStore};
 /// What a store that saves by compare-and-set provides; [`load`], `save` (in `batches`) and
 /// [`create`] make a `SessionStore` of it. [`MemoryStore`] saves under its own lock and needs only
 /// the load and the create.
-#[async_trait]
+///
+/// Its methods are `async fn`s in the trait, not through `async_trait`: their futures are not
+/// boxed (one allocation and a copy of the future less at every load and every save); a store
+/// implements them with `async fn`, and the compiler checks that each future is `Send`.
 pub(crate) trait CompareAndSet: Send + Sync {
     /// The record stored under `id`, if any (and not expired), with a token naming this version
     /// of it.
-    async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>>;
+    fn fetch(
+        &self,
+        id: &Id,
+    ) -> impl Future<Output = session_store::Result<Option<(Record, String)>>> + Send;
 
     /// Replaces the record stored under `record.id()` with `record` if the store still holds the
     /// version `seen` names; with `seen` `None`, whatever it holds, or nothing. Otherwise writes
@@ -90,15 +97,15 @@ pub(crate) trait CompareAndSet: Send + Sync {
     /// With `keep`, a replace that is done gives back the record now stored and its token
     /// (another save of the session is waiting to merge into it).
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-    async fn replace(
+    fn replace(
         &self,
         record: ToStore<'_>,
         seen: Option<&str>,
         keep: bool,
-    ) -> session_store::Result<Replaced>;
+    ) -> impl Future<Output = session_store::Result<Replaced>> + Send;
 
     /// Stores `record` under its id if no record is stored under it; `false` if one is.
-    async fn insert(&self, record: &Record) -> session_store::Result<bool>;
+    fn insert(&self, record: &Record) -> impl Future<Output = session_store::Result<bool>> + Send;
 
     /// The saves this store (and its clones) is storing or waiting for, by session.
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]

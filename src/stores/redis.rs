@@ -281,7 +281,6 @@ where
     }
 }
 
-#[async_trait]
 impl<C> CompareAndSet for RedisStore<C>
 where
     C: KeysInterface + LuaInterface + Send + Sync,

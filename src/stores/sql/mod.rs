@@ -281,7 +281,6 @@ fn invalid(what: &str, name: &str, rule: &str) -> String {
 /// field `table`.
 macro_rules! sql_session_store {
     ($store:ty) => {
-        #[async_trait::async_trait]
         impl $crate::stores::CompareAndSet for $store {
             async fn fetch(&self, id: &Id) -> session_store::Result<Option<(Record, String)>> {
                 self.table.fetch(id).await

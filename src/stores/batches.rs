@@ -114,9 +114,15 @@ pub(crate) async fn save<S: CompareAndSet>(
         return Ok(());
     };
     let saves = store.batches().of(ours.id);
+    // Each batch's future is boxed where it runs: a store's compare-and-set holds its client's
+    // command, some kilobytes on Redis, which unboxed would make every save's future that large,
+    // those that store nothing or wait for another's batch too (and glibc's allocator sweeps its
+    // bins of small blocks before it hands out a block of a kilobyte or more).
     // Nobody else is saving this session: the usual case, with nothing to copy.
     if let Ok(_turn) = saves.turn.try_lock() {
-        return saves.lead(store, Some(&*ours)).await.unwrap_or_else(lost);
+        return Box::pin(saves.lead(store, Some(&*ours)))
+            .await
+            .unwrap_or_else(lost);
     }
     let ours = Arc::new(ours.into_owned());
     let (done, mut answer) = oneshot::channel();
@@ -130,13 +136,13 @@ pub(crate) async fn save<S: CompareAndSet>(
         Ok(answer) => answer,
         // Still waiting: ours leads the next batch.
         Err(oneshot::error::TryRecvError::Empty) => {
-            saves.lead(store, None).await;
+            Box::pin(saves.lead(store, None)).await;
             answer.try_recv().unwrap_or_else(|_| lost())
         }
         // The batch that took it never finished (its request was dropped): ours again.
-        Err(oneshot::error::TryRecvError::Closed) => {
-            saves.lead(store, Some(&ours)).await.unwrap_or_else(lost)
-        }
+        Err(oneshot::error::TryRecvError::Closed) => Box::pin(saves.lead(store, Some(&ours)))
+            .await
+            .unwrap_or_else(lost),
     }
 }
 

@@ -80,8 +80,9 @@ pub(crate) use batches::{save, Batches, Replaced, ToStore};
 /// the load and the create.
 ///
 /// Its methods are `async fn`s in the trait, not through `async_trait`: their futures are not
-/// boxed (one allocation and a copy of the future less at every load and every save); a store
-/// implements them with `async fn`, and the compiler checks that each future is `Send`.
+/// boxed at each call (a load allocates and fills one box less; a save boxes its batch where it
+/// runs, see `batches::save`); a store implements them with `async fn`, and the compiler checks
+/// that each future is `Send`.
 pub(crate) trait CompareAndSet: Send + Sync {
     /// The record stored under `id`, if any (and not expired), with a token naming this version
     /// of it.

@@ -55,15 +55,10 @@ impl AtFlush {
     pub(crate) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
         let digests = versions::sorted_digests(data);
         Self {
-            data: whole(&digests),
+            data: digest::of_entries(digests.iter().map(|(key, digest)| (key.as_str(), *digest))),
             versions: Versions::text_of(&digests),
         }
     }
-}
-
-/// The digest of a record's data as a whole, from the digest of each key.
-pub(super) fn whole(digests: &[(&String, u64)]) -> u64 {
-    digest::of_entries(digests.iter().map(|(key, digest)| (key.as_str(), *digest)))
 }
 
 /// Whether `data` is what a save noted as `at_flush` stored (but for a collision of digests).

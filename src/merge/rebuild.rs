@@ -10,15 +10,9 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::session::Record;
 
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-use super::flushed;
-#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 use super::flushed::AtFlush;
 use super::journal::{self, Journal, Ops, SessionLimits, JOURNAL_KEY, LOADED_KEY, VERSIONS_KEY};
-use super::{
-    digest,
-    versions::{self, Versions},
-};
+use super::{digest, versions::Versions};
 use crate::{
     budget, expiry,
     stored::{Stored, StoredRef},
@@ -94,23 +88,17 @@ pub(crate) fn as_stored(ours: &Record) -> Record {
 /// [`Unmerged::into_record`].
 pub(crate) struct Unmerged<'a> {
     ours: &'a Record,
-    /// The versions of ours' data, as stored under [`VERSIONS_KEY`].
-    versions: String,
-    /// The digest of ours' data as a whole (see [`AtFlush`]).
-    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-    whole: u64,
+    /// What is stored of ours' data besides the data: its versions, stored under
+    /// [`VERSIONS_KEY`], and its digest as a whole, for the note of the save.
+    at_flush: AtFlush,
 }
 
 impl<'a> Unmerged<'a> {
     /// The record to store for `ours`.
     fn of(ours: &'a Record) -> Self {
-        let digests = versions::sorted_digests(data_of(ours));
-        let versions = Versions::text_of(&digests);
         Self {
             ours,
-            versions,
-            #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
-            whole: flushed::whole(&digests),
+            at_flush: AtFlush::of(data_of(ours)),
         }
     }
 
@@ -118,10 +106,7 @@ impl<'a> Unmerged<'a> {
     /// the session again.
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn at_flush(&self) -> AtFlush {
-        AtFlush {
-            data: self.whole,
-            versions: self.versions.clone(),
-        }
+        self.at_flush.clone()
     }
 
     /// The session the record is stored under.
@@ -141,7 +126,10 @@ impl<'a> Unmerged<'a> {
         let mut data: HashMap<String, Value> = data_of(self.ours)
             .map(|(key, value)| (key.clone(), value.clone()))
             .collect();
-        data.insert(VERSIONS_KEY.to_owned(), Value::String(self.versions));
+        data.insert(
+            VERSIONS_KEY.to_owned(),
+            Value::String(self.at_flush.versions),
+        );
         Record {
             id: self.ours.id,
             data,
@@ -156,9 +144,10 @@ impl<'a> Unmerged<'a> {
     #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
     pub(crate) fn patch(self, stored: &mut Record) {
         copy_changes(self.ours, stored, |_, _| {});
-        stored
-            .data
-            .insert(VERSIONS_KEY.to_owned(), Value::String(self.versions));
+        stored.data.insert(
+            VERSIONS_KEY.to_owned(),
+            Value::String(self.at_flush.versions),
+        );
     }
 }
 
@@ -178,12 +167,12 @@ impl Serialize for Unmerged<'_> {
 
         impl Serialize for Data<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let Unmerged { ours, versions, .. } = self.0;
+                let Unmerged { ours, at_flush } = self.0;
                 let mut map = serializer.serialize_map(Some(data_of(ours).count() + 1))?;
                 for (key, value) in data_of(ours) {
                     map.serialize_entry(key, value)?;
                 }
-                map.serialize_entry(VERSIONS_KEY, versions)?;
+                map.serialize_entry(VERSIONS_KEY, &at_flush.versions)?;
                 map.end()
             }
         }
@@ -492,7 +481,10 @@ fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{merge::journal::mark_loaded, stored::encode_stamp as stamp};
+    use crate::{
+        merge::{flushed, journal::mark_loaded},
+        stored::encode_stamp as stamp,
+    };
     use serde_json::json;
     use time::{macros::datetime, Duration};
     use tower_sessions::session::Id;

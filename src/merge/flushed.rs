@@ -53,10 +53,15 @@ pub(crate) struct AtFlush {
 impl AtFlush {
     /// What is noted of a save of `data`.
     pub(crate) fn of<'a>(data: impl Iterator<Item = (&'a String, &'a Value)>) -> Self {
-        let digests = versions::sorted_digests(data);
+        Self::of_digests(&versions::sorted_digests(data))
+    }
+
+    /// What is noted of a save of the data whose digests are `digests`, sorted by key
+    /// ([`versions::sorted_digests`]).
+    pub(super) fn of_digests(digests: &[(&String, u64)]) -> Self {
         Self {
             data: digest::of_entries(digests.iter().map(|(key, digest)| (key.as_str(), *digest))),
-            versions: Versions::text_of(&digests),
+            versions: Versions::text_of(digests),
         }
     }
 }

@@ -4,16 +4,19 @@
 //! [`MergingStore`] is the store wrapper; the locks that make a session's saves one at a time are
 //! in `lock`, the journal of a request's operations and the load's mark in `journal`, the
 //! record's versions (the digest of each key as stored) in `versions` and `digest`, the rebuild
-//! of a record from a save and the latest stored record in `rebuild`, and the flush's own save in
-//! `flushed`. The flush reaches this module only through
-//! [`is_underneath`], [`Journal`], [`Ops`] and [`take_refusal`]; the crate's own stores through
-//! [`prepare`], [`merge`] and the outcomes they note.
+//! of a record from a save and the latest stored record in `rebuild`, what a save that waits for
+//! another's batch hands it in `reduced`, and the flush's own save in `flushed`. The flush
+//! reaches this module only through [`is_underneath`], [`Journal`], [`Ops`] and
+//! [`take_refusal`]; the crate's own stores through [`prepare`], [`merge`] (and `Reduced`) and
+//! the outcomes they note.
 
 mod digest;
 mod flushed;
 mod journal;
 mod lock;
 mod rebuild;
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+mod reduced;
 mod versions;
 
 use std::{
@@ -40,6 +43,8 @@ use lock::SaveLocks;
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) use rebuild::Unmerged;
 pub(crate) use rebuild::{as_stored, checked_unmerged, merge, patch, Refusal};
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(crate) use reduced::Reduced;
 
 /// A map keyed by numbers this process drew itself (request numbers, held loads; a session id
 /// beside one): hashed with a multiply rather than SipHash, which is for maps whose keys others

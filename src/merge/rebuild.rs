@@ -359,7 +359,21 @@ fn check_session(
 ///
 /// A [`Refusal`].
 pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Refusal> {
-    let journal = Journal::read(ours);
+    merge_by(ours, Journal::read(ours).as_deref(), latest)
+}
+
+/// [`merge`], with the request's journal given rather than looked up by the number `ours`
+/// carries: a save that waited for another's batch took its journal along
+/// ([`Reduced`](super::Reduced)), which then outlives the request.
+///
+/// # Errors
+///
+/// A [`Refusal`].
+pub(super) fn merge_by(
+    ours: &Record,
+    journal: Option<&Journal>,
+    latest: Option<Record>,
+) -> Result<Record, Refusal> {
     // `None` when `Session::clear` dropped them: ours is then the whole truth.
     let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
     let Some(mut latest) = latest else {
@@ -372,9 +386,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
     latest.data.remove(VERSIONS_KEY);
     latest.data.remove(LOADED_KEY);
     let resolve = |key: &str, theirs: Option<Value>, own: Option<&Value>| {
-        let namespace_ops = journal
-            .as_ref()
-            .and_then(|journal| Some((journal.ops(key)?, journal.now())));
+        let namespace_ops = journal.and_then(|journal| Some((journal.ops(key)?, journal.now())));
         Ok(match namespace_ops {
             Some((ops, now)) => apply(key, ops, theirs, own, now)?,
             None if loaded
@@ -406,7 +418,7 @@ pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Ref
         data,
         expiry_date: ours.expiry_date,
     };
-    check_session(ours, journal.as_deref(), &next.data)?;
+    check_session(ours, journal, &next.data)?;
     Ok(next)
 }
 

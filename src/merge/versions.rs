@@ -103,10 +103,33 @@ impl Versions {
     /// or `None` if absent) differs from what was stored. Without digests, every key counts as
     /// changed.
     pub(super) fn changed(&self, key: &str, own: Option<&Value>) -> bool {
+        self.differs(key, own.map(digest::of))
+    }
+
+    /// [`changed`](Self::changed), for a key whose value now digests to `digest` (`None` when
+    /// the request holds no value under it).
+    pub(super) fn differs(&self, key: &str, digest: Option<u64>) -> bool {
         match &self.digests {
-            Some(digests) => digests.get(key).copied() != own.map(digest::of),
+            Some(digests) => digests.get(key).copied() != digest,
             None => true,
         }
+    }
+
+    /// These versions without the digests of the keys `dropped` names, as stored; `None`
+    /// without digests.
+    #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+    pub(super) fn value_without(&self, dropped: impl Fn(&str) -> bool) -> Option<Value> {
+        let digests = self.digests.as_ref()?;
+        let dropped = &dropped;
+        let mut text = String::new();
+        write_sorted(
+            &mut text,
+            digests
+                .iter()
+                .filter(|(key, _)| !dropped(key))
+                .map(|(key, digest)| (key.as_str(), *digest)),
+        );
+        Some(Value::String(text))
     }
 
     /// The versions whose digests are `digests`, as stored (test only, for digests of the test's

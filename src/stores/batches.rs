@@ -120,29 +120,28 @@ pub(crate) async fn save<S: CompareAndSet>(
     // bins of small blocks before it hands out a block of a kilobyte or more).
     // Nobody else is saving this session: the usual case, with nothing to copy.
     if let Ok(_turn) = saves.turn.try_lock() {
-        return Box::pin(saves.lead(store, Some(&*ours)))
-            .await
-            .unwrap_or_else(lost);
+        return Box::pin(saves.lead(store, &ours)).await;
     }
-    let ours = Arc::new(ours.into_owned());
+    // The batch that stores ours takes what its merge reads, not a copy of the whole session.
+    let waited = Arc::new(merge::Reduced::of(&ours));
     let (done, mut answer) = oneshot::channel();
     saves.waiting().push(Waiting {
-        ours: Arc::clone(&ours),
+        ours: Arc::clone(&waited),
         done,
     });
     let _turn = saves.turn.lock().await;
     match answer.try_recv() {
         // A batch before ours stored it.
         Ok(answer) => answer,
-        // Still waiting: ours leads the next batch.
-        Err(oneshot::error::TryRecvError::Empty) => {
-            Box::pin(saves.lead(store, None)).await;
-            answer.try_recv().unwrap_or_else(|_| lost())
+        // Still waiting, or the batch that took it never finished (its request was dropped):
+        // ours leads the next batch, with its whole record (no batch runs while ours holds the
+        // turn, so whatever still waits is in the queue).
+        Err(_) => {
+            saves
+                .waiting()
+                .retain(|waiting| !Arc::ptr_eq(&waiting.ours, &waited));
+            Box::pin(saves.lead(store, &ours)).await
         }
-        // The batch that took it never finished (its request was dropped): ours again.
-        Err(oneshot::error::TryRecvError::Closed) => Box::pin(saves.lead(store, Some(&ours)))
-            .await
-            .unwrap_or_else(lost),
     }
 }
 
@@ -166,10 +165,44 @@ struct Saves {
     stored: Mutex<Option<(Record, String)>>,
 }
 
-/// A save waiting for a batch: its record, and where the batch answers it.
+/// A save waiting for a batch: its record as the merge reads it, and where the batch answers it.
 struct Waiting {
-    ours: Arc<Record>,
+    ours: Arc<merge::Reduced>,
     done: oneshot::Sender<session_store::Result<()>>,
+}
+
+/// A save in a batch: the one that leads it, whole, or one that waited for it.
+#[derive(Clone, Copy)]
+enum Member<'a> {
+    Leading(&'a Record),
+    Waited(&'a merge::Reduced),
+}
+
+impl<'a> Member<'a> {
+    /// What names the save's session and request.
+    fn record(self) -> &'a Record {
+        match self {
+            Self::Leading(ours) => ours,
+            Self::Waited(ours) => ours.record(),
+        }
+    }
+
+    /// The record that stores this save: merged into `latest`.
+    fn merge(self, latest: Option<Record>) -> Result<Record, merge::Refusal> {
+        match self {
+            Self::Leading(ours) => merge::merge(ours, latest),
+            Self::Waited(ours) => ours.merge(latest),
+        }
+    }
+
+    /// Notes that this save is stored; `at_flush` is what was stored when it is the leading save's
+    /// own session as it is.
+    fn saved(self, at_flush: &mut Option<merge::AtFlush>) {
+        match self {
+            Self::Leading(ours) => merge::saved(ours, at_flush.take()),
+            Self::Waited(ours) => ours.saved(),
+        }
+    }
 }
 
 /// The saves of each session that a store is storing or waiting for. Each store has its own, and
@@ -220,20 +253,15 @@ impl Saves {
         self.stored.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Stores a batch, with the turn held: `own` (if any) and every save waiting, in one
+    /// Stores a batch, with the turn held: `own` and every save waiting, in one
     /// compare-and-set per try. Answers the waiting saves; returns `own`'s answer.
-    async fn lead<S: CompareAndSet>(
-        &self,
-        store: &S,
-        own: Option<&Record>,
-    ) -> Option<session_store::Result<()>> {
+    async fn lead<S: CompareAndSet>(&self, store: &S, own: &Record) -> session_store::Result<()> {
         let waiting = std::mem::take(&mut *self.waiting());
-        let members: Vec<&Record> = own
-            .into_iter()
-            .chain(waiting.iter().map(|waiting| &*waiting.ours))
+        let members: Vec<Member<'_>> = std::iter::once(Member::Leading(own))
+            .chain(waiting.iter().map(|waiting| Member::Waited(&waiting.ours)))
             .collect();
         let mut answers = self.store(store, &members).await.into_iter();
-        let own = own.and_then(|_| answers.next());
+        let own = answers.next().unwrap_or_else(lost);
         for (waiting, answer) in waiting.into_iter().zip(answers) {
             // A save whose request was dropped meanwhile is stored all the same.
             let _ = waiting.done.send(answer);
@@ -248,7 +276,7 @@ impl Saves {
     async fn store<S: CompareAndSet>(
         &self,
         store: &S,
-        members: &[&Record],
+        members: &[Member<'_>],
     ) -> Vec<session_store::Result<()>> {
         let mut answers: Vec<Option<session_store::Result<()>>> =
             members.iter().map(|_| None).collect();
@@ -263,7 +291,7 @@ impl Saves {
                 Next::Nothing => break,
                 // A member was refused after others were merged: start again from the latest
                 // record.
-                Next::Refetch => store.fetch(&members[0].id).await,
+                Next::Refetch => store.fetch(&members[0].record().id).await,
                 Next::Store(record) => {
                     // Saves waiting now make the next batch: it merges into what this one stores.
                     let keep = !self.waiting().is_empty();
@@ -273,7 +301,7 @@ impl Saves {
                             *self.stored() = stored;
                             for (ours, answer) in members.iter().zip(&mut answers) {
                                 if answer.is_none() {
-                                    merge::saved(ours, at_flush.take());
+                                    ours.saved(&mut at_flush);
                                     *answer = Some(Ok(()));
                                 }
                             }
@@ -300,7 +328,7 @@ impl Saves {
         }
         if answers.iter().any(Option::is_none) {
             tracing::error!(
-                session = %members[0].id,
+                session = %members[0].record().id,
                 attempts = MAX_ATTEMPTS,
                 "gave up saving the session: other requests of it kept saving first"
             );
@@ -349,15 +377,17 @@ enum Next<'a> {
 
 /// The record that stores every member not answered yet: each one's operations merged, in order,
 /// into `latest` (what the store holds now), or on the first try (`latest` `None`) into what the
-/// first of them loaded, with that load's token put in `seen`. A member whose merge is refused is
-/// answered and left out.
+/// first of them, the leading save, loaded, with that load's token put in `seen`. A member whose
+/// merge is refused is answered and left out. A save that waited is never stored as it is (it
+/// holds only what its merge reads): when the leading save is refused on the first try, the batch
+/// starts from the latest record ([`Next::Refetch`]).
 ///
 /// Each merge takes the record before it rather than a copy (a copy of the whole session per
 /// member would cost more than the merge): so when a member is refused after others were merged,
 /// their operations are gone with it, and the batch starts again from the latest record
 /// ([`Next::Refetch`]). Refusals are rare; copies would be paid by every batch.
 fn merged<'a>(
-    members: &[&'a Record],
+    members: &[Member<'a>],
     answers: &mut [Option<session_store::Result<()>>],
     latest: Option<Option<Record>>,
     seen: &mut Option<Cow<'a, str>>,
@@ -367,24 +397,27 @@ fn merged<'a>(
         if answer.is_some() {
             continue;
         }
-        let (next, took) = match &mut base {
-            None => (
+        let (next, took) = match (&mut base, *ours) {
+            (None, Member::Leading(ours)) => (
                 merge::checked_unmerged(ours).map(|next| {
                     *seen = merge::seen(ours).map(Cow::Borrowed);
                     ToStore::Unmerged(next)
                 }),
                 false,
             ),
-            Some(latest) => {
+            // A save that waited holds only what its merge reads: it needs a record to merge
+            // into (the leading save was refused).
+            (None, Member::Waited(_)) => return Next::Refetch,
+            (Some(latest), ours) => {
                 let took = latest.is_some();
                 let latest = latest.take().map(ToStore::into_record);
-                (merge::merge(ours, latest).map(ToStore::Merged), took)
+                (ours.merge(latest).map(ToStore::Merged), took)
             }
         };
         match next {
             Ok(next) => base = Some(Some(next)),
             Err(refusal) => {
-                *answer = Some(Err(merge::refused(ours, refusal)));
+                *answer = Some(Err(merge::refused(ours.record(), refusal)));
                 if took {
                     let others = answers.iter().any(Option::is_none);
                     return if others { Next::Refetch } else { Next::Nothing };
@@ -699,17 +732,17 @@ mod tests {
         // With a save waiting, the first batch keeps what it stores...
         let (done, _answer) = oneshot::channel();
         saves.waiting().push(Waiting {
-            ours: Arc::new(loaded[1].clone()),
+            ours: Arc::new(merge::Reduced::of(&loaded[1])),
             done,
         });
-        let first = saves.store(&store, &[&loaded[0]]).await;
+        let first = saves.store(&store, &[Member::Leading(&loaded[0])]).await;
         assert!(first[0].is_ok(), "{first:?}");
         assert!(saves.stored().is_some());
         saves.waiting().clear();
 
         // ... and the next merges into it at once, rather than first trying the version its save
         // loaded, which the first batch changed.
-        let second = saves.store(&store, &[&loaded[1]]).await;
+        let second = saves.store(&store, &[Member::Leading(&loaded[1])]).await;
         assert!(second[0].is_ok(), "{second:?}");
         assert_eq!(store.replaces.load(Ordering::SeqCst), 2);
         assert!(saves.stored().is_none(), "nobody waited for the second");
@@ -722,7 +755,20 @@ mod tests {
 
     /// `loaded` with `namespace` written as the flush writes it, and the journal of that write
     /// (the key `key` set, within `budget`) left for its save.
-    fn written(mut loaded: Record, namespace: &str, key: &str, budget: Option<usize>) -> Record {
+    fn written(loaded: Record, namespace: &str, key: &str, budget: Option<usize>) -> Record {
+        let (loaded, journal) = written_by(loaded, namespace, key, budget);
+        // Left under the load's number, which the load's mark holds.
+        let _ = journal.left_for_good();
+        loaded
+    }
+
+    /// [`written`], with the journal still to leave.
+    fn written_by(
+        mut loaded: Record,
+        namespace: &str,
+        key: &str,
+        budget: Option<usize>,
+    ) -> (Record, merge::Journal) {
         let load = merge::loaded(&loaded).expect("a load's mark").number;
         let mut journal = merge::Journal::new(OffsetDateTime::now_utc(), load);
         journal.record(
@@ -737,9 +783,70 @@ mod tests {
         loaded
             .data
             .insert(namespace.to_owned(), json!({ key: "0123456789".repeat(2) }));
-        // Left under the load's number, which the load's mark holds.
-        let _ = journal.left_for_good();
-        loaded
+        (loaded, journal)
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_leading_save_is_refused_merges_the_saves_that_waited_into_the_latest() {
+        let store = Counted::default();
+        let mut new = record(json!({ "user": "ada" }));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = loads(&store, new.id, 2).await.into_iter();
+        // The leading save adds a namespace to a session already at its limit of one.
+        let (first, journal) = written_by(loaded.next().unwrap(), "cart", "a", None);
+        let limits = merge::SessionLimits {
+            budget: 4096,
+            namespaces: 1,
+        };
+        let _ = journal.limited(limits).left_for_good();
+        let mut second = loaded.next().unwrap();
+        second.data.insert("theme".into(), json!("dark"));
+        let waited = merge::Reduced::of(&second);
+        assert!(
+            !waited.record().data.contains_key("user"),
+            "the waiting save holds only what it changed"
+        );
+        let fetches = store.fetches.load(Ordering::SeqCst);
+
+        let answers = Saves::default()
+            .store(&store, &[Member::Leading(&first), Member::Waited(&waited)])
+            .await;
+
+        let refused = answers[0].as_ref().unwrap_err().to_string();
+        assert!(refused.contains("over its limits"), "{refused}");
+        assert!(answers[1].is_ok(), "{answers:?}");
+        // Never stored as it is: merged into the latest record, fetched for it.
+        assert_eq!(store.fetches.load(Ordering::SeqCst), fetches + 1);
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (&stored.data["user"], &stored.data["theme"]),
+            (&json!("ada"), &json!("dark"))
+        );
+        assert!(!stored.data.contains_key("cart"), "{:?}", stored.data);
+    }
+
+    #[tokio::test]
+    async fn a_save_whose_request_ended_while_it_waited_is_stored_with_its_operations() {
+        let store = Counted::default();
+        let mut new = record(json!({}));
+        create(&store, &mut new).await.unwrap();
+        let mut loaded = loads(&store, new.id, 2).await.into_iter();
+        let first = written(loaded.next().unwrap(), "cart", "a", None);
+        let (second, journal) = written_by(loaded.next().unwrap(), "cart", "b", None);
+        let left = journal.left();
+        let waited = merge::Reduced::of(&second);
+        // The second request is dropped before the batch runs: its flush takes its journal back.
+        drop(left);
+
+        let answers = Saves::default()
+            .store(&store, &[Member::Leading(&first), Member::Waited(&waited)])
+            .await;
+
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        // Its operation (`b` set) merged into the cart, not its cart written over the first's.
+        assert!(stored.data["cart"].get("a").is_some(), "{:?}", stored.data);
+        assert!(stored.data["cart"].get("b").is_some(), "{:?}", stored.data);
     }
 
     #[tokio::test]
@@ -754,9 +861,14 @@ mod tests {
         let third = written(loaded.next().unwrap(), "wizard", "c", None);
         let fetches = store.fetches.load(Ordering::SeqCst);
 
-        let answers = Saves::default()
-            .store(&store, &[&first, &second, &third])
-            .await;
+        // The second and third waited for the first: the batch holds what their merges read.
+        let (second, third) = (merge::Reduced::of(&second), merge::Reduced::of(&third));
+        let members = [
+            Member::Leading(&first),
+            Member::Waited(&second),
+            Member::Waited(&third),
+        ];
+        let answers = Saves::default().store(&store, &members).await;
 
         assert!(answers[0].is_ok(), "{answers:?}");
         let refused = answers[1].as_ref().unwrap_err().to_string();
@@ -792,7 +904,7 @@ mod tests {
             }
         }
 
-        let alone = merged(&[&loaded[0]], &mut one, None, &mut None);
+        let alone = merged(&[Member::Leading(&loaded[0])], &mut one, None, &mut None);
         assert!(matches!(alone, Next::Store(_)));
         assert_eq!(
             at_flush(&alone),
@@ -801,13 +913,20 @@ mod tests {
             )),
             "what its own data makes, without the bookkeeping"
         );
-        let batch = merged(&[&loaded[0], &loaded[1]], &mut two, None, &mut None);
+        let waited = merge::Reduced::of(&loaded[1]);
+        let members = [Member::Leading(&loaded[0]), Member::Waited(&waited)];
+        let batch = merged(&members, &mut two, None, &mut None);
         assert!(matches!(batch, Next::Store(_)));
         assert!(
             at_flush(&batch).is_none(),
             "the second member was merged in"
         );
-        let into_latest = merged(&[&loaded[0]], &mut one, Some(Some(new.clone())), &mut None);
+        let into_latest = merged(
+            &[Member::Leading(&loaded[0])],
+            &mut one,
+            Some(Some(new.clone())),
+            &mut None,
+        );
         assert!(matches!(into_latest, Next::Store(_)));
         assert!(
             at_flush(&into_latest).is_none(),

@@ -11,7 +11,8 @@
 //! of tries it fails with a clear error. Through one store (and its clones), the saves of one
 //! session go in batches: the saves that wait while one is under way are merged in order and
 //! stored together, with one compare-and-set, so a save only ever competes with other instances'
-//! saves. ([`MemoryStore`] holds its records itself: a save merges into the latest one under its
+//! saves (a waiting save hands its batch only what the merge reads of its session: the keys it
+//! changed, not a copy of the whole). ([`MemoryStore`] holds its records itself: a save merges into the latest one under its
 //! lock, with no second try and no batch.) A session that is gone when its request saves (a logout, an id cycled at login, an
 //! expiry) is never written back.
 //!

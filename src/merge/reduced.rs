@@ -52,16 +52,16 @@ impl Reduced {
     /// `ours` reduced to what its merge reads.
     pub(crate) fn of(ours: &Record) -> Self {
         let journal = Journal::read(ours);
-        // A flush's save is one whose journal is left: note it as `saved` does.
-        let digests = sorted_digests(data_of(ours));
-        let at_flush = journal.as_ref().map(|_| AtFlush::of_digests(&digests));
         if !journal::is_loaded(ours) {
             return Self {
                 record: ours.clone(),
+                at_flush: journal.as_ref().map(|_| AtFlush::of(data_of(ours))),
                 journal,
-                at_flush,
             };
         }
+        // A flush's save is one whose journal is left: note it as `saved` does.
+        let digests = sorted_digests(data_of(ours));
+        let at_flush = journal.as_ref().map(|_| AtFlush::of_digests(&digests));
         let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
         let mut data = std::collections::HashMap::with_capacity(ours.data.len());
         let mut dropped: Vec<&str> = Vec::new();

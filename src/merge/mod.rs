@@ -44,6 +44,8 @@ use lock::SaveLocks;
 pub(crate) use rebuild::Unmerged;
 pub(crate) use rebuild::{as_stored, checked_unmerged, merge, patch, Refusal};
 #[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(crate) use rebuild::{merge_data, versioned};
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
 pub(crate) use reduced::Reduced;
 
 /// A map keyed by numbers this process drew itself (request numbers, held loads; a session id

@@ -359,10 +359,31 @@ fn check_session(
 ///
 /// A [`Refusal`].
 pub(crate) fn merge(ours: &Record, latest: Option<Record>) -> Result<Record, Refusal> {
+    merge_by(ours, Journal::read(ours).as_deref(), latest).map(versioned)
+}
+
+/// [`merge`], but for the versions of the record: a batch merges its saves one into the next, and
+/// only the record it stores needs them ([`versioned`]). (A record that a save stores as it is,
+/// when there is nothing to merge into, has them already.)
+///
+/// # Errors
+///
+/// A [`Refusal`].
+#[cfg(any(feature = "redis", feature = "postgres", feature = "sqlite"))]
+pub(crate) fn merge_data(ours: &Record, latest: Option<Record>) -> Result<Record, Refusal> {
     merge_by(ours, Journal::read(ours).as_deref(), latest)
 }
 
-/// [`merge`], with the request's journal given rather than looked up by the number `ours`
+/// `record`, a merge's, with its versions: the digest of each of its values.
+pub(crate) fn versioned(mut record: Record) -> Record {
+    if !record.data.contains_key(VERSIONS_KEY) {
+        let versions = Versions::value_of_data(data_of(&record));
+        record.data.insert(VERSIONS_KEY.to_owned(), versions);
+    }
+    record
+}
+
+/// [`merge_data`], with the request's journal given rather than looked up by the number `ours`
 /// carries: a save that waited for another's batch took its journal along
 /// ([`Reduced`](super::Reduced)), which then outlives the request.
 ///
@@ -411,8 +432,6 @@ pub(super) fn merge_by(
             data.insert(key, value);
         }
     }
-    let versions = Versions::value_of_data(data.iter());
-    data.insert(VERSIONS_KEY.to_owned(), versions);
     let next = Record {
         id: ours.id,
         data,

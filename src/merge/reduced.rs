@@ -110,13 +110,13 @@ impl Reduced {
         &self.record
     }
 
-    /// The record to store: the save merged into `latest`, as [`merge`](super::merge) merges the
-    /// whole record.
+    /// The save merged into `latest`, as [`merge_data`](super::merge_data) merges the whole
+    /// record.
     ///
     /// # Errors
     ///
     /// A [`Refusal`].
-    pub(crate) fn merge(&self, latest: Option<Record>) -> Result<Record, Refusal> {
+    pub(crate) fn merge_data(&self, latest: Option<Record>) -> Result<Record, Refusal> {
         merge_by(&self.record, self.journal.as_deref(), latest)
     }
 
@@ -167,7 +167,7 @@ mod tests {
     use crate::{
         merge::{
             journal::{mark_loaded, SessionLimits, LOADED_KEY},
-            merge,
+            merge, versioned,
         },
         stored::encode_stamp,
     };
@@ -384,7 +384,7 @@ mod tests {
             let reduced = Reduced::of(&ours);
             prop_assert!(reduced.record().data.len() <= ours.data.len());
             prop_assert_eq!(
-                outcome(reduced.merge(latest.clone())),
+                outcome(reduced.merge_data(latest.clone()).map(versioned)),
                 outcome(merge(&ours, latest)),
                 "reduced to {:?}", reduced.record().data
             );
@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(Reduced::of(&ours).record().data, ours.data);
         // Merged into nothing, it is stored as it is: whole.
         assert_eq!(
-            outcome(Reduced::of(&ours).merge(None)),
+            outcome(Reduced::of(&ours).merge_data(None).map(versioned)),
             outcome(merge(&ours, None))
         );
     }

@@ -187,11 +187,12 @@ impl<'a> Member<'a> {
         }
     }
 
-    /// The record that stores this save: merged into `latest`.
+    /// This save merged into `latest`, without versions: the batch writes them for the record it
+    /// stores.
     fn merge(self, latest: Option<Record>) -> Result<Record, merge::Refusal> {
         match self {
-            Self::Leading(ours) => merge::merge(ours, latest),
-            Self::Waited(ours) => ours.merge(latest),
+            Self::Leading(ours) => merge::merge_data(ours, latest),
+            Self::Waited(ours) => ours.merge_data(latest),
         }
     }
 
@@ -425,7 +426,12 @@ fn merged<'a>(
             }
         }
     }
-    base.flatten().map_or(Next::Nothing, Next::Store)
+    match base.flatten() {
+        // The merges before handed each other their records without versions.
+        Some(ToStore::Merged(record)) => Next::Store(ToStore::Merged(merge::versioned(record))),
+        Some(unmerged) => Next::Store(unmerged),
+        None => Next::Nothing,
+    }
 }
 
 /// A copy of a store error, for each save of a batch it failed.

@@ -287,6 +287,14 @@ pub(crate) fn same_data(ours: &Record, stored: &Record) -> bool {
         && rebuild::data_of(ours).all(|(key, value)| stored.data.get(key) == Some(value))
 }
 
+/// Whether `record` carries the versions of its own data, as every record a merging store writes
+/// does.
+#[cfg(test)]
+pub(crate) fn holds_its_versions(record: &Record) -> bool {
+    let versions = versions::Versions::value_of_data(rebuild::data_of(record));
+    record.data.get(journal::VERSIONS_KEY) == Some(&versions)
+}
+
 /// The store error a refused save of `ours` answers with, logged with the session it names; a
 /// flush's save also notes the refusal, for the flush to answer with.
 pub(crate) fn refused(ours: &Record, refusal: Refusal) -> session_store::Error {

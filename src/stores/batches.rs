@@ -891,6 +891,12 @@ mod tests {
             "{:?}",
             stored.data
         );
+        let (stored, _) = store.store.fetch(&new.id).await.unwrap().unwrap();
+        assert!(
+            merge::holds_its_versions(&stored),
+            "merged in a batch, stored with the versions of its data: {:?}",
+            stored.data
+        );
     }
 
     #[tokio::test]

@@ -19,7 +19,9 @@
 //! - the bookkeeping (versions, load mark) as it is.
 //!
 //! The journal travels along: the flush takes it back when its request ends, and a save whose
-//! request was dropped while it waited is stored all the same, with its operations. A record that
+//! request is dropped after a batch took it is stored all the same, with its operations. (One
+//! dropped while it still waits in the queue is withdrawn from it, as tower-sessions saves
+//! nothing for a dropped request.) A record that
 //! no load of this process marked (a session the request did not load) is kept whole: a merge
 //! with no stored record to merge into stores it as it is. A reduced record is never stored as it
 //! is: a batch that would store its first member unmerged fetches the latest record first when

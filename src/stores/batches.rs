@@ -129,19 +129,38 @@ pub(crate) async fn save<S: CompareAndSet>(
         ours: Arc::clone(&waited),
         done,
     });
+    // Until a batch takes it, ours is withdrawn if its request is dropped: tower-sessions saves
+    // nothing for a dropped request either (once a batch took it, it is stored all the same).
+    let queued = Queued {
+        saves: &saves,
+        ours: &waited,
+    };
     let _turn = saves.turn.lock().await;
     match answer.try_recv() {
         // A batch before ours stored it.
         Ok(answer) => answer,
         // Still waiting, or the batch that took it never finished (its request was dropped):
         // ours leads the next batch, with its whole record (no batch runs while ours holds the
-        // turn, so whatever still waits is in the queue).
+        // turn, so whatever still waits is in the queue, where it is taken out of).
         Err(_) => {
-            saves
-                .waiting()
-                .retain(|waiting| !Arc::ptr_eq(&waiting.ours, &waited));
+            drop(queued);
             Box::pin(saves.lead(store, &ours)).await
         }
+    }
+}
+
+/// A save in the queue of the saves waiting for a batch: taken out of it when dropped, unless a
+/// batch took it first.
+struct Queued<'a> {
+    saves: &'a Saves,
+    ours: &'a Arc<merge::Reduced>,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.saves
+            .waiting()
+            .retain(|waiting| !Arc::ptr_eq(&waiting.ours, self.ours));
     }
 }
 
@@ -641,6 +660,54 @@ mod tests {
             !store.batches().sessions().contains_key(&new.id),
             "the session's saves are forgotten"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_save_whose_request_is_dropped_before_a_batch_takes_it_is_withdrawn() {
+        let store = Arc::new(Counted::default());
+        let mut new = record(json!({}));
+        create(&*store, &mut new).await.unwrap();
+        let loaded: Vec<Record> = loads(&store, new.id, 3).await;
+        let gate = store.gate.write().await;
+        let spawn = |(n, mut record): (usize, Record)| {
+            let store = Arc::clone(&store);
+            record.data.insert(format!("key{n}"), json!(n));
+            tokio::spawn(async move { save(&*store, &record).await })
+        };
+        let waiting = || {
+            store
+                .batches()
+                .sessions()
+                .get(&new.id)
+                .map_or(0, |saves| saves.waiting().len())
+        };
+        let mut loaded = loaded.into_iter().enumerate();
+        // One save is in the store, held at the gate; two others wait for it...
+        let first = spawn(loaded.next().unwrap());
+        while store.replaces.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let (second, third) = (spawn(loaded.next().unwrap()), spawn(loaded.next().unwrap()));
+        while waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        // ... and the second's request is dropped.
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        assert_eq!(waiting(), 1, "withdrawn from the queue");
+        drop(gate);
+        first.await.unwrap().unwrap();
+        third.await.unwrap().unwrap();
+
+        let stored = store.store.load(&new.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.data.get("key0"), stored.data.get("key1")),
+            (Some(&json!(0)), None),
+            "{:?}",
+            stored.data
+        );
+        assert_eq!(stored.data.get("key2"), Some(&json!(2)));
+        assert!(!store.batches().sessions().contains_key(&new.id));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

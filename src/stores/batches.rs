@@ -595,12 +595,12 @@ mod tests {
         let mut new = record(json!({}));
         create(&*store, &mut new).await.unwrap();
         let loaded: Vec<Record> = loads(&store, new.id, 32).await;
-        let saves = loaded.into_iter().enumerate().map(|(n, mut record)| {
-            let store = Arc::clone(&store);
-            record.data.insert(format!("key{n}"), json!(n));
-            tokio::spawn(async move { save(&*store, &record).await })
-        });
-        for handle in saves.collect::<Vec<_>>() {
+        let saves: Vec<_> = loaded
+            .into_iter()
+            .enumerate()
+            .map(|save| spawn_save(&store, save))
+            .collect();
+        for handle in saves {
             handle.await.unwrap().unwrap();
         }
 
@@ -623,27 +623,13 @@ mod tests {
         create(&*store, &mut new).await.unwrap();
         let loaded: Vec<Record> = loads(&store, new.id, 32).await;
         let gate = store.gate.write().await;
-        let spawn = |(n, mut record): (usize, Record)| {
-            let store = Arc::clone(&store);
-            record.data.insert(format!("key{n}"), json!(n));
-            tokio::spawn(async move { save(&*store, &record).await })
-        };
         let mut loaded = loaded.into_iter().enumerate();
         // One save is in the store, held at the gate, with nobody waiting yet...
-        let mut saves = vec![spawn(loaded.next().unwrap())];
-        while store.replaces.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
+        let mut saves = vec![spawn_save(&store, loaded.next().unwrap())];
+        until_waiting(&store, new.id, 0).await;
         // ... then the 31 others wait for it.
-        saves.extend(loaded.map(spawn));
-        while store
-            .batches()
-            .sessions()
-            .get(&new.id)
-            .is_none_or(|saves| saves.waiting().len() < 31)
-        {
-            tokio::task::yield_now().await;
-        }
+        saves.extend(loaded.map(|save| spawn_save(&store, save)));
+        until_waiting(&store, new.id, 31).await;
         drop(gate);
         for handle in saves {
             handle.await.unwrap().unwrap();
@@ -669,32 +655,17 @@ mod tests {
         create(&*store, &mut new).await.unwrap();
         let loaded: Vec<Record> = loads(&store, new.id, 3).await;
         let gate = store.gate.write().await;
-        let spawn = |(n, mut record): (usize, Record)| {
-            let store = Arc::clone(&store);
-            record.data.insert(format!("key{n}"), json!(n));
-            tokio::spawn(async move { save(&*store, &record).await })
-        };
-        let waiting = || {
-            store
-                .batches()
-                .sessions()
-                .get(&new.id)
-                .map_or(0, |saves| saves.waiting().len())
-        };
         let mut loaded = loaded.into_iter().enumerate();
         // One save is in the store, held at the gate; two others wait for it...
-        let first = spawn(loaded.next().unwrap());
-        while store.replaces.load(Ordering::SeqCst) == 0 {
-            tokio::task::yield_now().await;
-        }
-        let (second, third) = (spawn(loaded.next().unwrap()), spawn(loaded.next().unwrap()));
-        while waiting() < 2 {
-            tokio::task::yield_now().await;
-        }
+        let first = spawn_save(&store, loaded.next().unwrap());
+        until_waiting(&store, new.id, 0).await;
+        let second = spawn_save(&store, loaded.next().unwrap());
+        let third = spawn_save(&store, loaded.next().unwrap());
+        until_waiting(&store, new.id, 2).await;
         // ... and the second's request is dropped.
         second.abort();
         assert!(second.await.unwrap_err().is_cancelled());
-        assert_eq!(waiting(), 1, "withdrawn from the queue");
+        assert_eq!(waiting(&store, new.id), 1, "withdrawn from the queue");
         drop(gate);
         first.await.unwrap().unwrap();
         third.await.unwrap().unwrap();
@@ -726,14 +697,7 @@ mod tests {
                 tokio::spawn(async move { save(&*store, &record).await })
             })
             .collect();
-        while store
-            .batches()
-            .sessions()
-            .get(&new.id)
-            .is_none_or(|saves| saves.waiting().len() < 2)
-        {
-            tokio::task::yield_now().await;
-        }
+        until_waiting(&store, new.id, 2).await;
         store.store.delete(&new.id).await.unwrap();
         drop(gate);
         let answers: Vec<_> = answers_of(handles).await;
@@ -1021,6 +985,33 @@ mod tests {
             answers.push(handle.await.unwrap());
         }
         answers
+    }
+
+    /// Saves `record` with the key `key{n}` set to `n`, in a task of its own.
+    fn spawn_save(
+        store: &Arc<Counted>,
+        (n, mut record): (usize, Record),
+    ) -> tokio::task::JoinHandle<session_store::Result<()>> {
+        let store = Arc::clone(store);
+        record.data.insert(format!("key{n}"), json!(n));
+        tokio::spawn(async move { save(&*store, &record).await })
+    }
+
+    /// How many saves of session `id` wait for a batch.
+    fn waiting(store: &Counted, id: Id) -> usize {
+        store
+            .batches()
+            .sessions()
+            .get(&id)
+            .map_or(0, |saves| saves.waiting().len())
+    }
+
+    /// Yields until a save is in the store's replace, then until `count` saves of session `id`
+    /// wait for it.
+    async fn until_waiting(store: &Counted, id: Id, count: usize) {
+        while store.replaces.load(Ordering::SeqCst) == 0 || waiting(store, id) < count {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// `count` loads of the record under `id`, one after the other.

@@ -21,13 +21,12 @@
 //! The journal travels along: the flush takes it back when its request ends, and a save whose
 //! request is dropped after a batch took it is stored all the same, with its operations. (One
 //! dropped while it still waits in the queue is withdrawn from it, as tower-sessions saves
-//! nothing for a dropped request.) A record that
-//! no load of this process marked (a session the request did not load) is kept whole: a merge
-//! with no stored record to merge into stores it as it is. A reduced record is never stored as it
-//! is: a batch that would store its first member unmerged fetches the latest record first when
-//! that member waited.
+//! nothing for a dropped request.) A record that no load of this process marked (a session the
+//! request did not load) is kept whole: a merge with no stored record to merge into stores it as
+//! it is. A reduced record is never stored as it is: a batch that would store its first member
+//! unmerged fetches the latest record first when that member waited.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use serde_json::{Map, Value};
 use tower_sessions::session::Record;
@@ -65,7 +64,7 @@ impl Reduced {
         let digests = sorted_digests(data_of(ours));
         let at_flush = journal.as_ref().map(|_| AtFlush::of_digests(&digests));
         let loaded = ours.data.get(VERSIONS_KEY).map(Versions::read);
-        let mut data = std::collections::HashMap::with_capacity(ours.data.len());
+        let mut data = HashMap::with_capacity(ours.data.len());
         let mut dropped: Vec<&str> = Vec::new();
         for (key, digest) in &digests {
             let Some(own) = ours.data.get(*key) else {

@@ -12,9 +12,9 @@
 //! session go in batches: the saves that wait while one is under way are merged in order and
 //! stored together, with one compare-and-set, so a save only ever competes with other instances'
 //! saves (a waiting save hands its batch only what the merge reads of its session: the keys it
-//! changed, not a copy of the whole). ([`MemoryStore`] holds its records itself: a save merges into the latest one under its
-//! lock, with no second try and no batch.) A session that is gone when its request saves (a logout, an id cycled at login, an
-//! expiry) is never written back.
+//! changed, not a copy of the whole). ([`MemoryStore`] holds its records itself: a save merges
+//! into the latest one under its lock, with no second try and no batch.) A session that is gone
+//! when its request saves (a logout, an id cycled at login, an expiry) is never written back.
 //!
 //! - [`MemoryStore`]: in the process, the default; no feature needed.
 //! - [`RedisStore`] (feature `redis`): in Redis, on a fred client (a pool, a client, a Redis
